@@ -1,0 +1,113 @@
+"""The ``cad`` command: segment, train, evaluate, models.
+
+Contract: exit 0 on success; exit 2 with one line on stderr naming the file and the problem on bad input or usage;
+nothing written on failure. Later features extend these subcommands without breaking them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cadcore import __version__
+from cadcore.errors import CadError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; make its message one line too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"cad: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cad", description="CADExtension engine: segment, classify, train and evaluate models.")
+    parser.add_argument("--version", action="version", version=f"cad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = sub.add_parser("segment", help="segment a volume file or DICOM folder")
+    seg.add_argument("input", help="volume (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM folder")
+    seg.add_argument("-m", "--model", required=True, help="registry id or model package folder")
+    seg.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    seg.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    seg.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: model card)")
+    seg.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    seg.add_argument("--probabilities", default=None, help="also write per-class probabilities (4D .nii.gz/.nrrd)")
+    seg.add_argument("--series", default=None, help="DICOM series UID (default: the series with most slices)")
+    seg.add_argument("--no-cascade", action="store_true", help="skip a cascade model's coarse stage")
+    seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+    tr = sub.add_parser("train", help="train a model and export a package")
+    tr.add_argument("--data", required=True, help="dataset.json or a folder with images/ and labels/")
+    tr.add_argument("-o", "--output", required=True, help="model package folder to create")
+    tr.add_argument("--id", dest="model_id", default="", help="model id (default: the output folder's name)")
+    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--val-every", type=int, default=5)
+    tr.add_argument("--batch-size", type=int, default=2)
+    tr.add_argument("--patch-size", type=_ints, default=[40, 56, 40], help="I,J,K voxels")
+    tr.add_argument("--filters", type=_ints, default=[16, 32, 64, 128], help="channels per U-Net level")
+    tr.add_argument("--lr", dest="learning_rate", type=float, default=2e-3)
+    tr.add_argument("--spacing", type=_floats, default=None, help="working spacing in mm (default: as stored)")
+    tr.add_argument("--modality", default="MR", help="MR (percentile clip + z-score) or CT (window + scale)")
+    tr.add_argument("--mirror-axes", type=_ints, default=[0], help="axes safe to mirror (I=0 is left-right)")
+    tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
+    tr.add_argument("--description", default="")
+
+    ev = sub.add_parser("evaluate", help="score a model on a dataset (Dice, HD95)")
+    ev.add_argument("-m", "--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val", choices=["val", "all"])
+    ev.add_argument("-o", "--output", required=True, help="report JSON")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--force", action="store_true")
+
+    mo = sub.add_parser("models", help="list, show, verify or import model packages")
+    mo_sub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    mo_sub.add_parser("list", help="every registered model")
+    show = mo_sub.add_parser("show", help="a model card")
+    show.add_argument("model")
+    verify = mo_sub.add_parser("verify", help="check weights against the card's sha256")
+    verify.add_argument("model")
+    imp = mo_sub.add_parser("import", help="copy a package into the user model folder")
+    imp.add_argument("source")
+    imp.add_argument("--force", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "segment":
+            from cadcore.commands import run_segment
+
+            return run_segment(args)
+        if args.command == "train":
+            from cadcore.commands import run_train
+
+            return run_train(args)
+        if args.command == "evaluate":
+            from cadcore.commands import run_evaluate
+
+            return run_evaluate(args)
+        if args.command == "models":
+            from cadcore.commands import run_models
+
+            return run_models(args)
+    except CadError as exc:
+        sys.stderr.write(f"cad {args.command}: error: {exc}\n")
+        return 2
+    return 2

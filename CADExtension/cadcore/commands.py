@@ -1,0 +1,62 @@
+"""What each ``cad`` subcommand does with its parsed arguments (kept apart from argument parsing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cadcore.errors import CadError
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cadcore.inference import configure_cpu_threads
+    from cadcore.train import TrainConfig, train
+
+    configure_cpu_threads()
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    package = train(config)
+    print(f"model package written to {package.folder}")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from cadcore.segment import segment_command
+
+    return segment_command(args)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cadcore.evaluate import evaluate_command
+
+    return evaluate_command(args)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from cadcore.models import find_model, import_package, list_models
+
+    if args.models_command == "list":
+        for package in list_models():
+            summary = package.summary()
+            print(f"{summary['id']:<28} {summary['version'] or '':<8} {summary['task']:<14} {summary['modality'] or ''}"
+                  f"  {summary['path']}")
+        return 0
+    if args.models_command == "show":
+        print(json.dumps(find_model(args.model).card, indent=2))
+        return 0
+    if args.models_command == "verify":
+        package = find_model(args.model)
+        digest = package.verify()
+        print(f"{package.id}: weights OK (sha256 {digest})")
+        return 0
+    if args.models_command == "import":
+        package = import_package(args.source, force=args.force)
+        print(f"imported {package.id} into {package.folder}")
+        return 0
+    raise CadError(f"unknown models command {args.models_command}")
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(message + "\n")
+    return 2

@@ -1,0 +1,110 @@
+"""Datasets for training and evaluation: an MSD-style ``dataset.json`` or a folder of image/label pairs.
+
+Splits are deterministic from a seed, so ``cad evaluate --split val`` scores exactly the cases training held out
+(the split is also written into the model card).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cadcore.errors import CadError
+from cadcore.io import VOLUME_SUFFIXES, suffix_of
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: Path
+    label: Path | None
+
+
+@dataclass
+class Dataset:
+    root: Path
+    cases: list[Case]
+    label_names: dict[int, str]
+    modality: str | None = None
+    licence: str | None = None
+    name: str | None = None
+
+
+def case_id(path: Path) -> str:
+    name = path.name[: -len(suffix_of(path))]
+    return name[:-5] if name.endswith("_0000") else name  # nnU-Net channel suffix
+
+
+def load_dataset(source: str | Path) -> Dataset:
+    """Read ``dataset.json`` (a file, or inside a folder) or pair ``images*/``+``labels*/`` folders by name."""
+    source = Path(source)
+    if not source.exists():
+        raise CadError("dataset not found", source)
+    if source.is_dir() and (source / "dataset.json").is_file():
+        source = source / "dataset.json"
+    if source.is_file():
+        return _from_json(source)
+    return _from_folders(source)
+
+
+def _from_json(path: Path) -> Dataset:
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CadError(f"cannot parse dataset description ({exc})", path) from exc
+    entries = spec.get("training")
+    if not isinstance(entries, list) or not entries:
+        raise CadError("dataset.json has no 'training' list of image/label pairs", path)
+    cases = []
+    for entry in entries:
+        image = (path.parent / entry["image"]).resolve()
+        label = (path.parent / entry["label"]).resolve() if entry.get("label") else None
+        for file in (image, label):
+            if file is not None and not file.exists():
+                raise CadError(f"dataset.json refers to a missing file: {file}", path)
+        cases.append(Case(case_id(image), image, label))
+    labels = {int(k): str(v) for k, v in spec.get("labels", {}).items() if int(k) != 0}
+    modality = next(iter(spec.get("modality", {}).values()), None)
+    return Dataset(path.parent, cases, labels, modality, spec.get("licence") or spec.get("license"), spec.get("name"))
+
+
+def _from_folders(folder: Path) -> Dataset:
+    images_dir = next((folder / n for n in ("imagesTr", "images") if (folder / n).is_dir()), None)
+    labels_dir = next((folder / n for n in ("labelsTr", "labels") if (folder / n).is_dir()), None)
+    if images_dir is None or labels_dir is None:
+        raise CadError("expected dataset.json or images/ and labels/ (or imagesTr/ and labelsTr/) folders", folder)
+    labels = {case_id(p): p for p in labels_dir.iterdir() if suffix_of(p) in VOLUME_SUFFIXES}
+    cases = []
+    for image in sorted(p for p in images_dir.iterdir() if suffix_of(p) in VOLUME_SUFFIXES):
+        cid = case_id(image)
+        if cid not in labels:
+            raise CadError(f"image {image.name} has no label with the same name", labels_dir)
+        cases.append(Case(cid, image, labels[cid]))
+    if not cases:
+        raise CadError("no images found", images_dir)
+    return Dataset(folder, cases, {})
+
+
+def split_cases(cases: list[Case], seed: int, val_fraction: float) -> tuple[list[Case], list[Case]]:
+    """Deterministic shuffle by seed; the last ``val_fraction`` are validation (at least one case each side)."""
+    ordered = sorted(cases, key=lambda c: c.id)
+    random.Random(seed).shuffle(ordered)
+    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction))) if len(ordered) > 1 else 0
+    return ordered[n_val:], ordered[:n_val]
+
+
+def select_split(dataset: Dataset, split: str, val_ids: list[str] | None) -> list[Case]:
+    """Cases for ``cad evaluate``: ``all``, or ``val`` = the ids the model card lists as held out."""
+    if split == "all":
+        return dataset.cases
+    if split == "val":
+        if not val_ids:
+            raise CadError("model card lists no validation cases; use --split all", dataset.root)
+        wanted = set(val_ids)
+        chosen = [case for case in dataset.cases if case.id in wanted]
+        if not chosen:
+            raise CadError("none of the model's validation cases are in this dataset; use --split all", dataset.root)
+        return chosen
+    raise CadError(f"unknown split {split!r} (use val or all)")

@@ -1,0 +1,83 @@
+"""Sliding-window prediction shared by ``cad segment``, validation during training and ``cad evaluate``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from cadcore.errors import CadError
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto`` prefers CUDA, then Apple MPS, then CPU; an explicit device that is absent is a usage error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise CadError("--device cuda requested but no CUDA GPU is available")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CadError("--device mps requested but Apple MPS is not available")
+    if requested not in ("cpu", "cuda", "mps"):
+        raise CadError(f"unknown device {requested!r} (use auto, cpu, cuda or mps)")
+    return torch.device(requested)
+
+
+def configure_cpu_threads() -> None:
+    """Leave one core free for the UI (Slicer) when there are several, unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1) if (os.cpu_count() or 1) > 2 else (os.cpu_count() or 1))
+
+
+def fit_patch(patch_size: list[int], shape: tuple[int, ...]) -> list[int]:
+    """MONAI pads inputs smaller than the window, so the window stays the card's patch size."""
+    return [int(p) for p in patch_size]
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    network: torch.nn.Module,
+    array: np.ndarray,
+    patch_size: list[int],
+    device: torch.device,
+    overlap: float = 0.5,
+    sw_batch_size: int = 2,
+    mode: str = "gaussian",
+    progress: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (C, I, J, K) for a (I, J, K) or (C_in, I, J, K) working-space array."""
+    from monai.inferers import sliding_window_inference
+
+    if not 0.0 <= overlap < 1.0:
+        raise CadError(f"overlap must be in [0, 1), got {overlap}")
+    volume = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if volume.ndim == 3:
+        volume = volume[None]
+    volume = volume[None].to(device)
+    network = network.to(device).eval()
+    use_amp = device.type == "cuda"
+    total_windows: list[int] = []
+
+    def predictor(window: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out = network(window)
+        if progress is not None:
+            total_windows.append(window.shape[0])
+        return out.float()
+
+    logits = sliding_window_inference(
+        volume,
+        roi_size=fit_patch(patch_size, volume.shape[2:]),
+        sw_batch_size=sw_batch_size,
+        predictor=predictor,
+        overlap=overlap,
+        mode=mode,
+        sw_device=device,
+        device=torch.device("cpu"),
+    )
+    return torch.softmax(logits[0].float(), dim=0).cpu().numpy()

@@ -1,0 +1,67 @@
+"""Build the network a model card describes, from MONAI's implementations.
+
+Cards name a MONAI class and its keyword arguments, so any architecture MONAI ships can be described in JSON without
+code; only the classes listed here may be built (a card cannot make us import arbitrary code).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from cadcore.errors import CadError
+
+SEGMENTATION_NETWORKS = ("UNet", "DynUNet", "SegResNet", "BasicUNet")
+CLASSIFICATION_NETWORKS = ("ResNet", "DenseNet121", "DenseNet169")
+
+
+def network_family(spec: dict[str, Any]) -> str:
+    return str(spec.get("name", ""))
+
+
+def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate ``spec = {"name": <MONAI class>, "params": {...}}``."""
+    import monai.networks.nets as nets
+
+    name = network_family(spec)
+    if name not in SEGMENTATION_NETWORKS + CLASSIFICATION_NETWORKS:
+        raise CadError(f"unsupported network {name!r} in model card")
+    params = dict(spec.get("params", {}))
+    if name == "ResNet":
+        from monai.networks.nets.resnet import ResNetBlock
+
+        params.setdefault("block", ResNetBlock)
+    try:
+        return getattr(nets, name)(**params)
+    except TypeError as exc:
+        raise CadError(f"network parameters do not fit {name}: {exc}") from exc
+
+
+def dynunet_spec(in_channels: int, out_channels: int, filters: list[int], strides: list[Any]) -> dict[str, Any]:
+    """A DynUNet (nnU-Net-style) spec: kernel 3 everywhere, transposed-conv upsampling, instance norm."""
+    return {
+        "name": "DynUNet",
+        "params": {
+            "spatial_dims": 3,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "kernel_size": [3] * len(filters),
+            "strides": strides,
+            "upsample_kernel_size": strides[1:],
+            "filters": filters,
+            "norm_name": "instance",
+            "res_block": False,
+        },
+    }
+
+
+def divisor_of(spec: dict[str, Any]) -> list[int]:
+    """How a patch edge must be divisible for the network's downsampling (product of strides per axis)."""
+    params = spec.get("params", {})
+    strides = params.get("strides") or [1]
+    total = [1, 1, 1]
+    for stride in strides:
+        values = stride if isinstance(stride, (list, tuple)) else [stride] * 3
+        total = [t * int(s) for t, s in zip(total, values)]
+    return total

@@ -1,0 +1,249 @@
+"""``cad train``: supervised 3D U-Net training that ends in a model package.
+
+Deterministic split from the seed, patches with augmentation, Dice + cross-entropy, AdamW with warm-up and cosine
+decay, validation Dice per label every N epochs, best checkpoint kept, ``--resume``, a CSV log, a PNG of the curves.
+Ctrl-C saves the last checkpoint and still exports the best model so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cadcore.data import load_dataset, split_cases
+from cadcore.errors import CadError
+from cadcore.inference import pick_device, predict_probabilities
+from cadcore.models import ModelPackage, save_package
+from cadcore.networks import build_network, divisor_of, dynunet_spec
+from cadcore.training_data import PatchDataset, PreparedCase, augmentation, prepare_cases
+
+DEFAULT_COLORS = [[0.85, 0.35, 0.25], [0.25, 0.6, 0.85], [0.35, 0.75, 0.35], [0.9, 0.8, 0.2], [0.7, 0.4, 0.8]]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    output: str
+    model_id: str = ""
+    epochs: int = 100
+    seed: int = 0
+    val_fraction: float = 0.2
+    val_every: int = 5
+    batch_size: int = 2
+    patch_size: list[int] = field(default_factory=lambda: [40, 56, 40])
+    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    learning_rate: float = 2e-3
+    weight_decay: float = 3e-5
+    warmup_epochs: int = 2
+    spacing: list[float] | None = None
+    orientation: str = "RAS"
+    modality: str = "MR"
+    ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
+    mirror_axes: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    resume: bool = False
+    max_cases: int | None = None
+    description: str = ""
+    version: str = "1.0.0"
+
+
+def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
+    normalization = (
+        {"kind": "ct", "window": config.ct_window} if config.modality.upper() == "CT"
+        else {"kind": "mr", "percentiles": [0.5, 99.5]}
+    )
+    return {"orientation": config.orientation, "spacing": config.spacing, "normalization": normalization}
+
+
+def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
+    strides = [1] + [2] * (len(config.filters) - 1)
+    spec = dynunet_spec(1, n_classes, config.filters, strides)
+    for size, div in zip(config.patch_size, divisor_of(spec)):
+        if size % div:
+            raise CadError(f"patch size {config.patch_size} must be divisible by {divisor_of(spec)}")
+    return spec
+
+
+def lr_factor(epoch: float, config: TrainConfig) -> float:
+    if epoch < config.warmup_epochs:
+        return (epoch + 1) / (config.warmup_epochs + 1)
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[int], patch: list[int],
+             device: torch.device) -> dict[int, float]:
+    """Mean Dice per label over validation cases (working space, no post-processing)."""
+    dice: dict[int, list[float]] = {value: [] for value in labels}
+    for case in cases:
+        prediction = predict_probabilities(network, case.image, patch, device, overlap=0.5).argmax(0)
+        truth = case.label[0]
+        for value in labels:
+            p, t = prediction == value, truth == value
+            denominator = p.sum() + t.sum()
+            dice[value].append(1.0 if denominator == 0 else 2.0 * float((p & t).sum()) / float(denominator))
+    return {value: float(np.mean(scores)) for value, scores in dice.items()}
+
+
+def train(config: TrainConfig) -> ModelPackage:
+    """Train and export a package into ``config.output``; returns it."""
+    output = Path(config.output)
+    dataset = load_dataset(config.data)
+    cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
+    train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
+    label_values = sorted(dataset.label_names) or [1]
+    preprocessing = preprocessing_for(config)
+    spec = network_for(config, len(label_values) + 1)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    device = pick_device(config.device)
+
+    allowed = set(label_values)
+    train_prepared = prepare_cases(train_cases, preprocessing, allowed, "loading training cases")
+    val_prepared = prepare_cases(val_cases, preprocessing, allowed, "loading validation cases")
+
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    set_determinism(config.seed)
+    network = build_network(spec).to(device)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loader = torch.utils.data.DataLoader(
+        PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes)),
+        batch_size=config.batch_size, shuffle=True, drop_last=len(train_prepared) > config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+
+    ckpt_dir = output / "training"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": 0, "best_mean_dice": -1.0, "best_epoch": -1, "history": []}
+    best_weights: dict[str, torch.Tensor] | None = None
+    if config.resume and (ckpt_dir / "last.pt").exists():
+        checkpoint = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = json.loads(checkpoint["state_json"])
+        if (ckpt_dir / "best.pt").exists():
+            best_weights = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+
+    def save_last() -> None:
+        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state_json": json.dumps(state)}, ckpt_dir / ".last.pt")
+        (ckpt_dir / ".last.pt").replace(ckpt_dir / "last.pt")
+
+    started = time.time()
+    progress = tqdm(range(state["epoch"], config.epochs), desc="training", unit="epoch", initial=state["epoch"],
+                    total=config.epochs)
+    try:
+        for epoch in progress:
+            network.train()
+            losses = []
+            for batch in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(network(batch["image"].to(device)), batch["label"].to(device))
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            scheduler.step()
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
+                                   "seconds": round(time.time() - started, 1)}
+            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                dice = validate(network, val_prepared, label_values, config.patch_size, device)
+                row.update({f"dice_{v}": d for v, d in dice.items()})
+                row["dice_mean"] = float(np.mean(list(dice.values())))
+                if row["dice_mean"] > state["best_mean_dice"]:
+                    state["best_mean_dice"], state["best_epoch"] = row["dice_mean"], epoch + 1
+                    best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                    torch.save(best_weights, ckpt_dir / "best.pt")
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            progress.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{state['best_mean_dice']:.3f}")
+            save_last()
+            write_log(output, state["history"])
+    except KeyboardInterrupt:
+        save_last()
+        tqdm.write(f"interrupted at epoch {state['epoch']}: last checkpoint saved in {ckpt_dir}")
+    if best_weights is None:
+        best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
+                      time.time() - started)
+    package = save_package(output, card, best_weights)
+    plot_curves(output, state["history"], label_values)
+    (output / "training_summary.json").write_text(json.dumps({**state, "config": asdict(config)}, indent=2) + "\n")
+    return package
+
+
+def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
+               seconds: float) -> dict[str, Any]:
+    names = dataset.label_names
+    return {
+        "format_version": 1,
+        "id": config.model_id or Path(config.output).name,
+        "version": config.version,
+        "task": "segmentation",
+        "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",
+        "modality": config.modality.upper(),
+        "network": spec,
+        "labels": [
+            {"value": v, "name": names.get(v, f"label {v}"), "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]}
+            for i, v in enumerate(label_values)
+        ],
+        "preprocessing": preprocessing,
+        "inference": {"patch_size": config.patch_size, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2},
+        "postprocessing": {"largest_component": True, "fill_holes": True, "min_size_voxels": 10},
+        "training": {
+            "data": dataset.name or str(dataset.root),
+            "licence": dataset.licence,
+            "n_train": len(train_cases),
+            "n_val": len(val_cases),
+            "seed": config.seed,
+            "split": {"val_fraction": config.val_fraction, "val": [c.id for c in val_cases]},
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "seconds": round(seconds),
+            "config": {k: v for k, v in asdict(config).items() if k not in ("data", "output")},
+        },
+        "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
+    }
+
+
+def write_log(output: Path, history: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in history:
+        fields += [k for k in row if k not in fields]
+    with open(output / "training_log.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_curves(output: Path, history: list[dict[str, Any]], label_values: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot([r["epoch"] for r in history], [r["loss"] for r in history])
+    ax_loss.set(title="training loss (Dice + CE)", xlabel="epoch")
+    for value in label_values:
+        points = [(r["epoch"], r[f"dice_{value}"]) for r in history if f"dice_{value}" in r]
+        if points:
+            ax_dice.plot(*zip(*points), marker="o", label=f"label {value}")
+    ax_dice.set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
+    ax_dice.legend()
+    fig.tight_layout()
+    fig.savefig(output / "training_curves.png", dpi=100)
+    plt.close(fig)

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     seg.add_argument("--probabilities", default=None, help="also write per-class probabilities (4D .nii.gz/.nrrd)")
     seg.add_argument("--series", default=None, help="DICOM series UID (default: the series with most slices)")
+    seg.add_argument("--png", default=None, help="also write a PNG of the labels over three orthogonal slices")
     seg.add_argument("--no-cascade", action="store_true", help="skip a cascade model's coarse stage")
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 

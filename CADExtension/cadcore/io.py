@@ -84,7 +84,8 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
 def check_volume(image: sitk.Image, path: str | Path) -> None:
     """Raise :class:`CadError` unless ``image`` is a finite, non-constant 3D scalar volume."""
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise CadError(f"expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components per voxel", path)
+        components = image.GetNumberOfComponentsPerPixel()
+        raise CadError(f"expected a scalar volume, got {components} components per voxel", path)
     if image.GetDimension() != 3:
         raise CadError(f"expected a 3D volume, got a {image.GetDimension()}D image of size {image.GetSize()}", path)
     size = image.GetSize()

@@ -91,7 +91,8 @@ def enhance(image: sitk.Image, options: dict[str, Any]) -> sitk.Image:
         kind = denoise.get("kind", "curvature_flow")
         image = sitk.Cast(image, sitk.sitkFloat32)
         if kind == "curvature_flow":
-            image = sitk.CurvatureFlow(image, timeStep=denoise.get("time_step", 0.0625), numberOfIterations=denoise.get("iterations", 5))
+            image = sitk.CurvatureFlow(image, timeStep=denoise.get("time_step", 0.0625),
+                                       numberOfIterations=denoise.get("iterations", 5))
         elif kind == "median":
             image = sitk.Median(image, [int(denoise.get("radius", 1))] * 3)
         elif kind == "gaussian":

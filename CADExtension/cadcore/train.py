@@ -157,8 +157,8 @@ def train(config: TrainConfig) -> ModelPackage:
                 optimizer.step()
                 losses.append(float(loss.detach()))
             scheduler.step()
-            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"],
-                                   "seconds": round(time.time() - started, 1)}
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
                 dice = validate(network, val_prepared, label_values, config.patch_size, device)
                 row.update({f"dice_{v}": d for v, d in dice.items()})

@@ -51,3 +51,41 @@ def oblique_image():
     image.SetOrigin((-12.5, 40.25, 7.0))
     image.SetDirection(oblique_direction())
     return image
+
+
+TINY_LABELS = [
+    {"value": 1, "name": "anterior", "color": [0.85, 0.35, 0.25]},
+    {"value": 2, "name": "posterior", "color": [0.25, 0.6, 0.85]},
+]
+
+
+def make_tiny_segmentation_package(folder: Path, seed: int = 0, **card_overrides):
+    """A real (untrained, random-weight) package: tiny DynUNet, hippocampus-like card. Builds in well under a second."""
+    import torch
+
+    from cadcore.models import save_package
+    from cadcore.networks import build_network, dynunet_spec
+
+    torch.manual_seed(seed)
+    spec = dynunet_spec(1, 3, [4, 8, 16], [1, 2, 2])
+    card = {
+        "format_version": 1,
+        "id": folder.name,
+        "version": "0.0.1",
+        "task": "segmentation",
+        "description": "tiny test model",
+        "modality": "MR",
+        "network": spec,
+        "labels": TINY_LABELS,
+        "preprocessing": {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0],
+                          "normalization": {"kind": "mr", "percentiles": [0.5, 99.5]}},
+        "inference": {"patch_size": [16, 16, 16], "overlap": 0.25, "mode": "gaussian", "sw_batch_size": 2},
+        "postprocessing": {"largest_component": True, "fill_holes": True},
+    }
+    card.update(card_overrides)
+    return save_package(folder, card, build_network(spec).state_dict())
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path):
+    return make_tiny_segmentation_package(tmp_path / "tiny-unet")

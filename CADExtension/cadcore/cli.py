@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default="")
+    tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
 
     ev = sub.add_parser("evaluate", help="score a model on a dataset (Dice, HD95)")
     ev.add_argument("-m", "--model", required=True)

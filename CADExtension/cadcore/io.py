@@ -7,8 +7,12 @@ are renamed into place, so a failure never leaves a half-written file.
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,16 +66,57 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
 
 
 def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
-    """Read a volume file or DICOM folder, without checking it is fit for a model (see :func:`read_volume`)."""
+    """Read a volume file or DICOM folder, without checking it is fit for a model (see :func:`read_volume`).
+
+    The one exception is NIfTI: a truncated file or NaN/Inf voxels are refused here, because ITK would silently turn
+    them into zeros and no later check could tell."""
     path = Path(path)
     if not path.exists():
         raise CadError("file not found", path)
     if path.is_dir():
         return read_dicom_series(path, series_uid)
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise CadError(f"cannot read image ({_first_line(exc)})", path) from exc
+    if suffix_of(path) in (".nii", ".nii.gz"):
+        _check_nifti_data(path)
+    return image
+
+
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes of float32 and float64
+
+
+def _check_nifti_data(path: Path) -> None:
+    """Refuse what ITK's NIfTI reader hides: SimpleITK 2.5 zero-fills a truncated file without an error (half a
+    .nii.gz reads as a volume whose second half is 0) and replaces NaN/Inf voxels by 0 (``nifti_read_buffer``; fixed
+    only in ITK 6, InsightSoftwareConsortium/ITK#6683). One streaming pass over the NIfTI-1 data, never a full copy."""
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # by content, as ITK does: a .nii may be gzipped and vice versa
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as stream:
+            header = stream.read(348)
+            endian = "<" if header[:4] == struct.pack("<i", 348) else ">"
+            dims = struct.unpack(f"{endian}8h", header[40:56]) if len(header) == 348 else (0,)
+            if header[:4] != struct.pack(f"{endian}i", 348) or not 1 <= dims[0] <= 7:
+                return  # NIfTI-2 or Analyze: ITK parsed it; no rule of ours applies
+            datatype, bitpix = struct.unpack(f"{endian}2h", header[70:74])
+            vox_offset = int(struct.unpack(f"{endian}f", header[108:112])[0])
+            expected = vox_offset + int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64)) * bitpix // 8
+            length = len(header) + len(stream.read(max(vox_offset - len(header), 0)))
+            dtype = np.dtype(endian + NIFTI_FLOAT_TYPES[datatype]) if datatype in NIFTI_FLOAT_TYPES else None
+            finite = True
+            for chunk in iter(lambda: stream.read(1 << 24), b""):
+                length += len(chunk)
+                if dtype is not None and finite:
+                    finite = bool(np.isfinite(np.frombuffer(chunk[: len(chunk) // dtype.itemsize * dtype.itemsize],
+                                                            dtype)).all())
+    except (EOFError, OSError, zlib.error) as exc:
+        raise CadError(f"cannot read image (file is truncated or corrupt: {exc})", path) from exc
+    if length < expected:
+        raise CadError(f"cannot read image (file is truncated: {length} bytes, the header needs {expected})", path)
+    if not finite:
+        raise CadError("image contains NaN or infinite values", path)
 
 
 def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
@@ -122,18 +167,24 @@ def check_output_path(path: str | Path, force: bool, allowed: tuple[str, ...] = 
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it into place only if the block succeeds."""
+    """Yield a path with ``path``'s name in a hidden folder beside it; move the result into place only on success.
+
+    The private folder is on the same file system, so the final rename is atomic. It also catches the data file that
+    detached-header formats write next to their header (``.mhd`` → ``.zraw``, ``.nhdr`` → ``.raw.gz``): that file is
+    moved first, under its final name, so a header never names a missing or temporary file. Files are created by the
+    writer itself, so they get the user's usual permissions (a ``mkstemp`` file would stay 0600).
+    """
     path = Path(path)
-    suffix = suffix_of(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix)] or 'tmp'}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = tmp_dir / path.name
     try:
         yield tmp
+        for companion in tmp_dir.iterdir():
+            if companion != tmp:
+                os.replace(companion, path.parent / companion.name)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:

@@ -157,8 +157,7 @@ def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any])
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp_weights = folder / f".{WEIGHTS_NAME}.tmp"
-    tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
-    save_file(tensors, str(tmp_weights))
+    save_file(unique_tensors(state_dict), str(tmp_weights))
     os.replace(tmp_weights, folder / WEIGHTS_NAME)
     card = dict(card)
     card["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_of(folder / WEIGHTS_NAME), "format": "safetensors"}
@@ -166,6 +165,36 @@ def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any])
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, folder / CARD_NAME)
     return ModelPackage(folder, card)
+
+
+def unique_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """One entry per tensor storage: some MONAI networks (DynUNet) register the same weights under two names.
+
+    safetensors refuses aliased tensors, and cloning them would double the file; :func:`load_weights` restores the
+    aliases from the network itself.
+    """
+    by_storage: dict[tuple[int, int], list[str]] = {}
+    for name, tensor in state_dict.items():
+        by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(name)
+    keep = {min(names, key=lambda n: (n.startswith("skip_layers"), n)) for names in by_storage.values()}
+    return {name: state_dict[name].detach().cpu().contiguous().clone() for name in state_dict if name in keep}
+
+
+def load_weights(network: Any, state: dict[str, Any], source: str | Path = "") -> None:
+    """Load weights strictly, except for keys that are aliases of loaded tensors inside ``network``."""
+    own = network.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CadError(f"weights do not fit the network (unexpected: {', '.join(unexpected[:3])}…)", source or None)
+    loaded = {(own[name].untyped_storage().data_ptr(), own[name].storage_offset()) for name in state}
+    missing = [name for name in own if name not in state and
+               (own[name].untyped_storage().data_ptr(), own[name].storage_offset()) not in loaded]
+    if missing:
+        raise CadError(f"weights do not fit the network (missing: {', '.join(missing[:3])}…)", source or None)
+    try:
+        network.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CadError(f"weights do not fit the network ({str(exc).splitlines()[0]})", source or None) from exc
 
 
 def import_package(source: Path, force: bool = False) -> ModelPackage:

@@ -34,7 +34,7 @@ def build_network(spec: dict[str, Any]) -> torch.nn.Module:
         params.setdefault("block", ResNetBlock)
     try:
         return getattr(nets, name)(**params)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise CadError(f"network parameters do not fit {name}: {exc}") from exc
 
 

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from cadcore.errors import CadError
 from cadcore.inference import configure_cpu_threads, pick_device, predict_probabilities
 from cadcore.io import atomic_path, check_output_path, read_volume
-from cadcore.models import ModelPackage, find_model
+from cadcore.models import ModelPackage, find_model, load_weights
 from cadcore.networks import build_network
 from cadcore.postprocess import clean_labels
 from cadcore.preprocess import labels_on_input_grid, prepare, probabilities_to_input_grid
@@ -54,7 +54,7 @@ def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str
     state = package.load_state_dict()
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    network.load_state_dict(state)
+    load_weights(network, state, package.weights_path)
     return network.to(device).eval()
 
 

@@ -51,6 +51,7 @@ class TrainConfig:
     mirror_axes: list[int] = field(default_factory=lambda: [0])
     device: str = "auto"
     resume: bool = False
+    force: bool = False
     max_cases: int | None = None
     description: str = ""
     version: str = "1.0.0"
@@ -97,6 +98,9 @@ def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[i
 def train(config: TrainConfig) -> ModelPackage:
     """Train and export a package into ``config.output``; returns it."""
     output = Path(config.output)
+    if (output / "model.json").exists() and not (config.resume or config.force):
+        raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
+                       output)
     dataset = load_dataset(config.data)
     cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
     train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)

@@ -1,0 +1,86 @@
+"""``cad train`` and ``cad evaluate`` on the three sample cases shipped in the repository (tiny settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from cadcore.cli import main
+from cadcore.models import find_model
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "sample_data" / "hippocampus"
+TINY = ["--filters", "4,8,16", "--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1",
+        "--val-fraction", "0.34"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("train") / "tiny-hippo"
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--epochs", "2", "--seed", "3", *TINY]) == 0
+    return output
+
+
+def test_train_exports_a_loadable_package(trained):
+    package = find_model(trained)
+    package.verify()
+    card = package.card
+    assert card["task"] == "segmentation" and card["id"] == "tiny-hippo"
+    assert [label["value"] for label in card["labels"]] == [1, 2]
+    assert card["training"]["n_train"] == 2 and len(card["training"]["split"]["val"]) == 1
+    assert card["preprocessing"]["normalization"]["kind"] == "mr"
+    rows = list(csv.DictReader(open(trained / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and "dice_1" in rows[0]
+    assert (trained / "training_curves.png").stat().st_size > 1000
+    summary = json.loads((trained / "training_summary.json").read_text())
+    assert summary["epoch"] == 2
+
+
+def test_split_is_deterministic_from_seed(tmp_path, trained):
+    again = tmp_path / "again"
+    assert main(["train", "--data", str(SAMPLES), "-o", str(again), "--epochs", "1", "--seed", "3", *TINY]) == 0
+    assert find_model(again).card["training"]["split"] == find_model(trained).card["training"]["split"]
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    output = tmp_path / "resumable"
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--epochs", "3", "--resume", *TINY]) == 0
+    rows = list(csv.DictReader(open(output / "training_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+def test_evaluate_report_has_contract_fields(tmp_path, capsys, trained):
+    report_path = tmp_path / "report.json"
+    code = main(["evaluate", "-m", str(trained), "--data", str(SAMPLES), "--split", "val", "-o", str(report_path),
+                 "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(report_path.read_text())
+    assert report["model"] == "tiny-hippo" and report["n_cases"] == 1 and len(report["cases"]) == 1
+    assert set(report["per_label"]) == {"1", "2"}
+    for row in report["per_label"].values():
+        assert {"name", "dice_mean", "hd95_mean"} <= set(row)
+        assert 0.0 <= row["dice_mean"] <= 1.0
+    assert report["cases"][0]["id"] in find_model(trained).card["training"]["split"]["val"]
+
+
+def test_evaluate_split_all_and_refuses_overwrite(tmp_path, capsys, trained):
+    report_path = tmp_path / "all.json"
+    assert main(["evaluate", "-m", str(trained), "--data", str(SAMPLES), "--split", "all", "-o", str(report_path),
+                 "--device", "cpu"]) == 0
+    assert json.loads(report_path.read_text())["n_cases"] == 3
+    capsys.readouterr()
+    assert main(["evaluate", "-m", str(trained), "--data", str(SAMPLES), "-o", str(report_path)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_train_refuses_dataset_with_missing_files(tmp_path, capsys):
+    spec = {"labels": {"0": "bg", "1": "x"}, "training": [{"image": "./nope.nii.gz", "label": "./nope_l.nii.gz"}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert main(["train", "--data", str(tmp_path), "-o", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "missing file" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()

@@ -49,17 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     tr = sub.add_parser("train", help="train a model and export a package")
-    tr.add_argument("--data", required=True, help="dataset.json or a folder with images/ and labels/")
+    tr.add_argument("--task", default="segment", choices=["segment", "classify"])
+    tr.add_argument("--data", required=True,
+                    help="segment: dataset.json or images/+labels/ folder; classify: MedMNIST .npz or CSV")
     tr.add_argument("-o", "--output", required=True, help="model package folder to create")
     tr.add_argument("--id", dest="model_id", default="", help="model id (default: the output folder's name)")
-    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--epochs", type=int, default=None, help="default 100 (segment), 60 (classify)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--val-every", type=int, default=5)
-    tr.add_argument("--batch-size", type=int, default=2)
+    tr.add_argument("--batch-size", type=int, default=None, help="default 2 (segment), 32 (classify)")
     tr.add_argument("--patch-size", type=_ints, default=[40, 56, 40], help="I,J,K voxels")
     tr.add_argument("--filters", type=_ints, default=[16, 32, 64, 128], help="channels per U-Net level")
-    tr.add_argument("--lr", dest="learning_rate", type=float, default=2e-3)
+    tr.add_argument("--lr", dest="learning_rate", type=float, default=None, help="default 2e-3 / 1e-3")
     tr.add_argument("--spacing", type=_floats, default=None, help="working spacing in mm (default: as stored)")
     tr.add_argument("--modality", default="MR", help="MR (percentile clip + z-score) or CT (window + scale)")
     tr.add_argument("--mirror-axes", type=_ints, default=[0], help="axes safe to mirror (I=0 is left-right)")
@@ -68,14 +70,39 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default="")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
+    cl = tr.add_argument_group("classification (--task classify)")
+    cl.add_argument("--network", default="resnet18", choices=["resnet18", "densenet121"])
+    cl.add_argument("--widths", type=_ints, default=[32, 64, 128, 256], help="ResNet channels per stage")
+    cl.add_argument("--baseline", default=None, choices=["svm", "rf"], help="train the classical baseline instead")
+    cl.add_argument("--classes", type=lambda t: t.split(","), default=[], dest="class_names",
+                    help="class names, comma-separated, in label order")
+    cl.add_argument("--patience", type=int, default=15, help="early stopping on validation AUC")
+    cl.add_argument("--roi-size", type=_ints, default=[28, 28, 28])
+    cl.add_argument("--roi-spacing", type=_floats, default=None, help="mm; default: fit the lesion extent")
+    cl.add_argument("--roi-input", default="image", choices=["image", "mask", "masked_image"])
 
     ev = sub.add_parser("evaluate", help="score a model on a dataset (Dice, HD95)")
     ev.add_argument("-m", "--model", required=True)
     ev.add_argument("--data", required=True)
-    ev.add_argument("--split", default="val", choices=["val", "all"])
+    ev.add_argument("--split", default="val", choices=["val", "test", "all"],
+                    help="val: the cases the model card lists as held out; test: a .npz test split")
     ev.add_argument("-o", "--output", required=True, help="report JSON")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--force", action="store_true")
+
+    cf = sub.add_parser("classify", help="classify a lesion, ROI or volume (probabilities + Grad-CAM)")
+    cf.add_argument("input", help="volume file or DICOM folder")
+    cf.add_argument("-m", "--model", required=True)
+    cf.add_argument("-o", "--output", required=True, help="result JSON")
+    cf.add_argument("--mask", default=None, help="labelmap/segmentation file on the input's grid")
+    cf.add_argument("--label", type=int, default=None, help="lesion label value in --mask (default: the largest)")
+    cf.add_argument("--center", default=None, help="ROI centre X,Y,Z in RAS mm")
+    cf.add_argument("--size", default=None, help="ROI box edge(s) in mm (extent-fitted models)")
+    cf.add_argument("--heatmap", default=None, help="write the Grad-CAM heatmap here (input grid)")
+    cf.add_argument("--heatmap-class", type=int, default=None, help="class index to explain (default: predicted)")
+    cf.add_argument("--series", default=None)
+    cf.add_argument("--device", default="auto")
+    cf.add_argument("--force", action="store_true")
 
     mo = sub.add_parser("models", help="list, show, verify or import model packages")
     mo_sub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
@@ -97,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cadcore.commands import run_segment
 
             return run_segment(args)
+        if args.command == "classify":
+            from cadcore.classify import classify_command
+
+            return classify_command(args)
         if args.command == "train":
             from cadcore.commands import run_train
 

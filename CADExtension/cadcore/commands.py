@@ -8,15 +8,27 @@ import sys
 
 from cadcore.errors import CadError
 
+SEGMENT_DEFAULTS = {"epochs": 100, "batch_size": 2, "learning_rate": 2e-3}
+CLASSIFY_DEFAULTS = {"epochs": 60, "batch_size": 32, "learning_rate": 1e-3}
+
 
 def run_train(args: argparse.Namespace) -> int:
     from cadcore.inference import configure_cpu_threads
-    from cadcore.train import TrainConfig, train
 
     configure_cpu_threads()
-    fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    package = train(config)
+    values = vars(args)
+    defaults = CLASSIFY_DEFAULTS if args.task == "classify" else SEGMENT_DEFAULTS
+    values.update({k: v for k, v in defaults.items() if values.get(k) is None})
+    if args.task == "classify":
+        from cadcore.train_classify import ClassifyConfig, train_classifier
+
+        fields = ClassifyConfig.__dataclass_fields__
+        package = train_classifier(ClassifyConfig(**{k: v for k, v in values.items() if k in fields}))
+    else:
+        from cadcore.train import TrainConfig, train
+
+        fields = TrainConfig.__dataclass_fields__
+        package = train(TrainConfig(**{k: v for k, v in values.items() if k in fields}))
     print(f"model package written to {package.folder}")
     return 0
 

@@ -113,6 +113,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     if not output.parent.exists():
         raise CadError("output folder does not exist", output.parent)
     configure_cpu_threads()
+    package = find_model(args.model)
+    if package.task == "classification":
+        return _evaluate_classifier_command(args, package, output)
+    if args.split == "test":
+        raise CadError("--split test is for .npz classification data; segmentation uses val or all")
     report = evaluate(args.model, args.data, args.split, args.device)
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
@@ -121,4 +126,21 @@ def evaluate_command(args: argparse.Namespace) -> int:
     for value, row in report["per_label"].items():
         hd = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f} mm"
         print(f"  {value:>3} {row['name']:<36} Dice {row['dice_mean']:.4f}  HD95 {hd}")
+    return 0
+
+
+def _evaluate_classifier_command(args: argparse.Namespace, package, output: Path) -> int:
+    from cadcore.evaluate_classify import evaluate_classifier
+
+    package.verify()
+    roc_path = output.with_name(output.name.removesuffix(".json") + "_roc.png")
+    report = evaluate_classifier(package, args.data, args.split, args.device, roc_path)
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"report: {output}")
+    sens = report["sensitivity"]
+    spec = report["specificity"]
+    print(f"{report['model']} on {report['n']} {report['split']} samples: AUC {report['auc']:.4f}"
+          f"  ACC {report['acc']:.4f}  sensitivity {sens:.4f}  specificity {spec if spec is None else round(spec, 4)}"
+          f"  ECE {report['ece']:.4f}")
     return 0

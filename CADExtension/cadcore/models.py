@@ -176,7 +176,7 @@ def unique_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:
     by_storage: dict[tuple[int, int], list[str]] = {}
     for name, tensor in state_dict.items():
         by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(name)
-    keep = {min(names, key=lambda n: (n.startswith("skip_layers"), n)) for names in by_storage.values()}
+    keep = {min(names, key=lambda n: ("skip_layers." in n, n)) for names in by_storage.values()}
     return {name: state_dict[name].detach().cpu().contiguous().clone() for name in state_dict if name in keep}
 
 

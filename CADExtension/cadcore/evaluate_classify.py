@@ -1,0 +1,81 @@
+"""``cad evaluate`` for classifiers: ACC, AUC, sensitivity, specificity, balanced accuracy, ECE, confusion matrix,
+an ROC PNG beside the report and per-sample probabilities, on exactly the inputs ``cad classify`` would build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cadcore.calibration import softmax
+from cadcore.classify import class_names, is_baseline
+from cadcore.classify_data import ClassificationSet, load_csv, load_npz_split, subset
+from cadcore.classify_metrics import classification_metrics, plot_roc
+from cadcore.errors import CadError
+from cadcore.inference import pick_device
+from cadcore.models import ModelPackage, load_weights
+from cadcore.networks import build_network
+
+
+def evaluation_set(package: ModelPackage, data: str, split: str) -> ClassificationSet:
+    path = Path(data)
+    if not path.exists():
+        raise CadError("dataset not found", path)
+    if path.suffix == ".npz":
+        if split == "all":
+            parts = [load_npz_split(path, name) for name in ("train", "val")]
+            return ClassificationSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                                       ("inputs", "labels", "images", "masks")), parts[0].spacing,
+                                     parts[0].ids + parts[1].ids)
+        return load_npz_split(path, split)
+    if split == "test":
+        raise CadError("--split test needs a .npz with test arrays; for CSV data use val or all", path)
+    card = package.card
+    full = load_csv(path, dict(card.get("roi", {})), card.get("preprocessing", {}).get("normalization", {}))
+    if split == "all":
+        return full
+    held_out = set((card.get("training", {}).get("split") or {}).get("val") or [])
+    if not held_out:
+        raise CadError("model card lists no validation samples; use --split all", path)
+    return subset(full, np.array([i for i, sample in enumerate(full.ids) if sample in held_out]))
+
+
+def probabilities_for(package: ModelPackage, data: ClassificationSet, device: str) -> np.ndarray:
+    if is_baseline(package):
+        from cadcore.baseline import BaselineClassifier
+        from cadcore.features import feature_matrix
+
+        spacing = (1.0, 1.0, 1.0) if package.card.get("roi", {}).get("fit") == "extent" else data.spacing
+        features = feature_matrix(zip(data.images, data.masks, [spacing] * len(data.labels)))
+        return BaselineClassifier.from_package(package).predict_proba(features)
+    torch_device = pick_device(device)
+    network = build_network(package.card["network"])
+    load_weights(network, package.load_state_dict(), package.weights_path)
+    network = network.to(torch_device).eval()
+    with torch.inference_mode():
+        logits = np.concatenate([network(torch.from_numpy(data.inputs[i:i + 64]).to(torch_device)).float().cpu().numpy()
+                                 for i in range(0, len(data.labels), 64)])
+    return softmax(logits, float(package.card.get("calibration", {}).get("temperature", 1.0)))
+
+
+def evaluate_classifier(package: ModelPackage, data: str, split: str, device: str, roc_path: Path) -> dict[str, Any]:
+    dataset = evaluation_set(package, data, split)
+    names = class_names(package)
+    probabilities = probabilities_for(package, dataset, device)
+    if probabilities.shape[1] != len(names) or dataset.labels.max() >= len(names):
+        raise CadError(f"data has labels outside the model's {len(names)} classes", data)
+    metrics = classification_metrics(probabilities, dataset.labels)
+    plot_roc(probabilities, dataset.labels, names, roc_path, f"{package.id} ({split})")
+    return {
+        "model": package.id,
+        "model_version": package.card.get("version"),
+        "dataset": str(data),
+        "split": split,
+        "classes": names,
+        **metrics,
+        "roc_png": str(roc_path),
+        "samples": [{"id": sample, "label": int(label), "probabilities": [round(float(p), 6) for p in row]}
+                    for sample, label, row in zip(dataset.ids, dataset.labels, probabilities)],
+    }

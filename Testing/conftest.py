@@ -89,3 +89,33 @@ def make_tiny_segmentation_package(folder: Path, seed: int = 0, **card_overrides
 @pytest.fixture
 def tiny_model(tmp_path: Path):
     return make_tiny_segmentation_package(tmp_path / "tiny-unet")
+
+
+def make_tiny_classification_package(folder: Path, seed: int = 0, **card_overrides):
+    """A real (untrained) ResNet-18-shaped classifier with 4–32 channels, fixed-spacing ROI of 16 voxels at 2 mm."""
+    import torch
+
+    from cadcore.models import save_package
+    from cadcore.networks import build_network
+
+    torch.manual_seed(seed)
+    spec = {"name": "ResNet", "params": {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 16, 32],
+                                         "spatial_dims": 3, "n_input_channels": 1, "conv1_t_size": 3,
+                                         "conv1_t_stride": 1, "num_classes": 2}}
+    card = {
+        "format_version": 1, "id": folder.name, "version": "0.0.1", "task": "classification",
+        "network": spec,
+        "classes": [{"value": 0, "name": "benign"}, {"value": 1, "name": "malignant"}],
+        "roi": {"size": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "fit": "fixed", "input": "image",
+                "orientation": "RAS"},
+        "preprocessing": {"normalization": {"kind": "mr", "percentiles": [0.5, 99.5]}},
+        "calibration": {"temperature": 1.5},
+        "gradcam": {"target_layer": "layer4"},
+    }
+    card.update(card_overrides)
+    return save_package(folder, card, build_network(spec).state_dict())
+
+
+@pytest.fixture
+def tiny_classifier(tmp_path: Path):
+    return make_tiny_classification_package(tmp_path / "tiny-resnet")

@@ -104,10 +104,12 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
         if not 0 <= target < len(names):
             raise CadError(f"--heatmap-class {target} is not a class of this model (0..{len(names) - 1})")
         cam = gradcam_on_roi(network, x, target, card.get("gradcam", {}).get("target_layer", "layer4"))
-        peak_index = np.unravel_index(int(np.argmax(cam)), cam.shape)
-        peak_ras = lps_to_ras(roi.grid.TransformIndexToPhysicalPoint([int(i) for i in peak_index]))
-        cam_image = from_array(cam, roi.grid)
-        heatmap_image = sitk.Resample(cam_image, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        heatmap_image = sitk.Resample(from_array(cam, roi.grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                      sitk.sitkFloat32)
+        # the peak is taken on the input grid: a padded part of the ROI is not anatomy
+        on_input = sitk.GetArrayViewFromImage(heatmap_image)
+        peak_kji = np.unravel_index(int(np.argmax(on_input)), on_input.shape)
+        peak_ras = lps_to_ras(image.TransformIndexToPhysicalPoint([int(i) for i in peak_kji[::-1]]))
     report = {
         "model": package.id,
         "model_version": card.get("version"),

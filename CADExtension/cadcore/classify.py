@@ -46,15 +46,14 @@ def is_baseline(package: ModelPackage) -> bool:
 
 
 def _baseline_logits(package: ModelPackage, roi: Roi) -> np.ndarray:
-    from cadcore.baseline import BaselineClassifier
-    from cadcore.features import FEATURE_NAMES, extract_features
+    from cadcore.baseline import BaselineClassifier, roi_feature_spacing
+    from cadcore.features import extract_features
 
     mask = roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool)
-    # extent-fitted models were trained in ROI voxel units (MedMNIST): keep features in those units
-    fitted = package.card.get("roi", {}).get("fit") == "extent"
-    features = extract_features(roi.image, mask, (1.0, 1.0, 1.0) if fitted else tuple(roi.grid.GetSpacing()))
-    row = np.array([[features[name] for name in FEATURE_NAMES]])
-    probabilities = BaselineClassifier.from_package(package).predict_proba(row)[0]
+    features = extract_features(roi.image, mask, roi_feature_spacing(package.card.get("roi", {}),
+                                                                     roi.grid.GetSpacing()))
+    classifier = BaselineClassifier.from_package(package)
+    probabilities = classifier.predict_proba(classifier.vector(features)[None])[0]
     return np.log(np.clip(probabilities, 1e-12, 1.0))
 
 

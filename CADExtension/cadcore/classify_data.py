@@ -51,6 +51,32 @@ def load_npz_split(path: Path, split: str) -> ClassificationSet:
                              [f"{split}_{i}" for i in range(len(images))])
 
 
+def through_roi(data: ClassificationSet, roi_spec: dict[str, Any]) -> ClassificationSet:
+    """Re-cut array samples exactly as ``cad classify`` cuts a lesion (arrays read as I, J, K volumes at 1 mm).
+
+    Training and evaluation then see what inference sees; features use :func:`cadcore.baseline.roi_feature_spacing`.
+    """
+    import SimpleITK as sitk
+
+    from cadcore.baseline import roi_feature_spacing
+    from cadcore.roi import extract_roi, network_input
+
+    inputs, images, masks = [], [], []
+    spacing = data.spacing
+    for image_array, mask_array in zip(data.images, data.masks):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(image_array.transpose(2, 1, 0)))
+        mask = sitk.GetImageFromArray(np.ascontiguousarray(mask_array.transpose(2, 1, 0)).astype(np.uint8))
+        if not mask_array.any():
+            mask = None
+        roi = extract_roi(image, roi_spec, mask, 1 if mask is not None else None)
+        inputs.append(network_input(roi, roi_spec, {"kind": "none"}) if mask is not None else image_array[None])
+        images.append(roi.image)
+        masks.append(roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool))
+        spacing = roi_feature_spacing(roi_spec, roi.grid.GetSpacing())
+    return ClassificationSet(np.stack(inputs).astype(np.float32), data.labels, np.stack(images), np.stack(masks),
+                             spacing, data.ids)
+
+
 def extent_margin(masks: np.ndarray) -> float:
     """The margin that makes a mask's extent fill the block as in the training data (MedMNIST crops are loose)."""
     fractions = []

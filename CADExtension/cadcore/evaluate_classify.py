@@ -11,7 +11,7 @@ import torch
 
 from cadcore.calibration import softmax
 from cadcore.classify import class_names, is_baseline
-from cadcore.classify_data import ClassificationSet, load_csv, load_npz_split, subset
+from cadcore.classify_data import ClassificationSet, load_csv, load_npz_split, subset, through_roi
 from cadcore.classify_metrics import classification_metrics, plot_roc
 from cadcore.errors import CadError
 from cadcore.inference import pick_device
@@ -26,10 +26,13 @@ def evaluation_set(package: ModelPackage, data: str, split: str) -> Classificati
     if path.suffix == ".npz":
         if split == "all":
             parts = [load_npz_split(path, name) for name in ("train", "val")]
-            return ClassificationSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+            data = ClassificationSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                                        ("inputs", "labels", "images", "masks")), parts[0].spacing,
                                      parts[0].ids + parts[1].ids)
-        return load_npz_split(path, split)
+        else:
+            data = load_npz_split(path, split)
+        roi_spec = package.card.get("roi", {})
+        return through_roi(data, roi_spec) if roi_spec.get("fit") == "extent" else data
     if split == "test":
         raise CadError("--split test needs a .npz with test arrays; for CSV data use val or all", path)
     card = package.card
@@ -47,8 +50,7 @@ def probabilities_for(package: ModelPackage, data: ClassificationSet, device: st
         from cadcore.baseline import BaselineClassifier
         from cadcore.features import feature_matrix
 
-        spacing = (1.0, 1.0, 1.0) if package.card.get("roi", {}).get("fit") == "extent" else data.spacing
-        features = feature_matrix(zip(data.images, data.masks, [spacing] * len(data.labels)))
+        features = feature_matrix(zip(data.images, data.masks, [data.spacing] * len(data.labels)))
         return BaselineClassifier.from_package(package).predict_proba(features)
     torch_device = pick_device(device)
     network = build_network(package.card["network"])

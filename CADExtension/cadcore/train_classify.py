@@ -19,7 +19,15 @@ import torch
 from tqdm import tqdm
 
 from cadcore.calibration import fit_temperature, softmax
-from cadcore.classify_data import ClassificationSet, extent_margin, load_csv, load_npz_split, split_indices, subset
+from cadcore.classify_data import (
+    ClassificationSet,
+    extent_margin,
+    load_csv,
+    load_npz_split,
+    split_indices,
+    subset,
+    through_roi,
+)
 from cadcore.classify_metrics import classification_metrics
 from cadcore.errors import CadError
 from cadcore.inference import pick_device
@@ -69,7 +77,9 @@ def load_data(config: ClassifyConfig, roi_spec: dict[str, Any], normalization: d
         raise CadError("dataset not found", path)
     if path.suffix == ".npz":
         train, val = load_npz_split(path, "train"), load_npz_split(path, "val")
-        roi_spec.update(fit="extent", margin=extent_margin(train.masks), input="mask")
+        roi_spec.update(fit="extent", margin=extent_margin(train.masks), input="mask", spacing=None,
+                        size=list(train.images.shape[1:]))
+        train, val = through_roi(train, roi_spec), through_roi(val, roi_spec)
         return train, val, {"source": path.name, "split": "npz train/val arrays"}
     if path.suffix.lower() == ".csv":
         data = load_csv(path, roi_spec, normalization)
@@ -200,14 +210,14 @@ def _card(config, spec, roi_spec, normalization, names, provenance, train, val, 
 
 
 def _train_baseline(config, train, val, roi_spec, names, provenance, started) -> ModelPackage:
-    from cadcore.baseline import baseline_card_section, train_baseline
+    from cadcore.baseline import train_baseline
     from cadcore.features import FEATURE_NAMES, feature_matrix
 
     features_train = feature_matrix(zip(train.images, train.masks, [train.spacing] * len(train.labels)))
     features_val = feature_matrix(zip(val.images, val.masks, [val.spacing] * len(val.labels)))
     classifier = train_baseline(features_train, train.labels, config.baseline, list(FEATURE_NAMES), config.seed)
     probabilities = classifier.predict_proba(features_val)
-    spec = baseline_card_section(config.baseline, config.seed, list(FEATURE_NAMES))
+    spec = classifier.card_section()
     card = _card(config, spec, roi_spec, {"kind": "none"}, names, provenance, train, val, started)
     card["metrics"] = {"validation": classification_metrics(probabilities, val.labels)}
     return save_package(Path(config.output), card, classifier.state_tensors())

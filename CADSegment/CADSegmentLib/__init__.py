@@ -1,0 +1,14 @@
+"""CADSegment's GUI-free logic (the module widget and scripts call it; tests drive it on slicer-core).
+
+Needs the CADExtension module folder on ``sys.path`` (Slicer adds every module folder) for ``CADExtensionLib``.
+"""
+
+from CADSegmentLib.InProcessRunner import InProcessRunner
+from CADSegmentLib.SegmentationLogic import (
+    SegmentationCancelled,
+    SegmentationLogic,
+    defaultRunner,
+    engineErrorLine,
+)
+
+__all__ = ["InProcessRunner", "SegmentationCancelled", "SegmentationLogic", "defaultRunner", "engineErrorLine"]

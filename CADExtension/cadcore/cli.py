@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default="")
+    tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
     cl = tr.add_argument_group("classification (--task classify)")
     cl.add_argument("--network", default="resnet18", choices=["resnet18", "densenet121"])

@@ -55,6 +55,7 @@ class TrainConfig:
     max_cases: int | None = None
     description: str = ""
     version: str = "1.0.0"
+    labels: str | None = None  # JSON file: [{"value", "name", "color", "terminology"?}] for the model card
 
 
 def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
@@ -105,6 +106,7 @@ def train(config: TrainConfig) -> ModelPackage:
     cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
     train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
     label_values = sorted(dataset.label_names) or [1]
+    label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
     preprocessing = preprocessing_for(config)
     spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)
@@ -189,9 +191,24 @@ def train(config: TrainConfig) -> ModelPackage:
     return package
 
 
+def label_metadata(config: TrainConfig, dataset, label_values: list[int]) -> list[dict[str, Any]]:
+    """Names, colours and terminology for the card: from ``--labels FILE`` when given, else the dataset's names."""
+    if config.labels:
+        try:
+            given = {int(item["value"]): item for item in json.loads(Path(config.labels).read_text())}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CadError(f"cannot read label descriptions ({exc})", config.labels) from exc
+        missing = [v for v in label_values if v not in given]
+        if missing:
+            raise CadError(f"label descriptions lack values {missing}", config.labels)
+        return [given[v] for v in label_values]
+    names = dataset.label_names
+    return [{"value": v, "name": names.get(v, f"label {v}"), "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]}
+            for i, v in enumerate(label_values)]
+
+
 def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
                seconds: float) -> dict[str, Any]:
-    names = dataset.label_names
     return {
         "format_version": 1,
         "id": config.model_id or Path(config.output).name,
@@ -200,10 +217,7 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
         "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",
         "modality": config.modality.upper(),
         "network": spec,
-        "labels": [
-            {"value": v, "name": names.get(v, f"label {v}"), "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]}
-            for i, v in enumerate(label_values)
-        ],
+        "labels": label_metadata(config, dataset, label_values),
         "preprocessing": preprocessing,
         "inference": {"patch_size": config.patch_size, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2},
         "postprocessing": {"largest_component": True, "fill_holes": True, "min_size_voxels": 10},

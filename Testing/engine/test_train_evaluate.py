@@ -14,6 +14,7 @@ from cadcore.models import find_model
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 TINY = ["--filters", "4,8,16", "--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1",
+        "--spacing", "2,2,2",
         "--val-fraction", "0.34"]
 
 

@@ -95,7 +95,8 @@ def test_cnn_evaluate_and_missing_test_split(tmp_path, capsys, cnn, npz):
                  "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 10
     capsys.readouterr()
-    assert main(["evaluate", "-m", str(cnn), "--data", str(npz), "--split", "test", "-o", str(tmp_path / "t.json")]) == 2
+    code = main(["evaluate", "-m", str(cnn), "--data", str(npz), "--split", "test", "-o", str(tmp_path / "t.json")])
+    assert code == 2
     err = capsys.readouterr().err
     assert "test_images" in err and str(npz) in err and err.count("\n") == 1
 

@@ -1,11 +1,14 @@
 """Slicer glue shared by the CADExtension modules: volumes to files, the engine command, background processes,
-and engine results into segmentation nodes.
+engine results into segmentation nodes (and segments into mask files), the model registry and the engine's Python
+dependencies.
 
 Imports ``slicer`` and ``vtk`` only (no ``qt``/``ctk``/``ScriptedLoadableModule``, no torch/MONAI/cadcore), so it
 runs both inside the Slicer application and on the ``slicer-core`` wheel that the MRML test suite uses.
 """
 
-from CADExtensionLib.command import ENGINE_MODULE, engineEnvironment, engineFolder, segmentArgv
+from CADExtensionLib.command import ENGINE_MODULE, classifyArgv, engineEnvironment, engineFolder, segmentArgv
+from CADExtensionLib.dependencies import DependencyError, DependencyLogic
+from CADExtensionLib.models import ModelError, ModelManagerLogic, downloadFile
 from CADExtensionLib.process import (
     CANCELLED,
     LineSplitter,
@@ -17,9 +20,11 @@ from CADExtensionLib.process import (
     pythonExecutable,
 )
 from CADExtensionLib.segmentations import (
+    exportSegmentToLabelmapFile,
     importLabelmapToSegmentation,
     placeUnderStudy,
     removeNodeAndDependents,
+    segmentIdFromNameOrId,
     terminologyEntry,
     uniqueSegmentName,
 )
@@ -28,13 +33,20 @@ from CADExtensionLib.volumes import VolumeGeometry, exportVolumeToFile, ijkToRAS
 __all__ = [
     "CANCELLED",
     "ENGINE_MODULE",
+    "DependencyError",
+    "DependencyLogic",
     "LineSplitter",
+    "ModelError",
+    "ModelManagerLogic",
     "ProcessRunner",
     "SubprocessRunner",
     "TemporaryWorkspace",
     "VolumeGeometry",
+    "classifyArgv",
+    "downloadFile",
     "engineEnvironment",
     "engineFolder",
+    "exportSegmentToLabelmapFile",
     "exportVolumeToFile",
     "ijkToRASArray",
     "importLabelmapToSegmentation",
@@ -44,6 +56,7 @@ __all__ = [
     "pythonExecutable",
     "removeNodeAndDependents",
     "segmentArgv",
+    "segmentIdFromNameOrId",
     "terminologyEntry",
     "uniqueSegmentName",
     "volumeGeometry",

@@ -1,12 +1,14 @@
 """Pure builders for the engine command line and its environment.
 
 Kept free of ``slicer``, ``vtk`` and I/O so the exact argv the Slicer module runs can be unit-tested as a list, and
-so the engine contract (``cad segment INPUT -m MODEL -o OUTPUT ...``, README "The ``cad`` command") is written down
-in exactly one place on the Slicer side.
+so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...`` and ``cad classify INPUT -m MODEL -o RESULT
+...``, README "The ``cad`` command") are written down in exactly one place on the Slicer side.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +48,73 @@ def segmentArgv(
         argv.append("--no-cascade")
     if probabilitiesPath is not None:
         argv += ["--probabilities", str(probabilitiesPath)]
+    argv.append("--force")
+    return argv
+
+
+def _numbers(values, what: str, count: tuple[int, ...], positive: bool = False) -> list[float]:
+    """``values`` (one number or a sequence) as finite floats, checked for length and sign."""
+    if isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = [values]
+    if isinstance(values, (str, bytes)):
+        raise ValueError(f"{what} must be numbers, not the text {values!r}")
+    try:
+        values = list(values)
+        result = [float(v) for v in values if not isinstance(v, bool)]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be numbers, got {values!r}") from exc
+    if len(result) != len(values) or len(result) not in count:
+        raise ValueError(f"{what} needs {' or '.join(map(str, count))} numbers, got {values!r}")
+    if not all(math.isfinite(v) for v in result) or (positive and not all(v > 0 for v in result)):
+        raise ValueError(f"{what} must be finite{' and positive' if positive else ''}, got {values!r}")
+    return result
+
+
+def classifyArgv(
+    python: str | os.PathLike[str],
+    inputPath: str | os.PathLike[str],
+    resultPath: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    device: str = "auto",
+    maskPath: str | os.PathLike[str] | None = None,
+    label: int | None = None,
+    centerRAS: Sequence[float] | None = None,
+    sizeMM: float | Sequence[float] | None = None,
+    heatmapPath: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """The argv of one ``cad classify`` run.
+
+    The lesion is given either as a mask (``maskPath`` on the input's grid, optionally with its ``label`` value) or
+    as a point (``centerRAS``, in the RAS millimetres of the input file, optionally with a box ``sizeMM``: one edge
+    or three); with neither the whole volume is classified. Mixing them, a ``label`` without a mask or a size without
+    a point is refused here, before a volume is written or a process started. ``--force`` is always passed, as for
+    :func:`segmentArgv`: the outputs live in the run's own temporary folder. Numbers are written with ``repr`` so a
+    point survives the trip through text exactly, and as ``--center=...`` so a negative first coordinate is not
+    mistaken for an option.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    if maskPath is not None and centerRAS is not None:
+        raise ValueError("give either a mask (maskPath/label) or a point (centerRAS/sizeMM), not both")
+    if label is not None and maskPath is None:
+        raise ValueError("label needs maskPath")
+    if sizeMM is not None and centerRAS is None:
+        raise ValueError("sizeMM needs centerRAS")
+    argv = [str(python), "-m", ENGINE_MODULE, "classify", str(inputPath), "-m", str(model), "-o", str(resultPath),
+            "--device", device]
+    if maskPath is not None:
+        argv += ["--mask", str(maskPath)]
+        if label is not None:
+            if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 < int(label) < 2**31:
+                raise ValueError(f"label must be a positive integer, got {label!r}")
+            argv += ["--label", str(int(label))]
+    if centerRAS is not None:
+        # "--center=X,Y,Z" in one token: argparse takes a separate "-3.5,2,1" for an option and refuses it
+        argv.append("--center=" + ",".join(map(repr, _numbers(centerRAS, "centerRAS", (3,)))))
+        if sizeMM is not None:
+            argv.append("--size=" + ",".join(map(repr, _numbers(sizeMM, "sizeMM", (1, 3), positive=True))))
+    if heatmapPath is not None:
+        argv += ["--heatmap", str(heatmapPath)]
     argv.append("--force")
     return argv
 

@@ -5,6 +5,9 @@ model's label names and colours, import it with the Segmentations logic, then se
 each segment from the model's labels, set the reference geometry (needed for DICOM SEG export and for editing on the
 input's grid) and file the result under the input's study in the subject hierarchy.
 
+The reverse direction, one segment to a labelmap file on a volume's grid (``cad classify --mask``), is
+:func:`exportSegmentToLabelmapFile`.
+
 Existing segments are never overwritten silently: importing a label whose name is already taken in the target node
 adds the new segment as "Name (2)", "Name (3)", ... unless ``overwrite=True`` is passed, in which case the existing
 segment(s) of that name are replaced. Temporary nodes are removed, and a half-done import is rolled back (the node
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import slicer
+import vtk
 
 SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
@@ -242,3 +247,78 @@ def importLabelmapToSegmentation(labelmapPath: str | os.PathLike[str], labels: S
     finally:
         for node in temporary:
             removeNodeAndDependents(node)
+
+
+def _nodeIds(scene) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def segmentIdFromNameOrId(segmentationNode, segment: str | None = None) -> str:
+    """The ID of ``segment`` (an ID, else a segment name) in the node; with None, the node's only segment.
+
+    Raises ValueError naming the segments there are when the choice is missing or ambiguous.
+    """
+    if segmentationNode is None or segmentationNode.GetSegmentation() is None:
+        raise ValueError("no segmentation node given")
+    segmentation = segmentationNode.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    names = [segmentation.GetSegment(segmentId).GetName() for segmentId in ids]
+    if segment is None:
+        if len(ids) == 1:
+            return ids[0]
+        raise ValueError(f"{segmentationNode.GetName()!r} has {len(ids)} segments ({', '.join(names) or 'none'}); "
+                         "say which one is the lesion")
+    if segment in ids:
+        return segment
+    matches = [segmentId for segmentId, name in zip(ids, names) if name == segment]
+    if len(matches) == 1:
+        return matches[0]
+    problem = "several segments are" if matches else "no segment is"
+    raise ValueError(f"{problem} named {segment!r} in {segmentationNode.GetName()!r} (segments: "
+                     f"{', '.join(names) or 'none'})")
+
+
+def exportSegmentToLabelmapFile(segmentationNode, segmentId: str, referenceVolumeNode,
+                                path: str | os.PathLike[str]):
+    """Write one segment as a 0/1 labelmap on ``referenceVolumeNode``'s exact grid (``cad classify --mask``).
+
+    Goes through ``ExportSegmentsToLabelmapNode`` with the volume as reference, so the mask has the volume's
+    IJKToRAS and dimensions whatever the segmentation's own geometry is. Every node the export adds to the scene
+    (the labelmap, its display node and the colour table the Segmentations logic makes for it) is removed again in
+    every outcome. Raises ValueError for an unknown or empty segment, RuntimeError if the export or write fails.
+    """
+    path = Path(path)
+    scene = referenceVolumeNode.GetScene() if referenceVolumeNode is not None else None
+    if scene is None or referenceVolumeNode.GetImageData() is None:
+        raise ValueError("the reference volume node must be in a scene and have image data")
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    if segment is None:
+        raise ValueError(f"{segmentationNode.GetName()!r} has no segment with ID {segmentId!r}")
+    before = _nodeIds(scene)
+    try:
+        labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                               scene.GenerateUniqueName("__CADExtension_mask"))
+        segmentIds = vtk.vtkStringArray()
+        segmentIds.InsertNextValue(segmentId)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentationNode, segmentIds, labelmapNode, referenceVolumeNode):
+            raise RuntimeError(f"exporting segment {segment.GetName()!r} to a labelmap failed")
+        dimensions = referenceVolumeNode.GetImageData().GetDimensions()
+        if labelmapNode.GetImageData() is None or labelmapNode.GetImageData().GetDimensions() != dimensions:
+            raise RuntimeError(f"segment {segment.GetName()!r} was not exported on the volume's grid")
+        array = slicer.util.arrayFromVolume(labelmapNode)
+        if not array.any():
+            raise ValueError(f"segment {segment.GetName()!r} is empty on the volume's grid")
+        array[array != 0] = 1  # one lesion, label 1, whatever label value the export gave it
+        slicer.util.arrayFromVolumeModified(labelmapNode)
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
+        storageNode.SetFileName(str(path))
+        storageNode.UseCompressionOff()
+        if not storageNode.WriteData(labelmapNode):
+            raise RuntimeError(f"{path}: writing the mask of segment {segment.GetName()!r} failed")
+        return path
+    finally:
+        for nodeId in _nodeIds(scene) - before:
+            node = scene.GetNodeByID(nodeId)
+            if node is not None:
+                scene.RemoveNode(node)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from CADExtensionLib.command import engineEnvironment, engineFolder, segmentArgv
+from CADExtensionLib.command import classifyArgv, engineEnvironment, engineFolder, segmentArgv
 from CADExtensionLib.process import LineSplitter, parseProgress
 from CADSegmentLib.SegmentationLogic import engineErrorLine
 from tqdm import tqdm
@@ -48,6 +48,63 @@ def test_segment_argv_is_accepted_by_the_engine_parser():
 def test_segment_argv_refuses_bad_values_before_anything_runs(kwargs):
     with pytest.raises(ValueError):
         segmentArgv("py", "in.nrrd", "out.nrrd", "m", **kwargs)
+
+
+def test_classify_argv_with_a_mask_exact():
+    assert classifyArgv("/py", "/w/input.nrrd", "/w/result.json", "tiny-resnet", device="cpu", maskPath="/w/mask.nrrd",
+                        label=1, heatmapPath="/w/heatmap.nrrd") == [
+        "/py", "-m", "cadcore", "classify", "/w/input.nrrd", "-m", "tiny-resnet", "-o", "/w/result.json",
+        "--device", "cpu", "--mask", "/w/mask.nrrd", "--label", "1", "--heatmap", "/w/heatmap.nrrd", "--force",
+    ]
+
+
+def test_classify_argv_with_a_point_and_whole_volume_exact():
+    assert classifyArgv(Path("/py"), Path("/w/in.nrrd"), Path("/w/r.json"), Path("/m/tiny"),
+                        centerRAS=(-12.5, 0.1, 3), sizeMM=[20, 30.5, 40]) == [
+        "/py", "-m", "cadcore", "classify", "/w/in.nrrd", "-m", "/m/tiny", "-o", "/w/r.json", "--device", "auto",
+        "--center=-12.5,0.1,3.0", "--size=20.0,30.5,40.0", "--force",
+    ]
+    assert classifyArgv("py", "in.nrrd", "r.json", "m", centerRAS=[1, 2, 3], sizeMM=25)[-2] == "--size=25.0"
+    assert classifyArgv("py", "in.nrrd", "r.json", "m") == [
+        "py", "-m", "cadcore", "classify", "in.nrrd", "-m", "m", "-o", "r.json", "--device", "auto", "--force"]
+
+
+def test_classify_argv_is_accepted_by_the_engine_parser_with_exact_numbers():
+    """Including a negative first coordinate, which argparse would take for an option as a separate token."""
+    from cadcore.classify import _triple
+    from cadcore.cli import build_parser
+
+    centre = (-0.1 + 0.2 - 41.3, 1e-7, 2.0 / 3.0)
+    argv = classifyArgv("py", "in.nrrd", "r.json", "m", device="cuda", centerRAS=centre, sizeMM=(10, 20.25, 30),
+                        heatmapPath="h.nrrd")
+    args = build_parser().parse_args(argv[3:])
+    assert (args.command, args.input, args.model, args.output, args.device, args.heatmap, args.force) == (
+        "classify", "in.nrrd", "m", "r.json", "cuda", "h.nrrd", True)
+    assert _triple(args.center, "--center") == list(centre)  # bit for bit through the text
+    assert _triple(args.size, "--size") == [10.0, 20.25, 30.0]
+    args = build_parser().parse_args(classifyArgv("py", "in.nrrd", "r.json", "m", maskPath="k.nrrd", label=3)[3:])
+    assert (args.mask, args.label, args.center, args.heatmap) == ("k.nrrd", 3, None, None)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"device": "gpu"}, "unknown device"),
+    ({"maskPath": "k.nrrd", "centerRAS": (0, 0, 0)}, "not both"),
+    ({"label": 1}, "label needs maskPath"),
+    ({"sizeMM": 10}, "sizeMM needs centerRAS"),
+    ({"maskPath": "k.nrrd", "label": 0}, "positive integer"),
+    ({"maskPath": "k.nrrd", "label": True}, "positive integer"),
+    ({"maskPath": "k.nrrd", "label": 1.5}, "positive integer"),
+    ({"centerRAS": (0, 0)}, "3 numbers"),
+    ({"centerRAS": "1,2,3"}, "not the text"),
+    ({"centerRAS": (0, float("nan"), 0)}, "finite"),
+    ({"centerRAS": (0, 0, True)}, "3 numbers"),
+    ({"centerRAS": (0, 0, 0), "sizeMM": (1, 2)}, "1 or 3 numbers"),
+    ({"centerRAS": (0, 0, 0), "sizeMM": 0}, "positive"),
+    ({"centerRAS": (0, 0, 0), "sizeMM": float("inf")}, "finite"),
+])
+def test_classify_argv_refuses_bad_combinations_before_anything_runs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        classifyArgv("py", "in.nrrd", "r.json", "m", **kwargs)
 
 
 def test_engine_environment_puts_the_engine_folder_first(tmp_path):

@@ -113,19 +113,23 @@ def test_itk_image_from_volume_hands_itk_the_ras_origin(oblique_volume, monkeypa
 
 def test_glue_never_calls_slicer_helpers_that_need_the_application_or_get_geometry_wrong():
     """Static guard: no ``saveNode``/``loadVolume``/``itkImageFromVolume``/``launchConsoleProcess``/``pip_install``,
-    and no ``qt``/``ctk``/engine import at the top of any glue file."""
+    and no ``qt``/``ctk``/engine import at the top of any glue file. ``pip_install`` is allowed in exactly one file,
+    ``dependencies.py``, whose job it is (and whose tests run it through the signature-checked fake)."""
     banned_calls = {"saveNode", "loadVolume", "loadNodeFromFile", "itkImageFromVolume", "launchConsoleProcess",
                     "pip_install"}
-    banned_modules = {"qt", "ctk", "torch", "monai", "cadcore", "SimpleITK", "slicer.ScriptedLoadableModule",
-                      "slicer.parameterNodeWrapper"}
+    allowed_calls = {"dependencies.py": {"pip_install"}}
+    banned_modules = {"qt", "ctk", "torch", "monai", "cadcore", "SimpleITK", "numpy",
+                      "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
     files = sorted((REPO / "CADExtension" / "CADExtensionLib").glob("*.py")) + sorted(
-        (REPO / "CADSegment" / "CADSegmentLib").glob("*.py"))
-    assert len(files) >= 7
+        (REPO / "CADSegment" / "CADSegmentLib").glob("*.py")) + sorted(
+        (REPO / "CADClassify" / "CADClassifyLib").glob("*.py"))
+    assert len(files) >= 11
     for path in files:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
-                assert node.attr not in banned_calls, f"{path.name}:{node.lineno} uses {node.attr}"
+                assert node.attr not in banned_calls - allowed_calls.get(path.name, set()), \
+                    f"{path.name}:{node.lineno} uses {node.attr}"
         for node in tree.body:  # top level only: SegmentationLogic imports cadcore lazily inside a function
             names = []
             if isinstance(node, ast.Import):
@@ -150,9 +154,12 @@ def test_add_empty_segment_first_argument_is_the_id(mrml):
 
 
 def test_module_folders_are_importable_as_slicer_puts_them():
+    import CADClassifyLib
     import CADExtensionLib
     import CADSegmentLib
 
     assert Path(CADExtensionLib.__file__).parent == REPO / "CADExtension" / "CADExtensionLib"
     assert Path(CADSegmentLib.__file__).parent == REPO / "CADSegment" / "CADSegmentLib"
+    assert Path(CADClassifyLib.__file__).parent == REPO / "CADClassify" / "CADClassifyLib"
     assert set(CADExtensionLib.__all__) <= set(dir(CADExtensionLib))
+    assert set(CADClassifyLib.__all__) <= set(dir(CADClassifyLib))

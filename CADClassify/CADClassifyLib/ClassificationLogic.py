@@ -1,0 +1,479 @@
+"""CADClassify's logic: a volume node and a lesion (a segment or a point) in; calibrated class probabilities in a
+table node and a Grad-CAM heatmap volume out, with the engine running in a background process.
+
+Usable without the GUI (scripts, batch, tests)::
+
+    logic = ClassificationLogic()
+    result = logic.run(volumeNode, model="my-classifier", segmentationNode=segNode, segmentId="lesion")
+    result.predicted, result.probabilities        # "malignant", {"benign": 0.31, "malignant": 0.69}
+    result.tableNode                              # Class | Probability | Uncalibrated probability
+    showHeatmapOverlay(result.heatmapNode, volumeNode, opacity=0.4)
+
+    logic.run(volumeNode, model="my-classifier", pointRAS=[12.5, -30.0, 8.0], sizeMM=30)  # or a fiducial node
+
+Non-blocking use, cancel and threading are as in ``CADSegmentLib.SegmentationLogic``: inside the Slicer application
+the default runner defers its callbacks and the widget calls :meth:`ClassificationLogic.processEvents` from a
+``qt.QTimer``; ``cancel()`` kills the engine's process tree, and no temporary file nor half-made node remains.
+
+The engine runs as ``python -m cadcore classify ...`` (see ``CADExtensionLib.command.classifyArgv``): the volume is
+written through a storage node, a segment is exported to a 0/1 labelmap on the volume's grid (``--mask FILE
+--label 1``), a point becomes ``--center`` in the volume's RAS. The engine writes the result JSON and the heatmap on
+the input's exact grid; the heatmap node gets the volume's IJKToRAS exactly. Classical-baseline packages give no
+heatmap (``heatmapNode`` is None). The engine's result does not include the baseline's hand-crafted feature values,
+so ``featureTableNode`` is always None for now.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import slicer
+import vtk
+from CADExtensionLib.command import classifyArgv, engineEnvironment
+from CADExtensionLib.command import engineFolder as defaultEngineFolder
+from CADExtensionLib.process import (
+    CANCELLED,
+    ExitCode,
+    ProcessRunner,
+    TemporaryWorkspace,
+    parseProgress,
+    pythonExecutable,
+)
+from CADExtensionLib.segmentations import (
+    exportSegmentToLabelmapFile,
+    placeUnderStudy,
+    removeNodeAndDependents,
+    segmentIdFromNameOrId,
+)
+from CADExtensionLib.volumes import exportVolumeToFile, ijkToRASArray
+from CADSegmentLib.SegmentationLogic import defaultRunner, engineErrorLine
+
+HEATMAP_COLOR_NODE_IDS = (
+    "vtkMRMLColorTableNodeFileColdToHotRainbow.txt",
+    "vtkMRMLColorTableNodeFileInferno.txt",
+)
+"""Slicer's own file-based colour tables for a heatmap, in order of preference (the Slicer application loads them;
+the bare MRML core has none, and then :func:`heatmapColorNode` generates one)."""
+
+GENERATED_HEATMAP_COLORS = "CADExtension heatmap"
+_INFERNO = ((0.0, (0.001, 0.000, 0.014)), (0.25, (0.341, 0.062, 0.429)), (0.5, (0.735, 0.216, 0.330)),
+            (0.75, (0.988, 0.645, 0.040)), (1.0, (0.988, 0.998, 0.645)))
+"""Control points of matplotlib's "inferno" (black → purple → orange → pale yellow), interpolated linearly."""
+
+REQUIRED_REPORT_KEYS = ("model", "classes", "probabilities", "predicted", "calibrated", "roi", "heatmap",
+                        "heatmap_peak_ras")
+GEOMETRY_TOLERANCE = 1e-4
+"""Largest difference (mm) allowed between the volume's IJKToRAS and the heatmap file's before it is refused: the
+engine writes the input's grid, so anything larger means a contract break, not rounding."""
+
+
+class ClassificationCancelled(RuntimeError):
+    """Raised by a blocking ``run`` that ``cancel()`` stopped."""
+
+
+@dataclass
+class ClassificationResult:
+    """What one run produced; the nodes are in the volume's scene (filed under its study when it has one)."""
+
+    probabilities: dict[str, float]
+    predicted: str
+    report: dict[str, Any]
+    tableNode: Any
+    heatmapNode: Any = None
+    featureTableNode: Any = None
+    uncalibratedProbabilities: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def heatmapPeakRAS(self) -> list[float] | None:
+        """The heatmap's maximum in the volume's RAS (before any parent transform of the volume), or None."""
+        return self.report.get("heatmap_peak_ras")
+
+
+def defaultClassificationModel() -> str:
+    """The first classification model in the registry (shipped, then the user folder)."""
+    from CADExtensionLib.models import ModelManagerLogic
+
+    models = [m for m in ModelManagerLogic().listModels() if m.get("task") == "classification" and not m.get("bundle")]
+    if not models:
+        raise ValueError("no classification model is installed; import one (ModelManagerLogic.importModel) or pass "
+                         "a model package folder")
+    return str(models[0]["id"])
+
+
+def pointInVolumeRAS(volumeNode, point) -> list[float]:
+    """A point as RAS coordinates of ``volumeNode``'s file (what ``cad classify --center`` expects).
+
+    ``point`` is three world RAS coordinates, or a markups node whose first control point is used (its world
+    position). When the volume sits under a transform the point is mapped from world into the volume's own frame.
+    """
+    if point is None:
+        raise ValueError("no point given")
+    if hasattr(point, "GetNumberOfControlPoints"):
+        if point.GetNumberOfControlPoints() < 1:
+            raise ValueError(f"markups node {point.GetName()!r} has no control point")
+        world = [0.0, 0.0, 0.0]
+        point.GetNthControlPointPositionWorld(0, world)
+    else:
+        if isinstance(point, (str, bytes)):
+            raise ValueError(f"pointRAS must be three numbers, got {point!r}")
+        try:
+            world = [float(v) for v in point]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"pointRAS must be three numbers, got {point!r}") from exc
+    if len(world) != 3 or not all(math.isfinite(v) for v in world):
+        raise ValueError(f"pointRAS must be three finite numbers, got {point!r}")
+    parent = volumeNode.GetParentTransformNode() if volumeNode is not None else None
+    if parent is None:
+        return world
+    worldToVolume = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, parent, worldToVolume)
+    return [float(v) for v in worldToVolume.TransformPoint(world)]
+
+
+def heatmapColorNode(scene):
+    """The colour node for heatmaps: Slicer's ColdToHotRainbow or Inferno when loaded, else a generated inferno-like
+    table (created once per scene, found again by name)."""
+    for nodeId in HEATMAP_COLOR_NODE_IDS:
+        node = scene.GetNodeByID(nodeId)
+        if node is not None:
+            return node
+    existing = scene.GetFirstNodeByName(GENERATED_HEATMAP_COLORS)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    table = slicer.vtkMRMLColorTableNode()
+    table.SetName(GENERATED_HEATMAP_COLORS)
+    table.SetTypeToUser()
+    count = 256
+    table.SetNumberOfColors(count)
+    for index in range(count):
+        position = index / (count - 1)
+        for (start, low), (end, high) in zip(_INFERNO, _INFERNO[1:]):
+            if position <= end:
+                weight = (position - start) / (end - start)
+                rgb = [a + weight * (b - a) for a, b in zip(low, high)]
+                break
+        table.SetColor(index, f"{position:.3f}", *rgb, 1.0)
+    scene.AddNode(table)
+    return table
+
+
+def showHeatmapOverlay(heatmapNode, volumeNode, opacity: float = 0.5) -> bool:
+    """Show ``volumeNode`` as background and ``heatmapNode`` as foreground, at ``opacity``, in every slice view.
+
+    Acts on all ``vtkMRMLSliceCompositeNode``s of the scene; returns False (and changes nothing) when there is no
+    heatmap (baseline models) or no slice view (the bare MRML core has none).
+    """
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if heatmapNode is None or volumeNode is None or volumeNode.GetScene() is None:
+        return False
+    scene = volumeNode.GetScene()
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    for composite in composites:
+        composite.SetBackgroundVolumeID(volumeNode.GetID())
+        composite.SetForegroundVolumeID(heatmapNode.GetID())
+        composite.SetForegroundOpacity(float(opacity))
+    return bool(composites)
+
+
+@dataclass
+class _Run:
+    """State of one run, shared by the calling thread, the runner's callbacks and ``cancel``."""
+
+    workspace: TemporaryWorkspace
+    volumeNode: Any
+    resultPath: Path
+    heatmapPath: Path | None
+    model: str
+    onProgress: Callable[[int], None] | None
+    onLog: Callable[[str], None] | None
+    onFinished: Callable[[Any, str | None], None] | None
+    state: str = "running"  # running → importing → done, or running → cancelled
+    lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
+    progress: int = -1
+
+
+class ClassificationLogic:
+    """Classify a lesion in a volume node with a CADExtension model; see the module docstring for examples."""
+
+    def __init__(self, runner: ProcessRunner | None = None, engineFolder: str | os.PathLike[str] | None = None,
+                 python: str | None = None, temporaryFolder: str | os.PathLike[str] | None = None) -> None:
+        self.runner: ProcessRunner = runner if runner is not None else defaultRunner()
+        self.engineFolder = Path(engineFolder) if engineFolder else defaultEngineFolder()
+        self.python = python
+        self.temporaryFolder = temporaryFolder
+        self._lock = threading.Lock()
+        self._current: _Run | None = None
+        self._inCallback = threading.local()
+
+    def isRunning(self) -> bool:
+        return self._current is not None
+
+    def processEvents(self) -> int:
+        """Deliver the runner's queued callbacks on the calling thread (see ``SegmentationLogic.processEvents``)."""
+        dispatch = getattr(self.runner, "dispatchPendingCallbacks", None)
+        return dispatch() if dispatch is not None else 0
+
+    def run(self, volumeNode, model: str | os.PathLike[str] | None = None, segmentationNode=None,
+            segmentId: str | None = None, pointRAS=None, sizeMM: float | Sequence[float] | None = None,
+            device: str = "cpu", heatmap: bool = True, wait: bool = True,
+            onProgress: Callable[[int], None] | None = None, onLog: Callable[[str], None] | None = None,
+            onFinished: Callable[[Any, str | None], None] | None = None) -> ClassificationResult | None:
+        """Classify a lesion of ``volumeNode``; the result (``wait=True``) or None at once (``wait=False``).
+
+        The lesion is a segment (``segmentationNode`` + ``segmentId``, an ID or a name; optional when the node has
+        one segment), or a point (``pointRAS``: three world RAS coordinates or a markups node, with an optional box
+        ``sizeMM`` for extent-fitted models), or neither (the whole volume). ``model`` is a registry id or a package
+        folder (default: the first classification model installed). ``onProgress(percent)``, ``onLog(line)`` and
+        ``onFinished(result, error)`` work as in ``SegmentationLogic.run``; with ``wait=True`` a failure raises
+        RuntimeError carrying the engine's one-line error, a cancelled run :class:`ClassificationCancelled`.
+        """
+        if volumeNode is None or volumeNode.GetImageData() is None or volumeNode.GetScene() is None:
+            raise ValueError("the input volume node must be in a scene and have image data")
+        if segmentationNode is not None and pointRAS is not None:
+            raise ValueError("give either a segment (segmentationNode/segmentId) or a point (pointRAS), not both")
+        if segmentId is not None and segmentationNode is None:
+            raise ValueError("segmentId needs segmentationNode")
+        center = pointInVolumeRAS(volumeNode, pointRAS) if pointRAS is not None else None
+        lesionId = segmentIdFromNameOrId(segmentationNode, segmentId) if segmentationNode is not None else None
+        model = str(model) if model is not None else defaultClassificationModel()
+        with self._lock:
+            if self._current is not None:
+                raise RuntimeError("a classification is already running; cancel it or wait for it first")
+            workspace = TemporaryWorkspace(prefix="CADClassify-", parent=self.temporaryFolder)
+            run = _Run(workspace, volumeNode, workspace.path / "result.json",
+                       workspace.path / "heatmap.nrrd" if heatmap else None, model, onProgress, onLog, onFinished)
+            self._current = run
+        try:
+            inputPath = workspace.path / "input.nrrd"
+            maskPath = workspace.path / "mask.nrrd" if lesionId is not None else None
+            argv = classifyArgv(self.python or pythonExecutable(), inputPath, run.resultPath, model, device,
+                                maskPath=maskPath, label=1 if maskPath else None, centerRAS=center, sizeMM=sizeMM,
+                                heatmapPath=run.heatmapPath)  # checks the options before anything is written
+            exportVolumeToFile(volumeNode, inputPath)
+            if maskPath is not None:
+                exportSegmentToLabelmapFile(segmentationNode, lesionId, volumeNode, maskPath)
+            env = engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH"))
+            logging.info("CADClassify: running %s", " ".join(argv))
+            self.runner.start(argv, env, lambda line: self._onLine(run, line),
+                              None if wait else (lambda code: self._onFinishedAsync(run, code)))
+        except BaseException:
+            self._end(run)
+            raise
+        if not wait:
+            return None
+        try:
+            code = self.runner.wait()
+        except BaseException:  # e.g. Ctrl-C in a script: stop the engine too, leave nothing behind
+            self.cancel()
+            self._end(run)
+            raise
+        try:
+            result = self._finish(run, code)
+        except Exception as exc:
+            self._notify(run, None, CANCELLED if isinstance(exc, ClassificationCancelled) else str(exc))
+            raise
+        self._notify(run, result, None)
+        return result
+
+    def cancel(self, timeout: float = 10.0) -> bool:
+        """Stop the current run: kill the engine's process tree, remove its temporary files. False if too late
+        (nothing running, or the result is already being read into nodes)."""
+        with self._lock:
+            run = self._current
+            if run is None or run.state != "running":
+                return False
+            run.state = "cancelled"
+        self.runner.cancel()
+        if not getattr(self._inCallback, "active", False):  # waiting inside a runner callback would deadlock
+            self.runner.wait(timeout)
+        self._end(run)
+        return True
+
+    def _onLine(self, run: _Run, line: str) -> None:
+        self._inCallback.active = True
+        try:
+            run.lines.append(line)
+            percent = parseProgress(line)
+            if percent is not None:
+                self._progress(run, percent)
+                return
+            logging.debug("cad: %s", line)
+            if run.onLog:
+                run.onLog(line)
+        finally:
+            self._inCallback.active = False
+
+    @staticmethod
+    def _progress(run: _Run, percent: int) -> None:
+        if percent != run.progress and run.onProgress:
+            run.progress = percent
+            run.onProgress(percent)
+
+    def _onFinishedAsync(self, run: _Run, code: ExitCode) -> None:
+        try:
+            result = self._finish(run, code)
+        except Exception as exc:
+            logging.error("CADClassify: %s", exc)
+            self._notify(run, None, CANCELLED if isinstance(exc, ClassificationCancelled) else str(exc))
+            return
+        self._notify(run, result, None)
+
+    def _finish(self, run: _Run, code: ExitCode | None) -> ClassificationResult:
+        """Read the result into nodes (exit code 0) or raise; the workspace is removed and the logic freed always."""
+        try:
+            with self._lock:
+                if run.state == "cancelled" or code == CANCELLED:
+                    run.state = "cancelled"
+                    raise ClassificationCancelled("classification cancelled")
+                run.state = "importing"
+            if code != 0:
+                raise RuntimeError(f"classification failed: {engineErrorLine(list(run.lines), code)}")
+            report = _readReport(run.resultPath)
+            result = _resultNodes(run.volumeNode, report, run.heatmapPath)
+            self._progress(run, 100)
+            return result
+        finally:
+            self._end(run)
+
+    def _end(self, run: _Run) -> None:
+        run.workspace.cleanup()
+        with self._lock:
+            if run.state != "cancelled":
+                run.state = "done"
+            if self._current is run:
+                self._current = None
+
+    @staticmethod
+    def _notify(run: _Run, result, error: str | None) -> None:
+        if run.onFinished is None:
+            return
+        try:
+            run.onFinished(result, error)
+        except Exception:
+            logging.exception("CADClassify: error in onFinished")
+
+
+def _readReport(path: Path) -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"classification failed: cannot read the engine's result {path} ({exc})") from exc
+    missing = [key for key in REQUIRED_REPORT_KEYS if key not in report] if isinstance(report, dict) else ["all"]
+    if missing:
+        raise RuntimeError(f"classification failed: the engine's result {path} lacks {', '.join(missing)}")
+    return report
+
+
+def _probabilities(report: Mapping[str, Any], key: str) -> dict[str, float]:
+    values = report.get(key) or {}
+    return {str(name): float(values[name]) for name in report["classes"] if name in values}
+
+
+def _resultNodes(volumeNode, report: dict[str, Any], heatmapPath: Path | None) -> ClassificationResult:
+    """The table (and heatmap) nodes of one result; nothing is left in the scene if any of it fails."""
+    scene = volumeNode.GetScene()
+    modelId = str(report.get("model") or "model")
+    created = []
+    try:
+        probabilities = _probabilities(report, "probabilities")
+        if list(probabilities) != [str(name) for name in report["classes"]]:
+            raise RuntimeError("classification failed: the result's probabilities do not match its classes")
+        uncalibrated = _probabilities(report, "probabilities_uncalibrated")
+        tableNode = _tableNode(scene, f"{volumeNode.GetName()} {modelId} classification", report, probabilities,
+                               uncalibrated)
+        created.append(tableNode)
+        heatmapNode = None
+        if heatmapPath is not None and report.get("heatmap"):
+            heatmapNode = _heatmapNode(volumeNode, heatmapPath, f"{volumeNode.GetName()} {modelId} heatmap")
+            created.append(heatmapNode)
+        for node in created:
+            placeUnderStudy(volumeNode, node)
+        return ClassificationResult(probabilities, str(report["predicted"]), report, tableNode, heatmapNode, None,
+                                    uncalibrated)
+    except BaseException:
+        for node in created:
+            removeNodeAndDependents(node)
+        raise
+
+
+def _tableNode(scene, name: str, report: Mapping[str, Any], probabilities: Mapping[str, float],
+               uncalibrated: Mapping[str, float]):
+    """Class | Probability | Uncalibrated probability, one row per class in the model's order."""
+    tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    classes = vtk.vtkStringArray()
+    classes.SetName("Class")
+    calibrated = vtk.vtkDoubleArray()
+    calibrated.SetName("Probability")
+    raw = vtk.vtkDoubleArray()
+    raw.SetName("Uncalibrated probability")
+    for className, probability in probabilities.items():
+        classes.InsertNextValue(className)
+        calibrated.InsertNextValue(probability)
+        raw.InsertNextValue(uncalibrated.get(className, float("nan")))
+    for column in (classes, calibrated, raw):
+        tableNode.AddColumn(column)
+    temperature = report.get("temperature")
+    tableNode.SetColumnDescription("Probability", f"calibrated (temperature {temperature})" if report.get(
+        "calibrated") else "not calibrated (the model card has no temperature)")
+    tableNode.SetColumnDescription("Uncalibrated probability", "softmax of the network's logits")
+    tableNode.SetAttribute("CADClassify.model", str(report.get("model")))
+    tableNode.SetAttribute("CADClassify.modelVersion", str(report.get("model_version")))
+    tableNode.SetAttribute("CADClassify.predicted", str(report["predicted"]))
+    tableNode.SetAttribute("CADClassify.roi", json.dumps(report.get("roi")))
+    return tableNode
+
+
+def _heatmapNode(volumeNode, path: Path, name: str):
+    """Read the engine's heatmap into a new scalar volume with exactly the volume's geometry and a heat colour map."""
+    scene = volumeNode.GetScene()
+    name = scene.GenerateUniqueName(name)
+    heatmapNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    try:
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
+        storageNode.SetFileName(str(path))
+        # By default the reader reverses K (voxels and IJKToRAS) of a left-handed grid: the same physical image, but
+        # no longer the volume's grid. Keep the file's indexing so the heatmap lies voxel for voxel on the volume.
+        storageNode.ForceRightHandedIJKCoordinateSystemOff()
+        if not path.is_file() or not storageNode.ReadData(heatmapNode):
+            raise RuntimeError(f"classification failed: cannot read the heatmap {path}")
+        heatmapNode.SetName(name)  # reading may rename the node after the file
+        expected = volumeNode.GetImageData().GetDimensions()
+        if heatmapNode.GetImageData() is None or heatmapNode.GetImageData().GetDimensions() != expected:
+            raise RuntimeError(f"classification failed: the heatmap is not on the volume's grid ({path})")
+        difference = max(abs(a - b) for rowA, rowB in zip(ijkToRASArray(heatmapNode), ijkToRASArray(volumeNode))
+                         for a, b in zip(rowA, rowB))
+        if difference > GEOMETRY_TOLERANCE:
+            raise RuntimeError(f"classification failed: the heatmap's geometry differs from the volume's by "
+                               f"{difference:.3g} mm ({path})")
+        # The volume's spacing, origin and directions bit for bit. Setting directions that are already nearly equal
+        # is ignored (the read ones differ in the 17th digit), so they are first set to something clearly different.
+        directions = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASDirectionMatrix(directions)
+        heatmapNode.SetIJKToRASDirections(*(-directions.GetElement(r, c) for r in range(3) for c in range(3)))
+        heatmapNode.CopyOrientation(volumeNode)
+        if volumeNode.GetTransformNodeID():
+            heatmapNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        heatmapNode.CreateDefaultDisplayNodes()
+        displayNode = heatmapNode.GetDisplayNode()
+        displayNode.SetAndObserveColorNodeID(heatmapColorNode(scene).GetID())
+        high = max(float(heatmapNode.GetImageData().GetScalarRange()[1]), 1e-6)
+        displayNode.AutoWindowLevelOff()
+        displayNode.SetWindowLevelMinMax(0.0, high)
+        # outside the ROI the heatmap is 0: threshold it away so the overlay only colours what was explained
+        displayNode.SetThreshold(0.01 * high, high)
+        displayNode.ApplyThresholdOn()
+        return heatmapNode
+    except BaseException:
+        removeNodeAndDependents(heatmapNode)
+        raise

@@ -1,0 +1,406 @@
+"""CADExtension: the hidden core module of the CADExtension extension.
+
+It owns what CADSegment and CADClassify share: the model manager (list, import, verify, remove), the settings (default
+device, models folder) and the dependency installer, plus two helpers for their panels: ``populateModelSelector`` and
+the ``ModelSelectorConnector`` that binds a model ``ctkComboBox`` to a ``str`` parameter (Slicer's own QComboBox
+connector needs a fixed ``Choice`` list; the model list comes from the registry at run time).
+
+Layer 3 (Slicer module): imports qt/ctk/slicer; torch, MONAI and cadcore never (the engine runs in a subprocess).
+The real work is in ``CADExtensionLib`` (imported inside functions, so this file loads even when a Lib is missing).
+"""
+
+import logging
+import os
+
+import ctk
+import qt
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_SETTING = "CADExtension/device"
+MODELS_FOLDER_SETTING = "CADExtension/modelsFolder"
+MODEL_ID_ROLE = qt.Qt.UserRole
+
+
+class CADExtension(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CAD Extension")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["The CADExtension authors"]
+        self.parent.helpText = _(
+            "Model manager, settings and dependency installer shared by CAD Segment and CAD Classify. "
+            'Open it with the "Manage models" button of those modules.')
+        self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
+        self.parent.hidden = True  # a helper module: reached from CADSegment/CADClassify, not the module list
+        slicer.app.connect("startupCompleted()", lambda: CADExtensionLogic().applySettings())
+
+
+def _field(entry, name, default=None):
+    """``name`` of a registry entry that may be a dict, a dataclass or an object with a ``card`` dict."""
+    if isinstance(entry, dict):
+        value = entry.get(name)
+        card = entry.get("card")
+    else:
+        value = getattr(entry, name, None)
+        card = getattr(entry, "card", None)
+    if value is None and isinstance(card, dict):
+        value = card.get(name)
+    return default if value is None else value
+
+
+def modelInfo(entry) -> dict:
+    """A registry entry (whatever ``ModelManagerLogic.listModels`` returns per model) as a plain dict."""
+    labels = _field(entry, "labels", [])
+    if isinstance(labels, dict):  # {"1": "anterior", ...}
+        names = [str(labels[key]) for key in sorted(labels, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    else:
+        names = [str(label.get("name", "")) if isinstance(label, dict) else str(label) for label in labels]
+    classes = _field(entry, "classes", [])
+    classNames = [str(c.get("name", "")) if isinstance(c, dict) else str(c) for c in classes]
+    modelId = str(_field(entry, "id", ""))
+    text = {key: str(_field(entry, key, "")) for key in ("task", "description", "modality", "version")}
+    return {"id": modelId, "title": str(_field(entry, "title", modelId)), **text,
+            "path": str(_field(entry, "path", _field(entry, "folder", ""))), "labels": names, "classes": classNames,
+            "shipped": bool(_field(entry, "shipped", False)), "bundle": bool(_field(entry, "bundle", False))}
+
+
+def modelDescription(info: dict | None, modelId: str | None = None) -> str:
+    """The text of a panel's model description label (``modelId``: the selected id, when it has no info)."""
+    if not info and modelId:
+        return _("{model} is not installed. Import it with \"Manage models\".").format(model=modelId)
+    if not info:
+        return _("No model selected. Import one with \"Manage models\".")
+    lines = [info["description"] or info["title"]]
+    if info["modality"]:
+        lines.append(_("Modality: {modality}").format(modality=info["modality"]))
+    if info["labels"]:
+        lines.append(_("Labels: {names}").format(names=", ".join(info["labels"])))
+    if info["classes"]:
+        lines.append(_("Classes: {names}").format(names=", ".join(info["classes"])))
+    return "\n".join(lines)
+
+
+def populateModelSelector(comboBox, models: list) -> None:
+    """Fill ``comboBox`` with ``models`` (dicts from :func:`modelInfo`), keeping the current id when still listed."""
+    currentId = comboBox.itemData(comboBox.currentIndex, MODEL_ID_ROLE) if comboBox.currentIndex >= 0 else None
+    wasBlocked = comboBox.blockSignals(True)  # no parameter-node churn while the list is rebuilt
+    comboBox.clear()
+    for info in models:
+        comboBox.addItem(info["title"] if info["title"] == info["id"] else f"{info['title']} ({info['id']})")
+        comboBox.setItemData(comboBox.count - 1, info["id"], MODEL_ID_ROLE)
+        comboBox.setItemData(comboBox.count - 1, modelDescription(info), qt.Qt.ToolTipRole)
+    index = comboBox.findData(currentId, MODEL_ID_ROLE) if currentId else -1
+    if currentId and index < 0:  # the selected model is gone: keep showing it rather than switch models silently
+        index = _addUninstalledModel(comboBox, currentId)
+    comboBox.currentIndex = -1
+    comboBox.blockSignals(wasBlocked)
+    # from -1 to the kept (or first) model: currentIndexChanged fires, so the parameter node and description follow
+    comboBox.currentIndex = index if index >= 0 else (0 if comboBox.count else -1)
+
+
+def _addUninstalledModel(comboBox, modelId: str) -> int:
+    comboBox.addItem(_("{model} (not installed)").format(model=modelId))
+    comboBox.setItemData(comboBox.count - 1, modelId, MODEL_ID_ROLE)
+    return comboBox.count - 1
+
+
+@parameterNodeGuiConnector
+class ModelSelectorConnector(GuiConnector):
+    """Binds a ``ctkComboBox`` whose items carry model ids (``MODEL_ID_ROLE``) to a ``str`` parameter."""
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkComboBox and unannotatedType(datatype) == str  # noqa: E721 (exact type)
+
+    @staticmethod
+    def create(widget, datatype):
+        return ModelSelectorConnector(widget) if ModelSelectorConnector.canRepresent(widget, datatype) else None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        index = self._widget.currentIndex
+        return str(self._widget.itemData(index, MODEL_ID_ROLE) or "") if index >= 0 else ""
+
+    def write(self, value: str) -> None:
+        index = self._widget.findData(value, MODEL_ID_ROLE) if value else -1
+        if value and index < 0:  # a model saved in the scene but not installed here: show it, do not drop it
+            index = _addUninstalledModel(self._widget, value)
+        self._widget.currentIndex = index
+
+
+class CADExtensionWidget(ScriptedLoadableModuleWidget):
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADExtension.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CADExtensionLogic()
+
+        self.ui.importFolderButton.connect("clicked(bool)", lambda: self.onImport("folder"))
+        self.ui.importZipButton.connect("clicked(bool)", lambda: self.onImport("zip"))
+        self.ui.importBundleButton.connect("clicked(bool)", lambda: self.onImport("bundle"))
+        self.ui.verifyButton.connect("clicked(bool)", self.onVerify)
+        self.ui.removeButton.connect("clicked(bool)", self.onRemove)
+        self.ui.refreshButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.deviceComboBox.currentIndex = max(0, self.ui.deviceComboBox.findText(self.logic.defaultDevice()))
+        self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.logic.setDefaultDevice)
+        self.ui.modelsFolderButton.directory = self.logic.modelsFolder()
+        self.ui.modelsFolderButton.connect("directoryChanged(QString)", self.onModelsFolderChanged)
+
+    def enter(self):
+        self.refreshModels()
+        self.updateDependencyStatus()
+
+    def exit(self):
+        pass
+
+    def cleanup(self):
+        pass
+
+    def _selectedModelId(self):
+        row = self.ui.modelsTableWidget.currentRow()
+        item = self.ui.modelsTableWidget.item(row, 0) if row >= 0 else None
+        return item.text() if item else None
+
+    def refreshModels(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
+            models = self.logic.listModels()
+            table = self.ui.modelsTableWidget
+            table.setRowCount(len(models))
+            for row, info in enumerate(models):
+                location = _("shipped") if info["shipped"] else info["path"]
+                kind = _("MONAI bundle (not runnable yet)") if info["bundle"] else info["task"]
+                for column, text in enumerate((info["id"], kind, info["modality"], info["version"], location)):
+                    item = qt.QTableWidgetItem(text)
+                    item.setToolTip(modelDescription(info))
+                    table.setItem(row, column, item)
+            table.resizeColumnsToContents()
+            self.ui.modelStatusLabel.text = _("{count} models, user folder: {folder}").format(
+                count=len(models), folder=self.logic.modelsFolder())
+
+    def onImport(self, kind):
+        if kind == "zip":
+            path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model archive"), "", _("Zip archives (*.zip)"))
+        else:
+            path = qt.QFileDialog.getExistingDirectory(self.parent, _("Import model folder") if kind == "folder"
+                                                       else _("Import MONAI bundle folder"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
+            result = self.logic.importModel(path)
+            modelId = result if isinstance(result, str) else modelInfo(result)["id"]
+            self.ui.modelStatusLabel.text = _("Imported {model}.").format(model=modelId or path)
+        self.refreshModels()
+
+    def onVerify(self):
+        modelId = self._selectedModelId()
+        if not modelId:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Model verification failed."), waitCursor=True):
+            result = self.logic.verifyModel(modelId)
+            if result is False:
+                raise RuntimeError(_("{model} did not pass verification.").format(model=modelId))
+            self.ui.modelStatusLabel.text = _("{model}: files match their recorded sha256.").format(model=modelId)
+
+    def onRemove(self):
+        modelId = self._selectedModelId()
+        if not modelId or not slicer.util.confirmOkCancelDisplay(
+                _("Remove model {model} from the user models folder?").format(model=modelId)):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to remove the model."), waitCursor=True):
+            self.logic.removeModel(modelId)
+        self.refreshModels()
+
+    def onModelsFolderChanged(self, folder):
+        self.logic.setModelsFolder(folder)
+        self.refreshModels()
+
+    def updateDependencyStatus(self):
+        try:
+            missing = self.logic.missingPackages()
+        except Exception as exc:  # the dependency logic itself is unavailable: say so, do not break the panel
+            self.ui.dependencyStatusLabel.text = _("Cannot check dependencies: {error}").format(error=exc)
+            return
+        self.ui.dependencyStatusLabel.text = (_("Missing: {packages}").format(packages=", ".join(missing)) if missing
+                                              else _("All dependencies are installed."))
+
+    def onInstallDependencies(self):
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the dependencies."), waitCursor=True):
+            self.logic.ensureDependencies(askConfirmation=True)
+        self.updateDependencyStatus()
+
+
+class CADExtensionLogic(ScriptedLoadableModuleLogic):
+    """Settings, model registry and dependencies, usable without the GUI::
+
+        logic = CADExtensionLogic()
+        [m["id"] for m in logic.listModels(task="segmentation")]
+        logic.ensureDependencies(askConfirmation=False)
+    """
+
+    def defaultDevice(self) -> str:
+        device = str(qt.QSettings().value(DEVICE_SETTING, "auto"))
+        return device if device in DEVICES else "auto"
+
+    def setDefaultDevice(self, device: str) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+        qt.QSettings().setValue(DEVICE_SETTING, device)
+
+    def modelsFolder(self) -> str:
+        folder = str(qt.QSettings().value(MODELS_FOLDER_SETTING, "") or "")
+        return folder or os.environ.get("CAD_MODELS") or os.path.join(os.path.expanduser("~"), ".cadextension",
+                                                                      "models")
+
+    def setModelsFolder(self, folder: str) -> None:
+        qt.QSettings().setValue(MODELS_FOLDER_SETTING, folder)
+        self.applySettings()
+
+    def applySettings(self) -> None:
+        """Export the models folder as ``CAD_MODELS``: the registry and every engine process read it from there."""
+        folder = str(qt.QSettings().value(MODELS_FOLDER_SETTING, "") or "")
+        if folder:
+            os.environ["CAD_MODELS"] = folder
+
+    def _models(self):
+        from CADExtensionLib.models import ModelManagerLogic
+
+        self.applySettings()
+        return ModelManagerLogic(modelsFolder=self.modelsFolder())
+
+    def listModels(self, task: str | None = None) -> list:
+        """Every model (dicts from :func:`modelInfo`); with ``task``, only the models the engine can run for it."""
+        models = [modelInfo(entry) for entry in self._models().listModels()]
+        return [m for m in models if task is None or (m["task"] == task and not m["bundle"])]
+
+    def importModel(self, path: str):
+        return self._models().importModel(path)
+
+    def removeModel(self, modelId: str):
+        return self._models().removeModel(modelId)
+
+    def verifyModel(self, modelId: str):
+        return self._models().verifyModel(modelId)
+
+    def missingPackages(self) -> list:
+        from CADExtensionLib.dependencies import DependencyLogic
+
+        return list(DependencyLogic().missingPackages())
+
+    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install what is missing (torch through PyTorchUtils, the rest with pip); True when nothing is missing.
+
+        A refused confirmation or a failed install raises (the panels show it with ``tryWithErrorDisplay``). When a
+        package that this session had already imported was upgraded, the user is asked to restart Slicer.
+        """
+        from CADExtensionLib.dependencies import DependencyLogic
+
+        dependencies = DependencyLogic()
+        missing = dependencies.missingPackages()
+        if not missing:
+            return True
+        logging.info("CADExtension: installing %s", ", ".join(missing))
+        install = getattr(dependencies, "installDependencies", None) or dependencies.installMissing
+        installed = install(askConfirmation=askConfirmation) or []
+        restartNeeded = getattr(dependencies, "restartNeeded", None)
+        if installed and restartNeeded is not None and restartNeeded(installed):
+            message = _("Python packages already in use were updated. Restart 3D Slicer before running a model.")
+            logging.warning("CADExtension: %s", message)
+            if askConfirmation:
+                slicer.util.infoDisplay(message)
+            return False
+        return not dependencies.missingPackages()
+
+
+class CADExtensionTest(ScriptedLoadableModuleTest):
+    """In-Slicer tests (not run in CI): ``slicer.testing.runUnitTest([path], "CADExtension")`` or Reload and Test."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SettingsRoundTrip()
+        self.test_RegistryListsShippedModel()
+        self.test_ModelSelectorConnector()
+
+    def test_SettingsRoundTrip(self):
+        settings, logic = qt.QSettings(), CADExtensionLogic()
+        saved = {key: settings.value(key) for key in (DEVICE_SETTING, MODELS_FOLDER_SETTING)}
+        savedEnvironment = os.environ.get("CAD_MODELS")
+        try:
+            logic.setDefaultDevice("cpu")
+            self.assertEqual(logic.defaultDevice(), "cpu")
+            with self.assertRaises(ValueError):
+                logic.setDefaultDevice("tpu")
+            folder = os.path.join(slicer.app.temporaryPath, "CADExtensionTestModels")
+            logic.setModelsFolder(folder)
+            self.assertEqual((logic.modelsFolder(), os.environ.get("CAD_MODELS")), (folder, folder))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    settings.remove(key)
+                else:
+                    settings.setValue(key, value)
+            if savedEnvironment is None:
+                os.environ.pop("CAD_MODELS", None)
+            else:
+                os.environ["CAD_MODELS"] = savedEnvironment
+
+    def test_RegistryListsShippedModel(self):
+        from CADExtensionLib.command import engineFolder
+
+        if not os.path.isfile(os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")):
+            self.skipTest("the hippocampus-unet model is not shipped in this build")
+        models = {m["id"]: m for m in CADExtensionLogic().listModels(task="segmentation")}
+        self.assertIn("hippocampus-unet", models)
+        self.assertTrue(models["hippocampus-unet"]["labels"])
+        self.assertTrue(CADExtensionLogic().verifyModel("hippocampus-unet"))
+
+    def test_ModelSelectorConnector(self):
+        from slicer.parameterNodeWrapper import parameterNodeWrapper
+
+        @parameterNodeWrapper
+        class _Parameters:
+            model: str = ""
+
+        comboBox = ctk.ctkComboBox()
+        populateModelSelector(comboBox, [modelInfo({"id": "a", "title": "A"}), modelInfo({"id": "b"})])
+        parameters = _Parameters(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+        tag = parameters.connectParametersToGui({"model": comboBox})
+        self.assertEqual(comboBox.currentIndex, -1)  # the empty parameter was written to the GUI
+        comboBox.currentIndex = 1
+        self.assertEqual(parameters.model, "b")
+        parameters.model = "a"
+        self.assertEqual(comboBox.currentText, "A (a)")
+        parameters.model = "missing"  # e.g. a scene saved with a model not installed here: shown, not dropped
+        self.assertIn("missing", comboBox.currentText)
+        self.assertEqual(parameters.model, "missing")
+        populateModelSelector(comboBox, [modelInfo({"id": "b"})])  # a refresh keeps the selection
+        self.assertEqual(parameters.model, "missing")
+        parameters.disconnectGui(tag)

@@ -1,0 +1,353 @@
+"""CADSegment: automatic segmentation of a volume with a CADExtension model (3D U-Net, optionally cascaded).
+
+Layer 3 (Slicer module): imports qt/ctk/slicer only. The work is done by ``CADSegmentLib.SegmentationLogic``, which
+runs the engine (``python -m cadcore segment``) in a background process; this file never imports torch, MONAI or
+cadcore. Scripted use (no GUI)::
+
+    import CADSegment
+    segmentationNode = CADSegment.CADSegmentLogic().run(volumeNode, model="hippocampus-unet", device="cpu")
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class CADSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CAD Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["CADExtension"]
+        self.parent.contributors = ["The CADExtension authors"]
+        self.parent.helpText = _(
+            "Segment a CT or MR volume automatically with a CADExtension model. The result is a segmentation with "
+            "named, coloured segments; existing segments are never overwritten. "
+            '<a href="https://github.com/cadextension/SlicerCADExtension#readme">Documentation</a>.')
+        self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
+
+
+@parameterNodeWrapper
+class CADSegmentParameterNode:
+    """What the panel shows, saved with the scene.
+
+    inputVolume - the volume to segment.
+    model - registry id of the model (see the CAD Extension model manager).
+    device - where the engine runs; "auto" picks CUDA, then Apple MPS, then CPU.
+    overlap - sliding-window overlap: higher is smoother and slower.
+    useCascade - run a cascaded model coarse-to-fine (off: the fine network on the whole volume).
+    outputSegmentation - the segmentation to add segments to; None creates a new one.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    useCascade: bool = True
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._models = {}
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        import CADExtension  # noqa: F401 (registers the model selector's parameter-node connector)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = CADSegmentLogic()
+
+        # The engine's callbacks are queued by its reader thread and delivered here, on the main thread.
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.logic.processEvents)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self._updateModelDescription)
+        self.ui.manageModelsButton.connect("clicked(bool)", lambda: slicer.util.selectModule("CADExtension"))
+
+        self.refreshModels()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.refreshModels()  # models imported in the model manager appear on return
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()  # its input volume is about to disappear
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+        if not self._parameterNode.model:  # a fresh parameter node: take the user's default device
+            import CADExtension
+
+            self._parameterNode.device = CADExtension.CADExtensionLogic().defaultDevice()
+            if self._models:
+                self._parameterNode.model = next(iter(self._models))
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def refreshModels(self) -> None:
+        import CADExtension
+
+        try:
+            models = CADExtension.CADExtensionLogic().listModels(task="segmentation")
+        except Exception as exc:  # e.g. the model manager is not installed: the panel still opens and says why
+            logging.error("CADSegment: cannot list models: %s", exc)
+            self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
+            return
+        self._models = {info["id"]: info for info in models}
+        CADExtension.populateModelSelector(self.ui.modelSelector, models)
+        self._updateModelDescription()
+
+    def _updateModelDescription(self, index=None) -> None:
+        import CADExtension
+
+        modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
+        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(self._models.get(modelId), modelId)
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.logic.isRunning():
+            self.ui.applyButton.enabled = True  # it is the Cancel button now
+            return
+        parameters = self._parameterNode
+        if parameters and parameters.inputVolume and parameters.model:
+            self.ui.applyButton.toolTip = _("Segment the input volume")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = _("Select an input volume and a model")
+            self.ui.applyButton.enabled = False
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.toolTip = _("Stop the segmentation; nothing is added to the scene") if running else ""
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.speedCollapsibleButton,
+                       self.ui.outputsCollapsibleButton):
+            widget.enabled = not running
+        if running:
+            self._timer.start()
+        else:
+            self._timer.stop()
+        self._checkCanApply()
+
+    def _log(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()  # delivers onFinished(None, "cancelled"), which restores the panel
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            import CADExtension
+
+            if not CADExtension.CADExtensionLogic().ensureDependencies(askConfirmation=True):
+                self._log(_("Dependencies are not installed; see the CAD Extension module."))
+                return
+            parameters = self._parameterNode
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.value = 0
+            self._log(_("Segmenting {volume} with {model} on {device}…").format(
+                volume=parameters.inputVolume.GetName(), model=parameters.model, device=parameters.device))
+            self.logic.run(parameters.inputVolume, model=parameters.model, device=parameters.device,
+                           outputSegmentationNode=parameters.outputSegmentation, wait=False,
+                           overlap=parameters.overlap, useCascade=parameters.useCascade,
+                           onProgress=self._onProgress, onLog=self._log, onFinished=self._onFinished)
+            self._setRunning(True)
+
+    def _onProgress(self, percent: int) -> None:
+        self.ui.progressBar.value = percent
+
+    def _onFinished(self, segmentationNode, error) -> None:
+        self._setRunning(False)
+        if error is None:
+            self.ui.progressBar.value = 100
+            if self._parameterNode:
+                self._parameterNode.outputSegmentation = segmentationNode
+            self._log(_("Done: {segmentation}").format(segmentation=segmentationNode.GetName()))
+        elif error == "cancelled":
+            self.ui.progressBar.value = 0
+            self._log(_("Cancelled; nothing was added to the scene."))
+        else:
+            self._log(error)
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=error))
+
+
+class CADSegmentLogic(ScriptedLoadableModuleLogic):
+    """The module's logic: a thin facade over ``CADSegmentLib.SegmentationLogic`` (see its docstring)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._segmentation = None
+
+    def getParameterNode(self):
+        return CADSegmentParameterNode(super().getParameterNode())
+
+    @property
+    def segmentation(self):
+        if self._segmentation is None:
+            from CADSegmentLib import SegmentationLogic
+
+            self._segmentation = SegmentationLogic()
+        return self._segmentation
+
+    def run(self, volumeNode, model: str = "hippocampus-unet", device: str = "auto", outputSegmentationNode=None,
+            wait: bool = True, **kwargs):
+        """Segment ``volumeNode``; returns the segmentation node (``wait=True``). Keyword arguments (overlap,
+        useCascade, onProgress, onLog, onFinished) go to ``SegmentationLogic.run``."""
+        return self.segmentation.run(volumeNode, model=model, device=device,
+                                     outputSegmentationNode=outputSegmentationNode, wait=wait, **kwargs)
+
+    def cancel(self) -> bool:
+        return self._segmentation.cancel() if self._segmentation is not None else False
+
+    def isRunning(self) -> bool:
+        return self._segmentation is not None and self._segmentation.isRunning()
+
+    def processEvents(self) -> int:
+        return self._segmentation.processEvents() if self._segmentation is not None else 0
+
+
+SAMPLE_SHA256 = {
+    "imagesTr/hippocampus_015.nii.gz": "f9ee0fe118531cc2230181d86a6cf440717f93882c47d86bb1462720187ebd41",
+    "labelsTr/hippocampus_015.nii.gz": "da6dfe452a1a0367a99abb30f82f2b19c4b666011430819e71a5930a25729bd4",
+}
+
+
+class CADSegmentTest(ScriptedLoadableModuleTest):
+    """In-Slicer tests, NOT run in CI (CI has no Slicer): run them before a release with
+    ``Slicer --no-main-window --python-code "import slicer.testing; slicer.testing.runUnitTest(['<repo>/CADSegment'],
+    'CADSegment')"`` or the module's Reload and Test button. They need the repository's sample_data folder."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentSampleCase()
+        self.setUp()
+        self.test_CancelLeavesNothing()
+
+    def _loadSample(self):
+        from CADExtensionLib.command import engineFolder
+
+        import CADExtension
+
+        if not os.path.isfile(os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")):
+            self.skipTest("the hippocampus-unet model is not shipped in this build")
+        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample_data", "hippocampus")
+        paths = {name: os.path.join(folder, name) for name in SAMPLE_SHA256}
+        if not all(os.path.isfile(path) for path in paths.values()):
+            self.skipTest(f"sample data not found under {folder} (run from a repository checkout)")
+        for name, path in paths.items():
+            with open(path, "rb") as handle:
+                self.assertEqual(hashlib.sha256(handle.read()).hexdigest(), SAMPLE_SHA256[name], path)
+        self.assertTrue(CADExtension.CADExtensionLogic().ensureDependencies(askConfirmation=False))
+        volume = slicer.util.loadVolume(paths["imagesTr/hippocampus_015.nii.gz"])
+        label = slicer.util.loadLabelVolume(paths["labelsTr/hippocampus_015.nii.gz"])
+        return volume, label
+
+    def test_SegmentSampleCase(self):
+        """Segment names from the model card, Dice >= 0.85 per label, a second run adds instead of overwriting."""
+        from CADExtensionLib.command import engineFolder
+
+        volume, label = self._loadSample()  # skips without the sample data or the shipped model
+        cardPath = os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")
+        with open(cardPath, encoding="utf-8") as handle:
+            labels = [entry for entry in json.load(handle)["labels"] if int(entry["value"]) != 0]
+        logic = CADSegmentLogic()
+        node = logic.run(volume, model="hippocampus-unet", device="cpu", wait=True)
+        segmentation = node.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(names, [entry["name"] for entry in labels])
+        truth = slicer.util.arrayFromVolume(label)
+        for index, entry in enumerate(labels):
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume) > 0
+            expected = truth == int(entry["value"])
+            dice = 2.0 * (mask & expected).sum() / max(1, mask.sum() + expected.sum())
+            self.assertGreaterEqual(dice, 0.85, f"{entry['name']}: Dice {dice:.3f}")
+        logic.run(volume, model="hippocampus-unet", device="cpu", outputSegmentationNode=node, wait=True)
+        newNames = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(newNames[:len(names)], names)  # the first run's segments are untouched
+        self.assertEqual(len(set(newNames)), 2 * len(names))  # the second run's got unique names
+
+    def test_CancelLeavesNothing(self):
+        """The widget's path: non-blocking run pumped by processEvents, cancelled: no node is added."""
+        volume, _label = self._loadSample()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        finished = []
+        logic = CADSegmentLogic()
+        logic.run(volume, model="hippocampus-unet", device="cpu", wait=False,
+                  onFinished=lambda node, error: finished.append((node, error)))
+        deadline = time.monotonic() + 1.0  # the engine is still importing torch after a second
+        while time.monotonic() < deadline:
+            logic.processEvents()
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertTrue(logic.isRunning())
+        self.assertTrue(logic.cancel())  # kills the engine's process tree and delivers onFinished
+        self.assertEqual(finished, [(None, "cancelled")])
+        self.assertFalse(logic.isRunning())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from cadcore.errors import CadError
 
@@ -12,10 +14,23 @@ SEGMENT_DEFAULTS = {"epochs": 100, "batch_size": 2, "learning_rate": 2e-3}
 CLASSIFY_DEFAULTS = {"epochs": 60, "batch_size": 32, "learning_rate": 1e-3}
 
 
+def interrupt_on_signals() -> None:
+    """SIGTERM (a cancel from Slicer, a batch scheduler) and SIGINT both become KeyboardInterrupt, so training saves
+    its last checkpoint; SIGINT is re-armed because shells start background jobs with it ignored."""
+
+    def raise_interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from cadcore.inference import configure_cpu_threads
 
     configure_cpu_threads()
+    interrupt_on_signals()
     values = vars(args)
     defaults = CLASSIFY_DEFAULTS if args.task == "classify" else SEGMENT_DEFAULTS
     values.update({k: v for k, v in defaults.items() if values.get(k) is None})

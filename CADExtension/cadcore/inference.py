@@ -68,6 +68,7 @@ def predict_probabilities(
             out = network(window)
         if progress is not None:
             total_windows.append(window.shape[0])
+            progress(float(sum(total_windows)))
         return out.float()
 
     logits = sliding_window_inference(

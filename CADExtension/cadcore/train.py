@@ -75,6 +75,25 @@ def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
     return spec
 
 
+def median_spacing(cases, orientation: str | None) -> list[float]:
+    """The training images' median voxel spacing in the working orientation (headers only), so the card always
+    names the resolution the network learnt and inference resamples other inputs to it."""
+    import SimpleITK as sitk
+
+    from cadcore.preprocess import orient
+
+    spacings = []
+    for case in cases:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(case.image))
+        reader.ReadImageInformation()
+        probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+        probe.SetSpacing(reader.GetSpacing())
+        probe.SetDirection(reader.GetDirection())
+        spacings.append(orient(probe, orientation).GetSpacing())
+    return [round(float(v), 4) for v in np.median(np.array(spacings), axis=0)]
+
+
 def lr_factor(epoch: float, config: TrainConfig) -> float:
     if epoch < config.warmup_epochs:
         return (epoch + 1) / (config.warmup_epochs + 1)
@@ -107,6 +126,8 @@ def train(config: TrainConfig) -> ModelPackage:
     train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
     label_values = sorted(dataset.label_names) or [1]
     label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
+    if not config.spacing:
+        config.spacing = median_spacing(train_cases, config.orientation)
     preprocessing = preprocessing_for(config)
     spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)
@@ -181,8 +202,9 @@ def train(config: TrainConfig) -> ModelPackage:
     except KeyboardInterrupt:
         save_last()
         tqdm.write(f"interrupted at epoch {state['epoch']}: last checkpoint saved in {ckpt_dir}")
-    if best_weights is None:
-        best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    if best_weights is not None:
+        network.load_state_dict(best_weights)  # export through the network: its aliased weights are stored once
+    best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
                       time.time() - started)
     package = save_package(output, card, best_weights)
@@ -231,10 +253,21 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
             "epochs": state["epoch"],
             "best_epoch": state["best_epoch"],
             "seconds": round(seconds),
+            "seconds_all_runs": round(total_training_seconds(state["history"])),
             "config": {k: v for k, v in asdict(config).items() if k not in ("data", "output")},
         },
         "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
     }
+
+
+def total_training_seconds(history: list[dict[str, Any]]) -> float:
+    """Wall time over every run of a resumed training (each run's clock restarts at 0)."""
+    total, previous = 0.0, 0.0
+    for row in history:
+        seconds = float(row.get("seconds", 0.0))
+        total += seconds - previous if seconds >= previous else seconds
+        previous = seconds
+    return total
 
 
 def write_log(output: Path, history: list[dict[str, Any]]) -> None:

@@ -2,7 +2,7 @@
 
 Nothing here imports a module file: they need the Slicer application (qt, ctk, ScriptedLoadableModule). What these
 tests prove is structure, the part of Slicer's conventions a typo or a stray import breaks without any other test
-noticing; they do not prove that the panels work in Slicer (see Docs/using-in-slicer.md, "What CI does not cover").
+noticing; they do not prove that the panels work in Slicer (see README.md, "What CI covers, and what it does not").
 """
 
 from __future__ import annotations

@@ -22,8 +22,7 @@ from cadcore.calibration import softmax
 from cadcore.errors import CadError
 from cadcore.inference import configure_cpu_threads, pick_device
 from cadcore.io import atomic_path, check_output_path, read_image, read_volume
-from cadcore.models import ModelPackage, find_model, load_weights
-from cadcore.networks import build_network
+from cadcore.models import ModelPackage, find_model
 from cadcore.preprocess import from_array
 from cadcore.roi import Roi, extract_roi, lps_to_ras, network_input
 
@@ -57,20 +56,35 @@ def _baseline_logits(package: ModelPackage, roi: Roi) -> np.ndarray:
     return np.log(np.clip(probabilities, 1e-12, 1.0))
 
 
-def _cnn(package: ModelPackage, device: torch.device) -> torch.nn.Module:
-    network = build_network(package.card["network"])
-    load_weights(network, package.load_state_dict(), package.weights_path)
-    return network.to(device).eval()
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max to [0, 1], 1 = most relevant; a constant map becomes 1 if positive, else 0 (no evidence).
+
+    MONAI's ``default_normalizer`` maps (min, max) to (1, 0), i.e. it flips the map (Project-MONAI/tutorials#1796).
+    """
+    x = x.detach()
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    low, high = flat.min(1).values.view(shape), flat.max(1).values.view(shape)
+    return torch.where(high > low, (x - low) / (high - low).clamp_min(1e-12), (x > 0).to(x.dtype))
+
+
+def gradcam(network: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str) -> np.ndarray:
+    """Grad-CAM (MONAI) of one class for a batch (N, C, I, J, K): (N, I, J, K) in [0, 1], 1 = most relevant.
+
+    The network runs in eval mode, so each sample's map is the one it gets alone. MONAI leaves its hooks on the
+    module: pass a copy when calling this many times on one network.
+    """
+    from monai.visualize import GradCAM
+
+    cam = GradCAM(nn_module=network, target_layers=layer, postprocessing=_minmax)
+    with torch.enable_grad():
+        values = cam(x.clone().requires_grad_(True), class_idx=class_index)
+    return values[:, 0].detach().cpu().numpy().astype(np.float32)
 
 
 def gradcam_on_roi(network: torch.nn.Module, x: torch.Tensor, class_index: int, layer: str) -> np.ndarray:
-    """Grad-CAM (MONAI) for one class, (I, J, K) in [0, 1] on the ROI grid."""
-    from monai.visualize import GradCAM
-
-    cam = GradCAM(nn_module=network, target_layers=layer)
-    with torch.enable_grad():
-        values = cam(x.clone().requires_grad_(True), class_idx=class_index)
-    return values[0, 0].detach().cpu().numpy().astype(np.float32)
+    """Grad-CAM (MONAI) for one class, (I, J, K) in [0, 1] on the ROI grid (1 = most relevant)."""
+    return gradcam(network, x, class_index, layer)[0]
 
 
 def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | None = None,
@@ -87,22 +101,25 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
     heatmap_image = None
     peak_ras = None
     if is_baseline(package):
-        logits = _baseline_logits(package, roi)
-        temperature = 1.0
+        uncalibrated = softmax(_baseline_logits(package, roi))
+        probabilities, temperature = uncalibrated, 1.0
     else:
+        from cadcore.cnn_predict import averaged_probabilities, load_members, member_logits
+
         torch_device = pick_device(device)
-        network = _cnn(package, torch_device)
-        x = torch.from_numpy(network_input(roi, card.get("roi", {}), card.get("preprocessing", {}).get(
-            "normalization", {"kind": "none"})))[None].to(torch_device)
-        with torch.inference_mode():
-            logits = network(x)[0].float().cpu().numpy()
-    probabilities = softmax(logits, temperature)
+        members = load_members(package, torch_device)
+        inputs = network_input(roi, card.get("roi", {}), card.get("preprocessing", {}).get(
+            "normalization", {"kind": "none"}))[None]
+        stack = member_logits(members, inputs, torch_device, card.get("inference", {}).get("tta") == "flips")
+        probabilities, uncalibrated = averaged_probabilities(stack, temperature)[0], averaged_probabilities(stack)[0]
     predicted = int(np.argmax(probabilities))
     if heatmap and not is_baseline(package):
         target = predicted if target_class is None else target_class
         if not 0 <= target < len(names):
             raise CadError(f"--heatmap-class {target} is not a class of this model (0..{len(names) - 1})")
-        cam = gradcam_on_roi(network, x, target, card.get("gradcam", {}).get("target_layer", "layer4"))
+        x = torch.from_numpy(inputs).to(torch_device)
+        layer = card.get("gradcam", {}).get("target_layer", "layer4")
+        cam = np.mean([gradcam_on_roi(network, x, target, layer) for network in members], axis=0)
         heatmap_image = sitk.Resample(from_array(cam, roi.grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
                                       sitk.sitkFloat32)
         # the peak is taken on the input grid: a padded part of the ROI is not anatomy
@@ -114,7 +131,7 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
         "model_version": card.get("version"),
         "classes": names,
         "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)},
-        "probabilities_uncalibrated": {name: round(float(p), 6) for name, p in zip(names, softmax(logits))},
+        "probabilities_uncalibrated": {name: round(float(p), 6) for name, p in zip(names, uncalibrated)},
         "predicted": names[predicted],
         "predicted_index": predicted,
         "calibrated": temperature != 1.0,

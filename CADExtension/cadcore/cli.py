@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--classes", type=lambda t: t.split(","), default=[], dest="class_names",
                     help="class names, comma-separated, in label order")
     cl.add_argument("--patience", type=int, default=15, help="early stopping on validation AUC")
+    cl.add_argument("--tta", action="store_true", help="predict with flip test-time augmentation (card setting)")
     cl.add_argument("--roi-size", type=_ints, default=[28, 28, 28])
     cl.add_argument("--roi-spacing", type=_floats, default=None, help="mm; default: fit the lesion extent")
     cl.add_argument("--roi-input", default="image", choices=["image", "mask", "masked_image"])

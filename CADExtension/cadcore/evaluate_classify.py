@@ -7,16 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from cadcore.calibration import softmax
 from cadcore.classify import class_names, is_baseline
 from cadcore.classify_data import ClassificationSet, load_csv, load_npz_split, subset, through_roi
 from cadcore.classify_metrics import classification_metrics, plot_roc
 from cadcore.errors import CadError
 from cadcore.inference import pick_device
-from cadcore.models import ModelPackage, load_weights
-from cadcore.networks import build_network
+from cadcore.models import ModelPackage
 
 
 def evaluation_set(package: ModelPackage, data: str, split: str) -> ClassificationSet:
@@ -52,14 +49,9 @@ def probabilities_for(package: ModelPackage, data: ClassificationSet, device: st
 
         features = feature_matrix(zip(data.images, data.masks, [data.spacing] * len(data.labels)))
         return BaselineClassifier.from_package(package).predict_proba(features)
-    torch_device = pick_device(device)
-    network = build_network(package.card["network"])
-    load_weights(network, package.load_state_dict(), package.weights_path)
-    network = network.to(torch_device).eval()
-    with torch.inference_mode():
-        logits = np.concatenate([network(torch.from_numpy(data.inputs[i:i + 64]).to(torch_device)).float().cpu().numpy()
-                                 for i in range(0, len(data.labels), 64)])
-    return softmax(logits, float(package.card.get("calibration", {}).get("temperature", 1.0)))
+    from cadcore.cnn_predict import cnn_probabilities
+
+    return cnn_probabilities(package, data.inputs, pick_device(device))[0]
 
 
 def evaluate_classifier(package: ModelPackage, data: str, split: str, device: str, roc_path: Path) -> dict[str, Any]:

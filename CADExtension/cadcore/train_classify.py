@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cadcore.calibration import fit_temperature, softmax
+from cadcore.calibration import softmax
 from cadcore.classify_data import (
     ClassificationSet,
     extent_margin,
@@ -29,6 +29,7 @@ from cadcore.classify_data import (
     through_roi,
 )
 from cadcore.classify_metrics import classification_metrics
+from cadcore.cnn_predict import averaged_probabilities, fit_averaged_temperature, member_logits
 from cadcore.errors import CadError
 from cadcore.inference import pick_device
 from cadcore.models import ModelPackage, save_package
@@ -54,6 +55,7 @@ class ClassifyConfig:
     roi_input: str = "image"
     class_names: list[str] = field(default_factory=list)
     baseline: str | None = None
+    tta: bool = False
     device: str = "auto"
     force: bool = False
     description: str = ""
@@ -177,11 +179,13 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
             tqdm.write(f"early stop at epoch {epoch + 1}: no AUC gain since epoch {best['epoch']}")
             break
     network.load_state_dict(best_state)
-    logits = predict_logits(network, val.inputs, device)
-    temperature = fit_temperature(logits, val.labels)
-    before = classification_metrics(softmax(logits), val.labels)
-    after = classification_metrics(softmax(logits, temperature), val.labels)
+    stack = member_logits([network], val.inputs, device, config.tta)
+    temperature = fit_averaged_temperature(stack, val.labels)
+    before = classification_metrics(averaged_probabilities(stack), val.labels)
+    after = classification_metrics(averaged_probabilities(stack, temperature), val.labels)
     card = _card(config, spec, roi_spec, normalization, names, provenance, train, val, started)
+    if config.tta:
+        card["inference"] = {"tta": "flips"}
     card["calibration"] = {"method": "temperature scaling on validation logits", "temperature": round(temperature, 5),
                            "ece_before": before["ece"], "ece_after": after["ece"]}
     card["gradcam"] = {"target_layer": "layer4" if spec["name"] == "ResNet" else "class_layers.relu"}

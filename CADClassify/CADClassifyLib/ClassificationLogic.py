@@ -19,8 +19,8 @@ The engine runs as ``python -m cadcore classify ...`` (see ``CADExtensionLib.com
 written through a storage node, a segment is exported to a 0/1 labelmap on the volume's grid (``--mask FILE
 --label 1``), a point becomes ``--center`` in the volume's RAS. The engine writes the result JSON and the heatmap on
 the input's exact grid; the heatmap node gets the volume's IJKToRAS exactly. Classical-baseline packages give no
-heatmap (``heatmapNode`` is None). The engine's result does not include the baseline's hand-crafted feature values,
-so ``featureTableNode`` is always None for now.
+heatmap (``heatmapNode`` is None). ``featureTableNode`` lists the hand-crafted features the engine computed on the
+ROI (shape, first-order, GLCM texture), the inputs of the classical baseline, whatever the model.
 """
 
 from __future__ import annotations
@@ -399,8 +399,12 @@ def _resultNodes(volumeNode, report: dict[str, Any], heatmapPath: Path | None) -
             created.append(heatmapNode)
         for node in created:
             placeUnderStudy(volumeNode, node)
-        return ClassificationResult(probabilities, str(report["predicted"]), report, tableNode, heatmapNode, None,
-                                    uncalibrated)
+        featureTableNode = None
+        if report.get("features"):
+            featureTableNode = _featureTableNode(scene, f"{volumeNode.GetName()} {modelId} features", report)
+            created.append(featureTableNode)
+        return ClassificationResult(probabilities, str(report["predicted"]), report, tableNode, heatmapNode,
+                                    featureTableNode, uncalibrated)
     except BaseException:
         for node in created:
             removeNodeAndDependents(node)
@@ -431,6 +435,24 @@ def _tableNode(scene, name: str, report: Mapping[str, Any], probabilities: Mappi
     tableNode.SetAttribute("CADClassify.modelVersion", str(report.get("model_version")))
     tableNode.SetAttribute("CADClassify.predicted", str(report["predicted"]))
     tableNode.SetAttribute("CADClassify.roi", json.dumps(report.get("roi")))
+    return tableNode
+
+
+def _featureTableNode(scene, name: str, report: Mapping[str, Any]):
+    """Feature | Group | Value for the ROI's hand-crafted features, in the engine's order."""
+    tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    names, groups, values = vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkDoubleArray()
+    names.SetName("Feature")
+    groups.SetName("Group")
+    values.SetName("Value")
+    for feature, value in report["features"].items():
+        group, _, short = feature.partition("_")
+        names.InsertNextValue(short or feature)
+        groups.InsertNextValue(group)
+        values.InsertNextValue(float(value))
+    for column in (names, groups, values):
+        tableNode.AddColumn(column)
+    tableNode.SetAttribute("CADClassify.model", str(report.get("model")))
     return tableNode
 
 

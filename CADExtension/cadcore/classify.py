@@ -44,6 +44,16 @@ def is_baseline(package: ModelPackage) -> bool:
     return package.card["network"].get("name") == "baseline"
 
 
+def roi_features(package: ModelPackage, roi: Roi) -> dict[str, float]:
+    """Hand-crafted features of the ROI (lesion mask, or the whole ROI), shown beside the CNN's answer."""
+    from cadcore.baseline import roi_feature_spacing
+    from cadcore.features import extract_features
+
+    mask = roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool)
+    values = extract_features(roi.image, mask, roi_feature_spacing(package.card.get("roi", {}), roi.grid.GetSpacing()))
+    return {name: round(float(value), 6) for name, value in values.items()}
+
+
 def _baseline_logits(package: ModelPackage, roi: Roi) -> np.ndarray:
     from cadcore.baseline import BaselineClassifier, roi_feature_spacing
     from cadcore.features import extract_features
@@ -98,6 +108,7 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
     roi = extract_roi(image, card.get("roi", {}), mask, label, centre_ras, size_mm, source)
     started = time.perf_counter()
     temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    features = roi_features(package, roi)
     heatmap_image = None
     peak_ras = None
     if is_baseline(package):
@@ -137,6 +148,7 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
         "calibrated": temperature != 1.0,
         "temperature": temperature,
         "roi": roi.info,
+        "features": features,
         "heatmap": None,
         "heatmap_class": names[target_class if target_class is not None else predicted] if heatmap_image else None,
         "heatmap_peak_ras": [round(v, 3) for v in peak_ras] if peak_ras else None,

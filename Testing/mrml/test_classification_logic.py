@@ -123,7 +123,7 @@ def test_segment_lesion_gives_table_and_heatmap_on_the_volume_grid(mrml, case, t
         assert calibrated == report["probabilities"][name] and raw == report["probabilities_uncalibrated"][name]
     assert result.tableNode.GetName() == "lesion_case tiny-resnet classification"
     assert result.tableNode.GetAttribute("CADClassify.predicted") == result.predicted
-    assert result.featureTableNode is None
+    assert_feature_table(result)
 
     # the mask reached the engine on the right grid, in the right world frame: the ROI is centred on the lesion
     assert report["roi"]["source"] == "mask" and report["roi"]["label"] == 1
@@ -142,7 +142,7 @@ def test_segment_lesion_gives_table_and_heatmap_on_the_volume_grid(mrml, case, t
     assert display.GetApplyThreshold() and display.GetWindowLevelMax() == pytest.approx(float(values.max()))
 
     colour = heatmapColorNode(mrml.scene).GetID()
-    added = {result.tableNode.GetID(), heatmap.GetID(), display.GetID(), colour}
+    added = {result.tableNode.GetID(), result.featureTableNode.GetID(), heatmap.GetID(), display.GetID(), colour}
     assert mrml.nodeIds() - before == added  # no export labelmap, colour table or display node left over
 
 
@@ -176,16 +176,30 @@ def test_point_input_in_ras_list_fiducial_and_transformed_volume(mrml, case, tin
         pointInVolumeRAS(volume, mrml.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "empty"))
 
 
+def assert_feature_table(result) -> None:
+    """The engine's hand-crafted ROI features, one row each, values equal to the report's."""
+    from cadcore.features import FEATURE_NAMES
+
+    table = result.featureTableNode.GetTable()
+    assert table.GetNumberOfRows() == len(FEATURE_NAMES) == len(result.report["features"])
+    for row, name in enumerate(FEATURE_NAMES):
+        group, _, short = name.partition("_")
+        assert table.GetValueByName(row, "Feature").ToString() == short
+        assert table.GetValueByName(row, "Group").ToString() == group
+        assert table.GetValueByName(row, "Value").ToDouble() == pytest.approx(result.report["features"][name])
+
+
 def test_baseline_model_gives_probabilities_and_no_heatmap(mrml, case, tiny_baseline, work):
     volume, segmentation, _ = case
     before = mrml.nodeIds()
     logic = ClassificationLogic(runner=InProcessRunner(), temporaryFolder=work)
     result = logic.run(volume, model=str(tiny_baseline), segmentationNode=segmentation, segmentId="lesion")
-    assert result.heatmapNode is None and result.featureTableNode is None
+    assert result.heatmapNode is None
+    assert_feature_table(result)
     assert result.report["calibrated"] is False
     assert {name: calibrated for name, (calibrated, _) in table_rows(result.tableNode).items()} == \
         result.probabilities
-    assert mrml.nodeIds() - before == {result.tableNode.GetID()}
+    assert mrml.nodeIds() - before == {result.tableNode.GetID(), result.featureTableNode.GetID()}
     assert showHeatmapOverlay(result.heatmapNode, volume) is False
     assert list(work.iterdir()) == []
 

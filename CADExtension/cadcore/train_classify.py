@@ -73,6 +73,16 @@ def network_spec(config: ClassifyConfig, n_classes: int) -> dict[str, Any]:
     raise CadError(f"unknown classification network {config.network!r} (resnet18 or densenet121)")
 
 
+def check_input_fits(network: torch.nn.Module, shape: tuple[int, ...], device: torch.device, name: str) -> None:
+    """Fail before training when the ROI is too small for the network's downsampling (DenseNet-121 needs ≥ 64³)."""
+    try:
+        with torch.no_grad():
+            network.eval()(torch.zeros((2, *shape), device=device))
+    except RuntimeError as exc:
+        raise CadError(f"ROI size {list(shape[1:])} is too small for {name} ({str(exc).splitlines()[0]}); "
+                       "use a larger --roi-size or another network") from exc
+
+
 def load_data(config: ClassifyConfig, roi_spec: dict[str, Any], normalization: dict[str, Any]):
     path = Path(config.data)
     if not path.exists():
@@ -143,6 +153,7 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
     device = pick_device(config.device)
     spec = network_spec(config, n_classes)
     network = build_network(spec).to(device)
+    check_input_fits(network, train.inputs.shape[1:], device, spec["name"])
     counts = np.bincount(train.labels, minlength=n_classes).astype(float)
     weights = torch.as_tensor(1.0 / counts[train.labels], dtype=torch.double)
     loader = torch.utils.data.DataLoader(

@@ -109,3 +109,11 @@ def test_npz_missing_split_for_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "val" in err and "only_train.npz" in err and err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_densenet_refuses_a_roi_too_small_before_training(tmp_path, capsys, npz):
+    code = main(["train", "--task", "classify", "--network", "densenet121", "--data", str(npz), "-o",
+                 str(tmp_path / "d"), "--epochs", "1", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "too small for DenseNet121" in err and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()

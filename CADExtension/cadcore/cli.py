@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default="")
+    tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning)")
+    tr.add_argument("--freeze-encoder-epochs", type=int, default=0, help="with --init: encoder frozen this long")
+    tr.add_argument("--pretrained-lr-factor", type=float, default=0.1,
+                    help="with --init: learning-rate factor for pretrained layers")
     tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
     cl = tr.add_argument_group("classification (--task classify)")

@@ -55,6 +55,9 @@ class TrainConfig:
     max_cases: int | None = None
     description: str = ""
     version: str = "1.0.0"
+    init: str | None = None  # transfer learning: a model package (id or folder) to start from
+    freeze_encoder_epochs: int = 0
+    pretrained_lr_factor: float = 0.1
     labels: str | None = None  # JSON file: [{"value", "name", "color", "terminology"?}] for the model card
 
 
@@ -129,7 +132,13 @@ def train(config: TrainConfig) -> ModelPackage:
     if not config.spacing:
         config.spacing = median_spacing(train_cases, config.orientation)
     preprocessing = preprocessing_for(config)
-    spec = network_for(config, len(label_values) + 1)
+    parent = None
+    if config.init:
+        from cadcore.transfer import parent_spec
+
+        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1)
+    else:
+        spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     device = pick_device(config.device)
@@ -143,7 +152,19 @@ def train(config: TrainConfig) -> ModelPackage:
 
     set_determinism(config.seed)
     network = build_network(spec).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    init_report = None
+    parameters: Any = network.parameters()
+    if parent is not None:
+        from cadcore.transfer import load_pretrained, parameter_groups
+
+        init_report = load_pretrained(network, parent)
+        parameters = parameter_groups(network, init_report, config.learning_rate, config.pretrained_lr_factor)
+        (output / "init_report.json").parent.mkdir(parents=True, exist_ok=True)
+        (output / "init_report.json").write_text(json.dumps(init_report, indent=2) + "\n")
+        fresh = init_report["reinitialised"]
+        tqdm.write(f"--init {parent.id}: {init_report['loaded']} tensors loaded, {len(fresh)} re-initialised "
+                   f"({', '.join(fresh[:4])})")
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     loader = torch.utils.data.DataLoader(
@@ -175,6 +196,10 @@ def train(config: TrainConfig) -> ModelPackage:
                     total=config.epochs)
     try:
         for epoch in progress:
+            if parent is not None and config.freeze_encoder_epochs:
+                from cadcore.transfer import set_encoder_frozen
+
+                set_encoder_frozen(network, epoch < config.freeze_encoder_epochs)
             network.train()
             losses = []
             for batch in loader:
@@ -207,6 +232,12 @@ def train(config: TrainConfig) -> ModelPackage:
     best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
                       time.time() - started)
+    if init_report is not None:
+        card["training"]["parent"] = {k: init_report[k] for k in ("parent", "parent_version", "parent_sha256")}
+        card["training"]["init"] = {"loaded_tensors": init_report["loaded"],
+                                    "reinitialised": init_report["reinitialised"],
+                                    "freeze_encoder_epochs": config.freeze_encoder_epochs,
+                                    "pretrained_lr_factor": config.pretrained_lr_factor}
     package = save_package(output, card, best_weights)
     plot_curves(output, state["history"], label_values)
     (output / "training_summary.json").write_text(json.dumps({**state, "config": asdict(config)}, indent=2) + "\n")

@@ -1,0 +1,63 @@
+"""``cad train --init``: transfer learning from a model package (matching layers load, the rest re-initialise)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cadcore.cli import main
+from cadcore.models import find_model
+from conftest import make_tiny_classification_package, make_tiny_segmentation_package
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "sample_data" / "hippocampus"
+TINY = ["--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1", "--spacing", "2,2,2",
+        "--val-fraction", "0.34", "--epochs", "1"]
+
+
+def test_init_loads_matching_layers_and_records_the_parent(tmp_path, capsys):
+    parent = make_tiny_segmentation_package(tmp_path / "parent", seed=7)
+    output = tmp_path / "child"
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--init", str(parent.folder),
+                 "--freeze-encoder-epochs", "1", *TINY]) == 0
+    card = find_model(output).card
+    assert card["training"]["parent"]["parent"] == "parent"
+    assert card["training"]["parent"]["parent_sha256"] == parent.card["weights"]["sha256"]
+    assert card["network"]["params"]["filters"] == parent.card["network"]["params"]["filters"]
+    report = json.loads((output / "init_report.json").read_text())
+    assert report["loaded"] > 0 and report["reinitialised"] == []  # same label count: everything loads
+    # the encoder was frozen for the only epoch: its weights are still the parent's
+    child_state, parent_state = find_model(output).load_state_dict(), parent.load_state_dict()
+    assert torch.equal(child_state["input_block.conv1.conv.weight"], parent_state["input_block.conv1.conv.weight"])
+    assert not torch.equal(child_state["output_block.conv.conv.weight"], parent_state["output_block.conv.conv.weight"])
+
+
+def test_init_with_another_label_set_reinitialises_the_output(tmp_path):
+    parent = make_tiny_segmentation_package(tmp_path / "parent", seed=7)
+    spec = {"labels": {"0": "bg", "1": "only one"}, "training": [
+        {"image": str(p), "label": str(SAMPLES / "labelsTr" / p.name)} for p in sorted((SAMPLES / "imagesTr").iterdir())]}
+    data = tmp_path / "binary"
+    data.mkdir()
+    for entry in spec["training"]:  # labels 1 and 2 merged into 1
+        import SimpleITK as sitk
+
+        label = sitk.ReadImage(entry["label"]) > 0
+        merged = data / Path(entry["label"]).name
+        sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(merged))
+        entry["label"] = str(merged)
+    (data / "dataset.json").write_text(json.dumps(spec))
+    output = tmp_path / "child"
+    assert main(["train", "--data", str(data), "-o", str(output), "--init", str(parent.folder), *TINY]) == 0
+    report = json.loads((output / "init_report.json").read_text())
+    assert set(report["reinitialised"]) == {"output_block.conv.conv.weight", "output_block.conv.conv.bias"}
+    assert find_model(output).card["network"]["params"]["out_channels"] == 2
+
+
+def test_init_from_another_network_family_is_refused(tmp_path, capsys):
+    parent = make_tiny_classification_package(tmp_path / "resnet")
+    assert main(["train", "--data", str(SAMPLES), "-o", str(tmp_path / "c"), "--init", str(parent.folder), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--init model is a classification ResNet" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()

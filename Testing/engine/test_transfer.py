@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
 
 from cadcore.cli import main
@@ -36,13 +37,12 @@ def test_init_loads_matching_layers_and_records_the_parent(tmp_path, capsys):
 
 def test_init_with_another_label_set_reinitialises_the_output(tmp_path):
     parent = make_tiny_segmentation_package(tmp_path / "parent", seed=7)
-    spec = {"labels": {"0": "bg", "1": "only one"}, "training": [
-        {"image": str(p), "label": str(SAMPLES / "labelsTr" / p.name)} for p in sorted((SAMPLES / "imagesTr").iterdir())]}
+    images = sorted((SAMPLES / "imagesTr").iterdir())
+    spec = {"labels": {"0": "bg", "1": "only one"},
+            "training": [{"image": str(p), "label": str(SAMPLES / "labelsTr" / p.name)} for p in images]}
     data = tmp_path / "binary"
     data.mkdir()
     for entry in spec["training"]:  # labels 1 and 2 merged into 1
-        import SimpleITK as sitk
-
         label = sitk.ReadImage(entry["label"]) > 0
         merged = data / Path(entry["label"]).name
         sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(merged))

@@ -85,3 +85,33 @@ def test_train_refuses_dataset_with_missing_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing file" in err and err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def _one_case_dataset(folder: Path, label_names: dict[str, str], shift_origin: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(SAMPLES / "imagesTr" / "hippocampus_015.nii.gz"))
+    label = sitk.ReadImage(str(SAMPLES / "labelsTr" / "hippocampus_015.nii.gz"))
+    if shift_origin:
+        label.SetOrigin([o + 3.0 for o in label.GetOrigin()])
+    for name, img in (("img.nii.gz", image), ("lab.nii.gz", label)):
+        sitk.WriteImage(img, str(folder / name))
+    entries = [{"image": "./img.nii.gz", "label": "./lab.nii.gz"}] * 2
+    (folder / "dataset.json").write_text(json.dumps({"labels": label_names, "training": entries}))
+    return folder
+
+
+def test_train_refuses_label_grid_mismatch_before_training(tmp_path, capsys):
+    data = _one_case_dataset(tmp_path, {"0": "bg", "1": "a", "2": "p"}, shift_origin=True)
+    assert main(["train", "--data", str(data), "-o", str(tmp_path / "m"), "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "lab.nii.gz" in err and "grid differs" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_refuses_label_values_outside_the_label_set(tmp_path, capsys):
+    data = _one_case_dataset(tmp_path, {"0": "bg", "1": "hippocampus"})  # the files also contain label 2
+    assert main(["train", "--data", str(data), "-o", str(tmp_path / "m"), "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "label values [2]" in err and "lab.nii.gz" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()

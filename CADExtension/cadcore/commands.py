@@ -44,6 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         fields = TrainConfig.__dataclass_fields__
         package = train(TrainConfig(**{k: v for k, v in values.items() if k in fields}))
+        if package is None:  # a non-zero torchrun rank: rank 0 reports
+            return 0
     print(f"model package written to {package.folder}")
     return 0
 

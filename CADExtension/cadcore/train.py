@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from cadcore.data import load_dataset, split_cases
+from cadcore.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
 from cadcore.errors import CadError
 from cadcore.inference import pick_device, predict_probabilities
 from cadcore.models import ModelPackage, save_package
@@ -105,17 +106,21 @@ def lr_factor(epoch: float, config: TrainConfig) -> float:
 
 
 def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[int], patch: list[int],
-             device: torch.device) -> dict[int, float]:
-    """Mean Dice per label over validation cases (working space, no post-processing)."""
-    dice: dict[int, list[float]] = {value: [] for value in labels}
-    for case in cases:
+             device: torch.device, ranks: Ranks | None = None) -> dict[int, float]:
+    """Mean Dice per label over validation cases (working space, no post-processing); under DDP each rank scores
+    its share of the cases and the sums are reduced."""
+    ranks = ranks or Ranks()
+    sums = np.zeros(len(labels) + 1)
+    for case in cases[ranks.rank::ranks.world]:
         prediction = predict_probabilities(network, case.image, patch, device, overlap=0.5).argmax(0)
         truth = case.label[0]
-        for value in labels:
+        for index, value in enumerate(labels):
             p, t = prediction == value, truth == value
             denominator = p.sum() + t.sum()
-            dice[value].append(1.0 if denominator == 0 else 2.0 * float((p & t).sum()) / float(denominator))
-    return {value: float(np.mean(scores)) for value, scores in dice.items()}
+            sums[index] += 1.0 if denominator == 0 else 2.0 * float((p & t).sum()) / float(denominator)
+        sums[-1] += 1
+    sums = summed(sums, ranks)
+    return {value: float(sums[index] / max(1.0, sums[-1])) for index, value in enumerate(labels)}
 
 
 def train(config: TrainConfig) -> ModelPackage:
@@ -141,7 +146,7 @@ def train(config: TrainConfig) -> ModelPackage:
         spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    device = pick_device(config.device)
+    ranks, device = start(pick_device(config.device))
 
     allowed = set(label_values)
     train_prepared = prepare_cases(train_cases, preprocessing, allowed, "loading training cases")
@@ -159,22 +164,27 @@ def train(config: TrainConfig) -> ModelPackage:
 
         init_report = load_pretrained(network, parent)
         parameters = parameter_groups(network, init_report, config.learning_rate, config.pretrained_lr_factor)
-        (output / "init_report.json").parent.mkdir(parents=True, exist_ok=True)
-        (output / "init_report.json").write_text(json.dumps(init_report, indent=2) + "\n")
+        if ranks.main:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "init_report.json").write_text(json.dumps(init_report, indent=2) + "\n")
         fresh = init_report["reinitialised"]
         tqdm.write(f"--init {parent.id}: {init_report['loaded']} tensors loaded, {len(fresh)} re-initialised "
                    f"({', '.join(fresh[:4])})")
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes))
+    shard = sampler(patches, ranks, config.seed)
     loader = torch.utils.data.DataLoader(
-        PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes)),
-        batch_size=config.batch_size, shuffle=True, drop_last=len(train_prepared) > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
+        patches, batch_size=config.batch_size, shuffle=shard is None, sampler=shard,
+        drop_last=len(train_prepared) > config.batch_size * ranks.world,
+        generator=torch.Generator().manual_seed(config.seed + ranks.rank),
     )
+    model = wrap(network, ranks, device)
 
     ckpt_dir = output / "training"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_mean_dice": -1.0, "best_epoch": -1, "history": []}
     best_weights: dict[str, torch.Tensor] | None = None
     if config.resume and (ckpt_dir / "last.pt").exists():
@@ -187,6 +197,8 @@ def train(config: TrainConfig) -> ModelPackage:
             best_weights = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
 
     def save_last() -> None:
+        if not ranks.main:
+            return
         torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state_json": json.dumps(state)}, ckpt_dir / ".last.pt")
         (ckpt_dir / ".last.pt").replace(ckpt_dir / "last.pt")
@@ -201,32 +213,41 @@ def train(config: TrainConfig) -> ModelPackage:
 
                 set_encoder_frozen(network, epoch < config.freeze_encoder_epochs)
             network.train()
+            if shard is not None:
+                shard.set_epoch(epoch)
             losses = []
             for batch in loader:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(network(batch["image"].to(device)), batch["label"].to(device))
+                loss = loss_fn(model(batch["image"].to(device)), batch["label"].to(device))
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
             scheduler.step()
-            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+            loss_sum = summed(np.array([float(np.sum(losses)), len(losses)]), ranks)
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum[0] / max(1.0, loss_sum[1])),
                                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-                dice = validate(network, val_prepared, label_values, config.patch_size, device)
+                dice = validate(network, val_prepared, label_values, config.patch_size, device, ranks)
                 row.update({f"dice_{v}": d for v, d in dice.items()})
                 row["dice_mean"] = float(np.mean(list(dice.values())))
                 if row["dice_mean"] > state["best_mean_dice"]:
                     state["best_mean_dice"], state["best_epoch"] = row["dice_mean"], epoch + 1
                     best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-                    torch.save(best_weights, ckpt_dir / "best.pt")
+                    if ranks.main:
+                        torch.save(best_weights, ckpt_dir / "best.pt")
             state["history"].append(row)
             state["epoch"] = epoch + 1
             progress.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{state['best_mean_dice']:.3f}")
             save_last()
-            write_log(output, state["history"])
+            if ranks.main:
+                write_log(output, state["history"])
     except KeyboardInterrupt:
         save_last()
         tqdm.write(f"interrupted at epoch {state['epoch']}: last checkpoint saved in {ckpt_dir}")
+    rank_digests = gathered(weights_digest(network), ranks)  # DDP: every rank must hold the same weights
+    finish(ranks)
+    if not ranks.main:
+        return None  # type: ignore[return-value]
     if best_weights is not None:
         network.load_state_dict(best_weights)  # export through the network: its aliased weights are stored once
     best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
@@ -240,7 +261,8 @@ def train(config: TrainConfig) -> ModelPackage:
                                     "pretrained_lr_factor": config.pretrained_lr_factor}
     package = save_package(output, card, best_weights)
     plot_curves(output, state["history"], label_values)
-    (output / "training_summary.json").write_text(json.dumps({**state, "config": asdict(config)}, indent=2) + "\n")
+    summary = {**state, "config": asdict(config), "world_size": ranks.world, "rank_weight_sha256": rank_digests}
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return package
 
 

@@ -237,7 +237,9 @@ def train(config: TrainConfig) -> ModelPackage:
                         torch.save(best_weights, ckpt_dir / "best.pt")
             state["history"].append(row)
             state["epoch"] = epoch + 1
-            progress.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{state['best_mean_dice']:.3f}")
+            latest = next((r["dice_mean"] for r in reversed(state["history"]) if "dice_mean" in r), float("nan"))
+            progress.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{latest:.3f}",
+                                 best=f"{state['best_mean_dice']:.3f}")
             save_last()
             if ranks.main:
                 write_log(output, state["history"])

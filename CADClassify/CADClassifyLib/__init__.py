@@ -7,14 +7,12 @@ glue comes from ``CADExtensionLib`` and the in-process runner is CADSegment's, w
 from CADSegmentLib.InProcessRunner import InProcessRunner
 
 from CADClassifyLib.ClassificationLogic import (
-    HEATMAP_COLOR_NODE_IDS,
     ClassificationCancelled,
     ClassificationLogic,
     ClassificationResult,
-    heatmapColorNode,
     pointInVolumeRAS,
-    showHeatmapOverlay,
 )
+from CADClassifyLib.ResultNodes import HEATMAP_COLOR_NODE_IDS, heatmapColorNode, showHeatmapOverlay
 
 __all__ = [
     "HEATMAP_COLOR_NODE_IDS",

@@ -168,27 +168,32 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
     best_state: dict[str, torch.Tensor] = {}
     history = []
     progress = tqdm(range(config.epochs), desc="training", unit="epoch")
-    for epoch in progress:
-        network.train()
-        losses = []
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(network(x.to(device)), y.to(device))
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        scheduler.step()
-        metrics = classification_metrics(softmax(predict_logits(network, val.inputs, device)), val.labels)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": metrics["auc"],
-                        "val_acc": metrics["acc"]})
-        if metrics["auc"] > best["auc"]:
-            best = {"auc": metrics["auc"], "epoch": epoch + 1}
-            best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-        progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_auc=f"{metrics['auc']:.3f}",
-                             best=f"{best['auc']:.3f}")
-        if epoch + 1 - best["epoch"] >= config.patience:
-            tqdm.write(f"early stop at epoch {epoch + 1}: no AUC gain since epoch {best['epoch']}")
-            break
+    try:
+        for epoch in progress:
+            network.train()
+            losses = []
+            for x, y in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(network(x.to(device)), y.to(device))
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            scheduler.step()
+            metrics = classification_metrics(softmax(predict_logits(network, val.inputs, device)), val.labels)
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": metrics["auc"],
+                            "val_acc": metrics["acc"]})
+            if metrics["auc"] > best["auc"]:
+                best = {"auc": metrics["auc"], "epoch": epoch + 1}
+                best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_auc=f"{metrics['auc']:.3f}",
+                                 best=f"{best['auc']:.3f}")
+            if epoch + 1 - best["epoch"] >= config.patience:
+                tqdm.write(f"early stop at epoch {epoch + 1}: no AUC gain since epoch {best['epoch']}")
+                break
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: keep the best model so far
+        tqdm.write(f"interrupted after {len(history)} epochs: exporting the best so far (epoch {best['epoch']})")
+    if not best_state:
+        raise CadError("training stopped before the first validation; nothing to export")
     network.load_state_dict(best_state)
     stack = member_logits([network], val.inputs, device, config.tta)
     temperature = fit_averaged_temperature(stack, val.labels)

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment a volume file or DICOM folder")
     seg.add_argument("input", help="volume (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM folder")
-    seg.add_argument("-m", "--model", required=True, help="registry id or model package folder")
+    seg.add_argument("-m", "--model", required=True, help="registry id, model package folder or MONAI bundle folder")
     seg.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .seg.nrrd, .mha)")
     seg.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     seg.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: model card)")
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("model")
     verify = mo_sub.add_parser("verify", help="check weights against the card's sha256")
     verify.add_argument("model")
-    imp = mo_sub.add_parser("import", help="copy a package into the user model folder")
+    imp = mo_sub.add_parser("import", help="copy a package or MONAI bundle into the user model folder")
     imp.add_argument("source")
     imp.add_argument("--force", action="store_true")
     return parser

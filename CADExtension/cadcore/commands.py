@@ -63,19 +63,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from cadcore.models import find_model, import_package, list_models
+    from cadcore.bundle import list_bundles
+    from cadcore.models import find_model_or_bundle, import_package, list_models
 
     if args.models_command == "list":
-        for package in list_models():
+        for package in [*list_models(), *list_bundles()]:
             summary = package.summary()
+            kind = "  (MONAI bundle)" if summary.get("format") == "bundle" else ""
             print(f"{summary['id']:<28} {summary['version'] or '':<8} {summary['task']:<14} {summary['modality'] or ''}"
-                  f"  {summary['path']}")
+                  f"{kind}  {summary['path']}")
         return 0
     if args.models_command == "show":
-        print(json.dumps(find_model(args.model).card, indent=2))
+        print(json.dumps(find_model_or_bundle(args.model).card, indent=2))
         return 0
     if args.models_command == "verify":
-        package = find_model(args.model)
+        package = find_model_or_bundle(args.model)
         digest = package.verify()
         print(f"{package.id}: weights OK (sha256 {digest})")
         return 0

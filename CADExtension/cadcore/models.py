@@ -151,6 +151,25 @@ def find_model(model: str | Path) -> ModelPackage:
     raise CadError(f"unknown model (not a package folder nor a registered id; registered: {known})", model)
 
 
+def find_model_or_bundle(model: str | Path) -> Any:
+    """Like :func:`find_model`, but a MONAI bundle folder (or an installed bundle's id) gives a
+    :class:`cadcore.bundle.BundleModel`; only ``cad segment`` and ``cad models`` accept bundles."""
+    from cadcore.bundle import list_bundles, looks_like_bundle, read_bundle
+
+    path = Path(model)
+    if looks_like_bundle(path):
+        return read_bundle(path)
+    try:
+        return find_model(model)
+    except CadError:
+        if path.is_dir():
+            raise
+        for bundle in list_bundles():
+            if bundle.id == str(model):
+                return bundle
+        raise
+
+
 def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any]) -> ModelPackage:
     """Write weights and card (with the weights' sha256) atomically into ``folder``."""
     from safetensors.torch import save_file
@@ -198,7 +217,11 @@ def load_weights(network: Any, state: dict[str, Any], source: str | Path = "") -
 
 
 def import_package(source: Path, force: bool = False) -> ModelPackage:
-    """Copy a verified package folder into the user registry."""
+    """Copy a verified package folder (or MONAI bundle folder) into the user registry."""
+    from cadcore.bundle import import_bundle, looks_like_bundle
+
+    if looks_like_bundle(Path(source)):
+        return import_bundle(Path(source), force)  # type: ignore[return-value]
     package = find_model(source)
     package.verify()
     target = user_models_dir() / package.id

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from cadcore.bundle import BundleModel
 from cadcore.errors import CadError
 from cadcore.inference import configure_cpu_threads, pick_device, predict_probabilities
 from cadcore.io import atomic_path, check_output_path, read_volume
-from cadcore.models import ModelPackage, find_model, load_weights
+from cadcore.models import ModelPackage, find_model_or_bundle, load_weights
 from cadcore.networks import build_network
 from cadcore.postprocess import clean_labels
 from cadcore.preprocess import labels_on_input_grid, prepare, probabilities_to_input_grid
@@ -60,7 +61,7 @@ def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str
 
 def segment_image(
     image: sitk.Image,
-    package: ModelPackage,
+    package: ModelPackage | BundleModel,
     device: str = "auto",
     overlap: float | None = None,
     sw_batch_size: int | None = None,
@@ -69,6 +70,12 @@ def segment_image(
     progress: StagedProgress | None = None,
 ) -> SegmentationResult:
     """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly."""
+    if isinstance(package, BundleModel):  # a MONAI bundle runs its own transforms and inferer
+        from cadcore.bundle_run import run_bundle
+
+        labels, timings = run_bundle(image, package, pick_device(device), overlap, sw_batch_size,
+                                     progress.update if progress else None)
+        return SegmentationResult(labels, None, timings)
     if package.task != "segmentation":
         raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
     torch_device = pick_device(device)
@@ -141,14 +148,15 @@ def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: 
         sitk.WriteImage(image, str(tmp), True)
 
 
-def sidecar(package: ModelPackage, args: argparse.Namespace, result: SegmentationResult, image: sitk.Image,
-            seconds: float) -> dict[str, Any]:
+def sidecar(package: ModelPackage | BundleModel, args: argparse.Namespace, result: SegmentationResult,
+            image: sitk.Image, seconds: float) -> dict[str, Any]:
     from cadcore.labelmaps import label_volumes_ml
 
     volumes = label_volumes_ml(result.labels, package.labels)
     array = sitk.GetArrayViewFromImage(result.labels)
     return {
-        "model": package.id,
+        "model": package.id,  # the registry id, so callers (the Slicer module) can find the model again
+        "model_name": package.name if isinstance(package, BundleModel) else package.card.get("name", package.id),
         "model_version": package.card.get("version"),
         "input": str(args.input),
         "output": str(args.output),
@@ -183,7 +191,10 @@ def segment_command(args: argparse.Namespace) -> int:
         check_output_path(args.png, args.force, (".png",))
     if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
         raise CadError(f"--overlap must be in [0, 1), got {args.overlap}")
-    package = find_model(args.model)
+    package = find_model_or_bundle(args.model)
+    if isinstance(package, BundleModel) and args.probabilities:
+        raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns labels)",
+                       package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
     package.verify()

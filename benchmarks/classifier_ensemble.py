@@ -16,6 +16,8 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
+
 from cadcore.classify_metrics import classification_metrics
 from cadcore.cnn_predict import averaged_probabilities, fit_averaged_temperature, load_members, member_logits
 from cadcore.evaluate_classify import evaluation_set
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--id", required=True)
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--prior-correction", action="store_true",
+                        help="correct class-balanced training back to the training class frequencies")
     args = parser.parse_args()
     packages = [find_model(member) for member in args.members]
     first = packages[0].card
@@ -42,11 +46,15 @@ def main() -> None:
     val = evaluation_set(packages[0], args.data, "val")
     members = [network for package in packages for network in load_members(package, device)]
     stack = member_logits(members, val.inputs, device, tta)
-    temperature = fit_averaged_temperature(stack, val.labels)
+    prior = None
+    if args.prior_correction:  # members trained with class-balanced sampling: correct back to the real frequencies
+        counts = np.bincount(evaluation_set(packages[0], args.data, "train").labels, minlength=stack.shape[-1])
+        prior = [round(float(c), 6) for c in counts / counts.sum()]
+    temperature = fit_averaged_temperature(stack, val.labels, prior)
     single = [classification_metrics(averaged_probabilities(member_logits([m], val.inputs, device, False)), val.labels)
               for m in members]
-    before = classification_metrics(averaged_probabilities(stack), val.labels)
-    after = classification_metrics(averaged_probabilities(stack, temperature), val.labels)
+    before = classification_metrics(averaged_probabilities(stack, 1.0, prior), val.labels)
+    after = classification_metrics(averaged_probabilities(stack, temperature, prior), val.labels)
     state = {f"m{i}.{k}": v for i, package in enumerate(packages) for k, v in package.load_state_dict().items()}
     card = copy.deepcopy(first)
     card.update(id=args.id, ensemble={"members": [f"m{i}" for i in range(len(packages))],
@@ -56,7 +64,8 @@ def main() -> None:
         card["inference"] = {"tta": "flips"}
     card["calibration"] = {"method": "temperature scaling of the averaged prediction on validation data",
                            "temperature": round(temperature, 5), "ece_before": before["ece"],
-                           "ece_after": after["ece"]}
+                           "ece_after": after["ece"], **({"prior": prior, "prior_from": "training class frequencies"}
+                                                         if prior else {})}
     card["metrics"] = {"validation": after, "members_plain_validation": single,
                        "command": "benchmarks/classifier_ensemble.py " + " ".join(p.card["id"] for p in packages)}
     card["training"]["members"] = [{"id": p.card["id"], "best_epoch": p.card["metrics"].get("best_epoch"),

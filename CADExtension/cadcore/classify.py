@@ -122,7 +122,9 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
         inputs = network_input(roi, card.get("roi", {}), card.get("preprocessing", {}).get(
             "normalization", {"kind": "none"}))[None]
         stack = member_logits(members, inputs, torch_device, card.get("inference", {}).get("tta") == "flips")
-        probabilities, uncalibrated = averaged_probabilities(stack, temperature)[0], averaged_probabilities(stack)[0]
+        prior = card.get("calibration", {}).get("prior")
+        probabilities = averaged_probabilities(stack, temperature, prior)[0]
+        uncalibrated = averaged_probabilities(stack)[0]
     predicted = int(np.argmax(probabilities))
     if heatmap and not is_baseline(package):
         target = predicted if target_class is None else target_class

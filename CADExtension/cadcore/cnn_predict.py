@@ -49,16 +49,23 @@ def member_logits(members: list[torch.nn.Module], inputs: np.ndarray, device: to
     return np.stack(stacks)
 
 
-def averaged_probabilities(logit_stack: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Mean over the first axis of softmax(logits / T): (N, C)."""
-    return np.mean([softmax(logits, temperature) for logits in logit_stack], axis=0)
+def averaged_probabilities(logit_stack: np.ndarray, temperature: float = 1.0,
+                           prior: list[float] | None = None) -> np.ndarray:
+    """Mean over the first axis of softmax(logits / T): (N, C); with ``prior``, Bayes-corrected from the uniform
+    prior that class-balanced sampling trains for to the real class frequencies (p_c ∝ p_c · C · prior_c)."""
+    probabilities = np.mean([softmax(logits, temperature) for logits in logit_stack], axis=0)
+    if prior is not None:
+        probabilities = probabilities * np.asarray(prior, dtype=np.float64) * probabilities.shape[1]
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return probabilities
 
 
-def fit_averaged_temperature(logit_stack: np.ndarray, labels: np.ndarray) -> float:
+def fit_averaged_temperature(logit_stack: np.ndarray, labels: np.ndarray, prior: list[float] | None = None) -> float:
     """The temperature minimising the NLL of the averaged probabilities (1-D search; robust and exact enough)."""
     temperatures = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
     rows = np.arange(len(labels))
-    losses = [-np.mean(np.log(averaged_probabilities(logit_stack, t)[rows, labels] + 1e-12)) for t in temperatures]
+    losses = [-np.mean(np.log(averaged_probabilities(logit_stack, t, prior)[rows, labels] + 1e-12))
+              for t in temperatures]
     return float(temperatures[int(np.argmin(losses))])
 
 
@@ -66,5 +73,6 @@ def cnn_probabilities(package: ModelPackage, inputs: np.ndarray, device: torch.d
     """(calibrated, uncalibrated) probabilities (N, C) as the card prescribes (members, TTA, temperature)."""
     members = load_members(package, device)
     stack = member_logits(members, inputs, device, package.card.get("inference", {}).get("tta") == "flips")
-    temperature = float(package.card.get("calibration", {}).get("temperature", 1.0))
-    return averaged_probabilities(stack, temperature), averaged_probabilities(stack)
+    calibration = package.card.get("calibration", {})
+    temperature = float(calibration.get("temperature", 1.0))
+    return averaged_probabilities(stack, temperature, calibration.get("prior")), averaged_probabilities(stack)

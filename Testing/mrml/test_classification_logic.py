@@ -314,9 +314,15 @@ def test_heatmap_colours_prefer_slicers_table_else_one_generated_table(mrml):
 
 
 def test_default_model_is_the_first_installed_classifier(mrml, case, tiny_classifier, work, tmp_path, monkeypatch):
+    import CADExtensionLib.models as manager
     from CADClassifyLib.ClassificationLogic import defaultClassificationModel
     from CADExtensionLib.models import ModelManagerLogic
 
+    shipped = [m["id"] for m in ModelManagerLogic().listModels() if m.get("task") == "classification"]
+    if shipped:  # the shipped classifiers come first
+        assert defaultClassificationModel() == shipped[0]
+    # with no shipped classifier (an empty shipped folder): none until one is imported, then that one
+    monkeypatch.setattr(manager, "shippedModelsFolder", lambda: tmp_path / "no-shipped-models")
     monkeypatch.setenv("CAD_MODELS", str(tmp_path / "user-models"))
     with pytest.raises(ValueError, match="no classification model is installed"):
         defaultClassificationModel()

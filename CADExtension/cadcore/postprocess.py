@@ -16,10 +16,14 @@ STRUCTURE = ndimage.generate_binary_structure(3, 1)
 
 def clean_labels(labels: np.ndarray, options: dict[str, Any], spacing: tuple[float, ...] | None = None) -> np.ndarray:
     """Apply the card's ``postprocessing`` options to an integer label array (returns a new array)."""
-    result = labels.copy()
+    result = labels.copy(order="K")  # keeps the memory layout: a transposed view copies without transposing
     keep_largest = options.get("largest_component", False)
     min_size = int(options.get("min_size_voxels", 0))
-    for value in (int(v) for v in np.unique(labels) if v != 0):
+    if not (keep_largest or min_size or options.get("fill_holes")):
+        return result  # nothing asked: skip labelling each value's components (seconds on a CT)
+    present = np.bincount(labels.ravel(order="K")) if labels.dtype == np.uint8 else None
+    values = np.flatnonzero(present) if present is not None else np.unique(labels)
+    for value in (int(v) for v in values if v != 0):
         mask = result == value
         components, count = ndimage.label(mask, structure=STRUCTURE)
         if count > 1 or min_size:

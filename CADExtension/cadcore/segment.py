@@ -20,12 +20,12 @@ import SimpleITK as sitk
 
 from cadcore.bundle import BundleModel
 from cadcore.errors import CadError
-from cadcore.inference import configure_cpu_threads, pick_device, predict_probabilities
+from cadcore.inference import configure_cpu_threads, fold_batch_norm, pick_device, predict_probabilities
 from cadcore.io import atomic_path, check_output_path, read_volume
 from cadcore.models import ModelPackage, find_model_or_bundle, load_weights
 from cadcore.networks import build_network
 from cadcore.postprocess import clean_labels
-from cadcore.preprocess import labels_on_input_grid, prepare, probabilities_to_input_grid
+from cadcore.preprocess import labels_on_input_grid, labels_to_input_grid, prepare, probabilities_to_input_grid
 from cadcore.progress import StagedProgress
 
 PROBABILITY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
@@ -106,6 +106,8 @@ def segment_image(
     started = time.perf_counter()
     prefix = "fine." if "cascade" in card else ""
     network = load_network(package, torch_device, prefix)
+    if torch_device.type == "cpu":
+        fold_batch_norm(network)
     patch = inference["patch_size"]
     n_windows = max(1, math.ceil(count_windows(working.array.shape, patch, overlap) / sw_batch_size))
     done = [0]
@@ -116,12 +118,18 @@ def segment_image(
             progress.update("network", done[0] / n_windows)
 
     probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
-                                          inference.get("mode", "gaussian"), progress=on_window)
+                                          inference.get("mode", "gaussian"), progress=on_window,
+                                          channels_last=torch_device.type == "cpu")
     timings["network_s"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    on_grid = probabilities_to_input_grid(probabilities, working)
-    labels = clean_labels(on_grid.argmax(0).astype(np.uint8), card.get("postprocessing", {}))
+    if keep_probabilities:
+        on_grid = probabilities_to_input_grid(probabilities, working)
+        labels = on_grid.argmax(0).astype(np.uint8)
+    else:  # labels without a full-resolution float map per class (the same labels, far less time and memory)
+        labels = labels_to_input_grid(probabilities, working)
+    del probabilities
+    labels = clean_labels(labels, card.get("postprocessing", {}))
     if region is not None:
         full_labels = np.zeros(image.GetSize(), dtype=np.uint8)
         index, size = region

@@ -3,31 +3,21 @@
     .venv/bin/python benchmarks/inference.py --json runs/bench/inference.json [--repeats 3] [--threads N]
         [--skip-baseline] [--cases ct,hippocampus,tumour]
 
-Cases (inputs and the model package are built once under ``runs/bench/``):
+Cases (inputs and model package built once under ``runs/bench/``):
+* ``ct``: 512x512x300 at 0.8 mm, resampled (SimpleITK, linear, direction kept, air outside) from the real anatomy of
+  ``../shared/data/totalsegmentator_examples/example_ct.nii.gz``; a cadcore package with the MONAI
+  ``spleen_ct_segmentation`` network (UNet 16-256, 2 residual units, batch norm), 1.5x1.5x2 mm, RAS, window
+  -57..164, patch 96³, overlap 0.25. Seeded random weights (output bias set for ~25% "spleen" in the body): for timing
+  and comparing outputs, not accuracy.
+* ``hippocampus``: ``sample_data/hippocampus/imagesTr/hippocampus_015.nii.gz``, shipped ``hippocampus-unet``.
+* ``tumour``: a TCIA Brain-Tumor-Progression T1 post-contrast scan (oblique, 0.69x0.69x6.5 mm), random spleen package.
 
-* ``ct``: a CT-size volume, 512x512x300 at 0.8 mm, resampled with SimpleITK (linear) from the real anatomy of
-  ``../shared/data/totalsegmentator_examples/example_ct.nii.gz`` (its direction kept, centred, air outside), and a
-  package in cadcore's format with the MONAI ``spleen_ct_segmentation`` bundle network (UNet 16-256, 2 residual
-  units, batch norm), spacing 1.5x1.5x2 mm, RAS, CT window -57..164, patch 96³, overlap 0.25. The weights are
-  seeded random (``torch.manual_seed(0)``), with the output bias shifted so about a quarter of the body is
-  "spleen": they are for timing and for comparing outputs, not for accuracy.
-* ``hippocampus``: ``sample_data/hippocampus/imagesTr/hippocampus_015.nii.gz`` with the shipped ``hippocampus-unet``.
-* ``tumour``: a TCIA Brain-Tumor-Progression T1 post-contrast scan (oblique, 0.69x0.69x6.5 mm) with the random
-  spleen package (timing and geometry only).
-
-Each measurement is a fresh process, so peak RSS (VmHWM) is that process's own:
-
-* ``ours``: ``segment_image`` in process (read -> labels in memory), its stage timings;
-* ``cli``: the ``cad segment`` command end to end (imports and writing the ``.nii.gz`` included);
-* ``baseline``: LoadImaged -> EnsureChannelFirstd -> Orientationd RAS -> Spacingd (bilinear) -> intensity ->
-  ``sliding_window_inference`` (sw_batch_size 4, the card's patch and overlap, Gaussian blending like the card) ->
-  softmax -> Invertd -> argmax, with identical weights;
-* ``reference`` (once per case): the cadcore pipeline as it was before the speed work (SimpleITK B-spline to the
-  working grid, fp32 sliding window with sw_batch_size 2, every class's probability map resampled to the input grid
-  with SimpleITK, argmax), whose labels are the "fp32 reference" all others are compared with.
-
-The compute floor: conv/transposed-conv FLOPs of the windows actually run, over the GFLOP/s of a large conv3d
-measured here. Timings vary with other load on the machine; the load average is recorded.
+Each measurement is a fresh process (peak RSS = its VmHWM): ``ours`` = ``segment_image`` (file -> labels in memory);
+``cli`` = ``cad segment`` end to end (imports, writing ``.nii.gz``); ``baseline`` = LoadImaged, EnsureChannelFirstd,
+Orientationd, Spacingd (bilinear), intensity, ``sliding_window_inference`` (sw_batch_size 4, the card's patch and
+overlap, Gaussian like the card), softmax, Invertd, argmax, same weights; ``reference`` (once) = cadcore before the
+speed work (SimpleITK B-spline, fp32 sw_batch_size 2, every class's map resampled by SimpleITK, argmax): the fp32
+reference all labels are compared with. Floor: conv FLOPs of the windows run over a large conv3d's measured GFLOP/s.
 """
 
 from __future__ import annotations
@@ -118,6 +108,8 @@ def cases(cache: Path) -> dict[str, dict]:
 
 
 def worker_ours(image_path: str, model: str) -> tuple[np.ndarray, dict]:
+    import SimpleITK as sitk
+
     from cadcore.inference import configure_cpu_threads
     from cadcore.io import read_volume
     from cadcore.models import find_model
@@ -129,14 +121,9 @@ def worker_ours(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     image = read_volume(image_path)
     read_s = time.perf_counter() - started
     result = segment_image(image, package, "cpu")
-    labels = np.asarray(result_array(result.labels))
-    return labels, {"total_s": time.perf_counter() - started, "read_s": read_s, **result.timings}
-
-
-def result_array(image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    labels = sitk.GetArrayFromImage(result.labels).transpose(2, 1, 0)
+    timings = {**result.timings, "preprocess_s": read_s + result.timings["preprocess_s"]}  # reading included
+    return labels, {"total_s": time.perf_counter() - started, "read_s": read_s, **timings}
 
 
 def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
@@ -183,22 +170,9 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
 
 def worker_baseline(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     """The plain MONAI bundle pipeline (transforms, sliding window with sw_batch_size 4, Invertd, argmax)."""
+    import monai.transforms as mt
     import torch
     from monai.inferers import sliding_window_inference
-    from monai.transforms import (
-        Activationsd,
-        AsDiscreted,
-        ClipIntensityPercentilesd,
-        Compose,
-        EnsureChannelFirstd,
-        EnsureTyped,
-        Invertd,
-        LoadImaged,
-        NormalizeIntensityd,
-        Orientationd,
-        ScaleIntensityRanged,
-        Spacingd,
-    )
 
     from cadcore.models import find_model
     from cadcore.segment import load_network
@@ -207,17 +181,17 @@ def worker_baseline(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     pre, inference = package.card["preprocessing"], package.card["inference"]
     norm = pre["normalization"]
     if norm["kind"] == "ct":
-        intensity = [ScaleIntensityRanged("image", *norm["window"], 0.0, 1.0, clip=True)]
+        intensity = [mt.ScaleIntensityRanged("image", *norm["window"], 0.0, 1.0, clip=True)]
     else:  # cadcore's "mr": clip to percentiles, then z-score
-        intensity = [ClipIntensityPercentilesd("image", *norm.get("percentiles", [0.5, 99.5])),
-                     NormalizeIntensityd("image")]
-    preprocessing = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
-                             Orientationd("image", axcodes=pre["orientation"]),
-                             Spacingd("image", pixdim=pre["spacing"], mode="bilinear"), *intensity,
-                             EnsureTyped("image", dtype=torch.float32)])
-    postprocessing = Compose([Activationsd("pred", softmax=True),
-                              Invertd("pred", preprocessing, orig_keys="image", nearest_interp=False),
-                              AsDiscreted("pred", argmax=True)])
+        intensity = [mt.ClipIntensityPercentilesd("image", *norm.get("percentiles", [0.5, 99.5])),
+                     mt.NormalizeIntensityd("image")]
+    preprocessing = mt.Compose([mt.LoadImaged("image", image_only=True), mt.EnsureChannelFirstd("image"),
+                                mt.Orientationd("image", axcodes=pre["orientation"]),
+                                mt.Spacingd("image", pixdim=pre["spacing"], mode="bilinear"), *intensity,
+                                mt.EnsureTyped("image", dtype=torch.float32)])
+    postprocessing = mt.Compose([mt.Activationsd("pred", softmax=True),
+                                 mt.Invertd("pred", preprocessing, orig_keys="image", nearest_interp=False),
+                                 mt.AsDiscreted("pred", argmax=True)])
     started = time.perf_counter()
     data = preprocessing({"image": image_path})
     preprocess_s = time.perf_counter() - started
@@ -315,10 +289,12 @@ def network_flops(model: str, patch: list[int]) -> float:
     return total[0]
 
 
-def conv_gflops() -> float:
+def conv_gflops(threads: int | None) -> float:
     """Best of 5: a 64->64-channel 3x3x3 conv3d on 2x48³, channels-last fp32 (oneDNN's best case here)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     conv = torch.nn.Conv3d(64, 64, 3, padding=1).eval().to(memory_format=torch.channels_last_3d)
     x = torch.randn(2, 64, 48, 48, 48).contiguous(memory_format=torch.channels_last_3d)
     best = float("inf")
@@ -394,7 +370,7 @@ def main() -> None:
     report: dict = {"command": " ".join(sys.argv), "cpu": platform.processor() or platform.machine(),
                     "cores": os.cpu_count(), "threads": args.threads, "repeats": args.repeats,
                     "load_before": os.getloadavg(), "cases": {}}
-    gflops = conv_gflops()  # first, before the measured processes
+    gflops = conv_gflops(args.threads)  # first, before the measured processes
     for name in args.cases.split(","):
         case = all_cases[name]
         voxels = int(np.prod(sitk.ReadImage(case["image"]).GetSize()))
@@ -429,7 +405,9 @@ def main() -> None:
 
 def print_table(report: dict) -> None:
     print(f"\nload average before {report['load_before'][0]:.2f}, after {report['load_after'][0]:.2f}; "
-          f"{report['cores']} cores; medians of {report['repeats']} (min in brackets); agreement vs the fp32 reference")
+          f"{report['cores']} cores; medians of {report['repeats']} (min in brackets); total = file -> labels in "
+          "memory (cli: the process, imports and writing included; its pre s excludes reading); identical and Dice "
+          "vs the fp32 reference")
     for name, case in report["cases"].items():
         floor = case["floor"]
         print(f"\n{name}: {case['input_voxels'] / 1e6:.1f} M input voxels, working {floor['working_shape']}, "

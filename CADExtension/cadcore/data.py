@@ -1,7 +1,9 @@
 """Datasets for training and evaluation: an MSD-style ``dataset.json`` or a folder of image/label pairs.
 
 Splits are deterministic from a seed, so ``cad evaluate --split val`` scores exactly the cases training held out
-(the split is also written into the model card).
+(the split is also written into the model card). A ``dataset.json`` may instead name its validation cases in a
+``validation`` list (same entries as ``training``): that is how a split by patient is given, and how self-training
+keeps pseudo-labelled volumes out of validation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Dataset:
     modality: str | None = None
     licence: str | None = None
     name: str | None = None
+    validation: list[Case] | None = None  # an explicit validation split (dataset.json ``validation``)
 
 
 def case_id(path: Path) -> str:
@@ -57,17 +60,31 @@ def _from_json(path: Path) -> Dataset:
     entries = spec.get("training")
     if not isinstance(entries, list) or not entries:
         raise CadError("dataset.json has no 'training' list of image/label pairs", path)
+    validation = spec.get("validation")
+    if validation is not None and (not isinstance(validation, list) or not validation):
+        raise CadError("dataset.json 'validation' must be a non-empty list of image/label pairs", path)
+    cases = _cases(entries, path)
+    held_out = _cases(validation, path) if validation else None
+    if held_out and {c.id for c in held_out} & {c.id for c in cases}:
+        raise CadError("dataset.json lists a case in both 'training' and 'validation'", path)
+    labels = {int(k): str(v) for k, v in spec.get("labels", {}).items() if int(k) != 0}
+    modality = next(iter(spec.get("modality", {}).values()), None)
+    return Dataset(path.parent, cases, labels, modality, spec.get("licence") or spec.get("license"), spec.get("name"),
+                   held_out)
+
+
+def _cases(entries: list, path: Path) -> list[Case]:
     cases = []
     for entry in entries:
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise CadError(f"dataset.json entry without an 'image': {entry!r}", path)
         image = (path.parent / entry["image"]).resolve()
         label = (path.parent / entry["label"]).resolve() if entry.get("label") else None
         for file in (image, label):
             if file is not None and not file.exists():
                 raise CadError(f"dataset.json refers to a missing file: {file}", path)
         cases.append(Case(case_id(image), image, label))
-    labels = {int(k): str(v) for k, v in spec.get("labels", {}).items() if int(k) != 0}
-    modality = next(iter(spec.get("modality", {}).values()), None)
-    return Dataset(path.parent, cases, labels, modality, spec.get("licence") or spec.get("license"), spec.get("name"))
+    return cases
 
 
 def _from_folders(folder: Path) -> Dataset:
@@ -97,13 +114,14 @@ def split_cases(cases: list[Case], seed: int, val_fraction: float) -> tuple[list
 
 def select_split(dataset: Dataset, split: str, val_ids: list[str] | None) -> list[Case]:
     """Cases for ``cad evaluate``: ``all``, or ``val`` = the ids the model card lists as held out."""
+    everything = dataset.cases + (dataset.validation or [])
     if split == "all":
-        return dataset.cases
+        return everything
     if split == "val":
         if not val_ids:
             raise CadError("model card lists no validation cases; use --split all", dataset.root)
         wanted = set(val_ids)
-        chosen = [case for case in dataset.cases if case.id in wanted]
+        chosen = [case for case in everything if case.id in wanted]
         if not chosen:
             raise CadError("none of the model's validation cases are in this dataset; use --split all", dataset.root)
         return chosen

@@ -131,7 +131,10 @@ def train(config: TrainConfig) -> ModelPackage:
                        output)
     dataset = load_dataset(config.data)
     cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
-    train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
+    if dataset.validation:  # the dataset names its split (by patient, or labelled vs pseudo-labelled)
+        train_cases, val_cases = cases, dataset.validation
+    else:
+        train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
     label_values = sorted(dataset.label_names) or [1]
     label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
     if not config.spacing:

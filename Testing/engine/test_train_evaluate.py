@@ -115,3 +115,35 @@ def test_train_refuses_label_values_outside_the_label_set(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "label values [2]" in err and "lab.nii.gz" in err and err.count("\n") == 1
     assert not (tmp_path / "m").exists()
+
+
+def _explicit_split_dataset(folder: Path, validation: list[str], training: list[str]) -> Path:
+    def entry(case: str) -> dict[str, str]:
+        return {"image": str(SAMPLES / "imagesTr" / f"{case}.nii.gz"),
+                "label": str(SAMPLES / "labelsTr" / f"{case}.nii.gz")}
+
+    spec = {"labels": {"0": "background", "1": "anterior", "2": "posterior"},
+            "training": [entry(c) for c in training], "validation": [entry(c) for c in validation]}
+    (folder / "dataset.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_dataset_json_validation_list_is_the_split(tmp_path, capsys):
+    cases = sorted(p.name[:-7] for p in (SAMPLES / "imagesTr").glob("*.nii.gz"))
+    data = _explicit_split_dataset(tmp_path, [cases[0]], cases[1:])
+    output = tmp_path / "m"
+    assert main(["train", "--data", str(data), "-o", str(output), "--epochs", "1", *TINY]) == 0
+    card = find_model(output).card
+    assert card["training"]["split"]["val"] == [cases[0]] and card["training"]["n_train"] == len(cases) - 1
+    report = tmp_path / "r.json"
+    assert main(["evaluate", "-m", str(output), "--data", str(data), "--split", "val", "-o", str(report),
+                 "--device", "cpu"]) == 0
+    assert [c["id"] for c in json.loads(report.read_text())["cases"]] == [cases[0]]
+
+
+def test_dataset_json_refuses_a_case_in_both_splits(tmp_path, capsys):
+    cases = sorted(p.name[:-7] for p in (SAMPLES / "imagesTr").glob("*.nii.gz"))
+    data = _explicit_split_dataset(tmp_path, [cases[0]], cases)
+    assert main(["train", "--data", str(data), "-o", str(tmp_path / "m"), "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "both 'training' and 'validation'" in err and "dataset.json" in err and err.count("\n") == 1

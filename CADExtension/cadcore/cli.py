@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--series", default=None, help="DICOM series UID (default: the series with most slices)")
     seg.add_argument("--png", default=None, help="also write a PNG of the labels over three orthogonal slices")
     seg.add_argument("--no-cascade", action="store_true", help="skip a cascade model's coarse stage")
+    seg.add_argument("--fast", action="store_true",
+                     help="run at the model card's low fast resolution (CPU-only laptops); labels on the input grid")
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     tr = sub.add_parser("train", help="train a model and export a package")
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="val: the cases the model card lists as held out; test: a .npz test split")
     ev.add_argument("-o", "--output", required=True, help="report JSON")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--fast", action="store_true", help="segmentation: score the card's fast resolution")
     ev.add_argument("--force", action="store_true")
 
     cf = sub.add_parser("classify", help="classify a lesion, ROI or volume (probabilities + Grad-CAM)")

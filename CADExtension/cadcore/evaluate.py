@@ -68,10 +68,14 @@ def summarise(cases: list[dict[str, Any]], names: dict[int, str]) -> dict[str, A
     return per_label
 
 
-def evaluate(model: str, data: str, split: str = "val", device: str = "auto") -> dict[str, Any]:
+def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fast: bool = False) -> dict[str, Any]:
     package = find_model(model)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; this evaluation scores segmentation models", package.folder)
+    if fast:
+        from cadcore.segment import fast_mode
+
+        fast_mode(package)  # no fast resolution: fail before scoring anything
     package.verify()
     dataset = load_dataset(data)
     val_ids = package.card.get("training", {}).get("split", {}).get("val")
@@ -87,7 +91,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto") ->
         if not same_grid(image, truth_image, tolerance=1e-3):
             raise CadError(f"label grid differs from its image {case.image.name}", case.label)
         case_started = time.perf_counter()
-        result = segment_image(image, package, device)
+        result = segment_image(image, package, device, fast=fast)
         prediction = to_array(result.labels)
         truth = np.rint(to_array(truth_image)).astype(np.int64)
         scores = score_case(prediction, truth, image.GetSpacing(), sorted(names))
@@ -98,6 +102,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto") ->
         "model_version": package.card.get("version"),
         "dataset": str(dataset.root),
         "split": split,
+        "fast": fast,
         "n_cases": len(results),
         "mean_dice": round(float(np.mean([v["dice_mean"] for v in per_label.values()])), 5),
         "per_label": per_label,
@@ -118,7 +123,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return _evaluate_classifier_command(args, package, output)
     if args.split == "test":
         raise CadError("--split test is for .npz classification data; segmentation uses val or all")
-    report = evaluate(args.model, args.data, args.split, args.device)
+    report = evaluate(args.model, args.data, args.split, args.device, getattr(args, "fast", False))
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"report: {output}")

@@ -19,8 +19,20 @@ import SimpleITK as sitk
 from cadcore.errors import CadError
 
 SPACING_TOLERANCE = 1e-3
-# B-spline keeps edges that linear interpolation blurs; the networks are trained on unblurred voxels
+# B-spline keeps edges that linear interpolation blurs; the networks are trained on unblurred voxels. A card may ask
+# for "interpolation": "linear" instead: a network trained through MONAI's Spacingd (bilinear), such as a converted
+# Model Zoo bundle, should see the same interpolation it was trained on.
 IMAGE_INTERPOLATOR = sitk.sitkBSpline
+IMAGE_INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear}
+
+
+def image_interpolator(preprocessing: dict[str, Any]) -> int:
+    """The card's image interpolation for resampling into the working space (default B-spline)."""
+    name = preprocessing.get("interpolation", "bspline")
+    if name not in IMAGE_INTERPOLATORS:
+        raise CadError(f"model card preprocessing.interpolation must be one of {sorted(IMAGE_INTERPOLATORS)}, "
+                       f"got {name!r}")
+    return IMAGE_INTERPOLATORS[name]
 
 
 @dataclass
@@ -226,7 +238,7 @@ def prepare(image: sitk.Image, preprocessing: dict[str, Any]) -> WorkingImage:
     oriented = orient(image, preprocessing.get("orientation"))
     spacing = preprocessing.get("spacing")
     resampled = needs_resampling(oriented, spacing)
-    grid = resample_to_spacing(oriented, spacing, IMAGE_INTERPOLATOR) if resampled else oriented
+    grid = resample_to_spacing(oriented, spacing, image_interpolator(preprocessing)) if resampled else oriented
     grid = enhance(grid, preprocessing)
     raw = to_array(grid)
     crop = foreground_crop(raw, preprocessing["crop_foreground"]) if preprocessing.get("crop_foreground") else None

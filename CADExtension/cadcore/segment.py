@@ -3,6 +3,9 @@
 Pipeline: read and check the input → working space (orientation, spacing, normalisation) → sliding-window U-Net
 (Gaussian blending) → probabilities back onto the input grid → argmax → post-processing → labelmap + JSON sidecar.
 A card with a ``cascade`` section runs a coarse network first and the fine network only on the region it finds.
+A card with a ``fast`` section names a low working resolution (``spacing``; optionally its own ``network`` stored
+under the ``fast.`` weight prefix, and ``inference`` settings) that ``--fast`` runs for CPU-only laptops; the labels
+still come back on the input's exact grid.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from cadcore.io import atomic_path, check_output_path, read_volume
 from cadcore.models import ModelPackage, find_model_or_bundle, load_weights
 from cadcore.networks import build_network
 from cadcore.postprocess import clean_labels
-from cadcore.preprocess import labels_on_input_grid, labels_to_input_grid, prepare, probabilities_to_input_grid
+from cadcore.preprocess import (
+    image_interpolator,
+    labels_on_input_grid,
+    labels_to_input_grid,
+    prepare,
+    probabilities_to_input_grid,
+)
 from cadcore.progress import StagedProgress
 
 PROBABILITY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
@@ -37,6 +46,8 @@ class SegmentationResult:
     probabilities: np.ndarray | None  # (C, I, J, K) float32 on the input grid, when asked for
     timings: dict[str, float] = field(default_factory=dict)
     cascade: dict[str, Any] | None = None
+    working_spacing: list[float] | None = None  # the network's voxel size in mm (None: the input's own)
+    fast: bool = False
 
 
 def count_windows(shape: tuple[int, ...], patch: list[int], overlap: float) -> int:
@@ -59,6 +70,31 @@ def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str
     return network.to(device).eval()
 
 
+def fast_mode(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any] | None, str | None, dict[str, Any]]:
+    """``--fast``: (preprocessing at the fast spacing, its own network spec or None, weight prefix, inference)."""
+    card = package.card
+    fast = card.get("fast")
+    if not isinstance(fast, dict) or not fast.get("spacing"):
+        raise CadError(f"model {package.id} names no fast resolution (model card 'fast' section); run without --fast",
+                       package.folder)
+    spacing = fast["spacing"]
+    if len(spacing) != 3 or any(not isinstance(v, (int, float)) or v <= 0 for v in spacing):
+        raise CadError(f"model card fast.spacing must be three positive numbers, got {spacing!r}", package.folder)
+    preprocessing = {**card["preprocessing"], "spacing": [float(v) for v in spacing]}
+    inference = {**card.get("inference", {}), **fast.get("inference", {})}
+    if "network" in fast:
+        return preprocessing, fast["network"], "fast.", inference
+    return preprocessing, None, None, inference
+
+
+def check_interpolation(package: ModelPackage) -> None:
+    """An unknown ``preprocessing.interpolation`` fails with the card's path before anything is read."""
+    try:
+        image_interpolator(package.card["preprocessing"])
+    except CadError as exc:
+        raise CadError(str(exc), package.folder / "model.json") from exc
+
+
 def segment_image(
     image: sitk.Image,
     package: ModelPackage | BundleModel,
@@ -68,9 +104,13 @@ def segment_image(
     keep_probabilities: bool = False,
     use_cascade: bool = True,
     progress: StagedProgress | None = None,
+    fast: bool = False,
 ) -> SegmentationResult:
     """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly."""
     if isinstance(package, BundleModel):  # a MONAI bundle runs its own transforms and inferer
+        if fast:
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
         from cadcore.bundle_run import run_bundle
 
         labels, timings = run_bundle(image, package, pick_device(device), overlap, sw_batch_size,
@@ -80,7 +120,13 @@ def segment_image(
         raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
     torch_device = pick_device(device)
     card = package.card
+    preprocessing = card["preprocessing"]
     inference = dict(card.get("inference", {}))
+    prefix = "fine." if "cascade" in card else ""
+    spec = None
+    if fast:
+        preprocessing, spec, fast_prefix, inference = fast_mode(package)
+        prefix = fast_prefix or prefix
     overlap = inference.get("overlap", 0.5) if overlap is None else overlap
     sw_batch_size = sw_batch_size or inference.get("sw_batch_size", 2)
     timings: dict[str, float] = {}
@@ -98,14 +144,13 @@ def segment_image(
     target = image if region is None else sitk.RegionOfInterest(image, region[1], region[0])
 
     started = time.perf_counter()
-    working = prepare(target, card["preprocessing"])
+    working = prepare(target, preprocessing)
     timings["preprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("preprocess", 1.0)
 
     started = time.perf_counter()
-    prefix = "fine." if "cascade" in card else ""
-    network = load_network(package, torch_device, prefix)
+    network = load_network(package, torch_device, prefix, spec)
     if torch_device.type == "cpu":
         fold_batch_norm(network)
     patch = inference["patch_size"]
@@ -145,7 +190,8 @@ def segment_image(
     if progress:
         progress.update("postprocess", 1.0)
     return SegmentationResult(labels_on_input_grid(labels, image), on_grid.astype(np.float32) if keep_probabilities
-                              else None, timings, cascade_info)
+                              else None, timings, cascade_info,
+                              [round(v, 6) for v in working.grid.GetSpacing()] if working.resampled else None, fast)
 
 
 def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: Path) -> None:
@@ -180,6 +226,8 @@ def sidecar(package: ModelPackage | BundleModel, args: argparse.Namespace, resul
         "geometry": {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
                      "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())},
         "cascade": result.cascade,
+        "fast": result.fast,
+        "working_spacing": result.working_spacing,
         "timings": {**result.timings, "total_s": round(seconds, 3)},
     }
 
@@ -205,6 +253,13 @@ def segment_command(args: argparse.Namespace) -> int:
                        package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
+    if getattr(args, "fast", False):
+        if isinstance(package, BundleModel):
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
+        fast_mode(package)  # a card without a fast resolution fails before any reading or computing
+    if isinstance(package, ModelPackage):
+        check_interpolation(package)
     package.verify()
     image = read_volume(args.input, args.series)
     configure_cpu_threads()
@@ -213,7 +268,7 @@ def segment_command(args: argparse.Namespace) -> int:
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
                                keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
-                               progress=progress)
+                               progress=progress, fast=getattr(args, "fast", False))
         report = sidecar(package, args, result, image, time.perf_counter() - started)
         written.append(write_labelmap(result.labels, output, package.labels))
         if args.probabilities:

@@ -7,16 +7,20 @@ Cases (inputs and model package built once under ``runs/bench/``):
 * ``ct``: 512x512x300 at 0.8 mm, resampled (SimpleITK, linear, direction kept, air outside) from the real anatomy of
   ``../shared/data/totalsegmentator_examples/example_ct.nii.gz``; a cadcore package with the MONAI
   ``spleen_ct_segmentation`` network (UNet 16-256, 2 residual units, batch norm), 1.5x1.5x2 mm, RAS, window
-  -57..164, patch 96³, overlap 0.25. Seeded random weights (output bias set for ~25% "spleen" in the body): for timing
-  and comparing outputs, not accuracy.
+  -57..164, linear resampling (as the bundle's Spacingd), patch 96³, overlap 0.25, with weights fitted to the example
+  CT's spleen by ``benchmarks/spleen_ct_weights.py`` (a fixture: confident outputs, like a real model's, so equal
+  outputs mean something), and a 3 mm ``fast`` network run by ``cad segment --fast``.
 * ``hippocampus``: ``sample_data/hippocampus/imagesTr/hippocampus_015.nii.gz``, shipped ``hippocampus-unet``.
-* ``tumour``: a TCIA Brain-Tumor-Progression T1 post-contrast scan (oblique, 0.69x0.69x6.5 mm), random spleen package.
+* ``tumour``: a TCIA Brain-Tumor-Progression T1 post-contrast scan (oblique, 0.69x0.69x6.5 mm), the spleen network
+  with seeded random weights (timing only).
 
 Each measurement is a fresh process (peak RSS = its VmHWM): ``ours`` = ``segment_image`` (file -> labels in memory);
-``cli`` = ``cad segment`` end to end (imports, writing ``.nii.gz``); ``baseline`` = LoadImaged, EnsureChannelFirstd,
-Orientationd, Spacingd (bilinear), intensity, ``sliding_window_inference`` (sw_batch_size 4, the card's patch and
-overlap, Gaussian like the card), softmax, Invertd, argmax, same weights; ``reference`` (once) = cadcore before the
-speed work (SimpleITK B-spline, fp32 sw_batch_size 2, every class's map resampled by SimpleITK, argmax): the fp32
+``cli`` = ``cad segment`` end to end (imports, writing ``.nii.gz``); ``fast`` = ``cad segment --fast`` when the card
+has a fast resolution (its agreement is with the full-resolution reference: a measure of what fast mode changes, not
+a claim of equality); ``baseline`` = LoadImaged, EnsureChannelFirstd, Orientationd, Spacingd (bilinear), intensity,
+``sliding_window_inference`` (sw_batch_size 4, the card's patch and overlap, Gaussian like the card), softmax,
+Invertd, argmax, same weights; ``reference`` (once) = cadcore before the speed work (SimpleITK resampling with the
+card's interpolation, fp32 sw_batch_size 2, every class's map resampled by SimpleITK, argmax): the fp32
 reference all labels are compared with. Floor: conv FLOPs of the windows run over a large conv3d's measured GFLOP/s.
 """
 
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from compute_floor import compute_floor, conv_gflops
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "runs" / "bench"
@@ -96,10 +101,18 @@ def build_spleen_package(cache: Path, ct: Path) -> Path:
     return folder
 
 
+def build_trained_spleen(cache: Path) -> Path:
+    folder = cache / "spleen-trained"
+    if not (folder / "model.json").exists():
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "spleen_ct_weights.py"), "-o", str(folder)],
+                       check=True)
+    return folder
+
+
 def cases(cache: Path) -> dict[str, dict]:
     ct = build_ct(cache)
     spleen = str(build_spleen_package(cache, ct))
-    return {"ct": {"image": str(ct), "model": spleen},
+    return {"ct": {"image": str(ct), "model": str(build_trained_spleen(cache))},
             "hippocampus": {"image": str(HIPPOCAMPUS), "model": "hippocampus-unet"},
             "tumour": {"image": str(TUMOUR), "model": spleen}}
 
@@ -127,7 +140,8 @@ def worker_ours(image_path: str, model: str) -> tuple[np.ndarray, dict]:
 
 
 def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
-    """cadcore's pipeline before the speed work: SimpleITK B-spline, fp32 sw_batch_size 2, all-class float maps."""
+    """cadcore's pipeline before the speed work: SimpleITK resampling (the card's interpolation), fp32 sw_batch_size 2,
+    every class's float map resampled, argmax."""
     import SimpleITK as sitk
     import torch
     from monai.inferers import sliding_window_inference
@@ -135,7 +149,14 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     from cadcore.io import read_volume
     from cadcore.models import find_model
     from cadcore.postprocess import clean_labels
-    from cadcore.preprocess import WorkingImage, needs_resampling, normalise, orient, probabilities_to_input_grid
+    from cadcore.preprocess import (
+        WorkingImage,
+        image_interpolator,
+        needs_resampling,
+        normalise,
+        orient,
+        probabilities_to_input_grid,
+    )
     from cadcore.segment import load_network
 
     package = find_model(model)
@@ -148,7 +169,7 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     if resampled:
         spacing = np.array(pre["spacing"], dtype=float)
         size = np.maximum(1, np.round(np.array(oriented.GetSize()) * np.array(oriented.GetSpacing()) / spacing))
-        grid = sitk.Resample(oriented, [int(s) for s in size], sitk.Transform(), sitk.sitkBSpline,
+        grid = sitk.Resample(oriented, [int(s) for s in size], sitk.Transform(), image_interpolator(pre),
                              oriented.GetOrigin(), spacing.tolist(), oriented.GetDirection(), 0.0,
                              oriented.GetPixelID())
     array = normalise(sitk.GetArrayFromImage(grid).transpose(2, 1, 0), pre.get("normalization", {}))
@@ -215,9 +236,9 @@ def run_worker(name: str, case: dict, out: Path, threads: int | None) -> dict:
     return spawn(["path", __file__, *arguments], threads) | json.loads((out.with_suffix(".json")).read_text())
 
 
-def run_cli(case: dict, out: Path, threads: int | None) -> dict:
+def run_cli(case: dict, out: Path, threads: int | None, fast: bool = False) -> dict:
     result = spawn(["module", "cadcore", "segment", case["image"], "-m", case["model"], "-o", str(out),
-                    "--device", "cpu", "--force"], threads)
+                    "--device", "cpu", "--force", *(["--fast"] if fast else [])], threads)
     sidecar = json.loads(Path(f"{out}.json").read_text())
     return result | {"total_s": result["wall_s"], "in_process_s": sidecar["timings"]["total_s"],
                      **{k: v for k, v in sidecar["timings"].items() if k != "total_s"}}
@@ -261,68 +282,6 @@ def agreement(labels: np.ndarray, reference: np.ndarray) -> dict:
     dice = [2.0 * np.count_nonzero((labels == v) & (reference == v))
             / max(1, np.count_nonzero(labels == v) + np.count_nonzero(reference == v)) for v in values]
     return {"identical": float(np.mean(labels == reference)), "dice": float(np.mean(dice)) if dice else 1.0}
-
-
-# --- compute floor ---------------------------------------------------------------------------------------------------
-
-
-def network_flops(model: str, patch: list[int]) -> float:
-    """Conv and transposed-conv FLOPs (2 per multiply-add) of one forward pass on one window."""
-    import torch
-
-    from cadcore.models import find_model
-    from cadcore.segment import load_network
-
-    network = load_network(find_model(model), torch.device("cpu"))
-    total = [0.0]
-
-    def count(module, inputs, output) -> None:
-        voxels = np.prod((inputs[0] if module.transposed else output).shape[2:])
-        kernel = np.prod(module.kernel_size) * module.in_channels / module.groups
-        total[0] += 2.0 * kernel * module.out_channels * voxels
-
-    convs = [m for m in network.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
-    for module in convs:
-        module.register_forward_hook(count)
-    with torch.inference_mode():
-        network(torch.zeros(1, convs[0].in_channels, *patch))
-    return total[0]
-
-
-def conv_gflops(threads: int | None) -> float:
-    """Best of 5: a 64->64-channel 3x3x3 conv3d on 2x48³, channels-last fp32 (oneDNN's best case here)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    conv = torch.nn.Conv3d(64, 64, 3, padding=1).eval().to(memory_format=torch.channels_last_3d)
-    x = torch.randn(2, 64, 48, 48, 48).contiguous(memory_format=torch.channels_last_3d)
-    best = float("inf")
-    with torch.inference_mode():
-        conv(x)
-        for _ in range(5):
-            started = time.perf_counter()
-            conv(x)
-            best = min(best, time.perf_counter() - started)
-    return 2.0 * 64 * 64 * 27 * 2 * 48 ** 3 / best / 1e9
-
-
-def compute_floor(case: dict, gflops: float) -> dict:
-    from cadcore.io import read_volume
-    from cadcore.models import find_model
-    from cadcore.preprocess import prepare
-    from cadcore.segment import count_windows
-
-    card = find_model(case["model"]).card
-    patch, overlap = card["inference"]["patch_size"], card["inference"].get("overlap", 0.5)
-    shape = prepare(read_volume(case["image"]), card["preprocessing"]).array.shape
-    windows = count_windows(shape, patch, overlap)
-    per_window = network_flops(case["model"], patch)
-    flops = windows * per_window
-    return {"working_shape": list(shape), "windows": windows, "gflop_per_window": per_window / 1e9,
-            "flop_per_voxel": per_window / float(np.prod(patch)),
-            "overlap_factor": windows * np.prod(patch) / np.prod(shape),
-            "tflop": flops / 1e12, "conv_gflops": gflops, "floor_s": flops / gflops / 1e9}
 
 
 # --- main ------------------------------------------------------------------------------------------------------------
@@ -377,18 +336,24 @@ def main() -> None:
         print(f"[{name}] reference", flush=True)
         reference = run_worker("reference", case, scratch / f"{name}_reference.npy", args.threads)
         truth = np.load(scratch / f"{name}_reference.npy")
-        runs: dict[str, list[dict]] = {"reference": [reference], "ours": [], "cli": [], "baseline": []}
+        runs: dict[str, list[dict]] = {"reference": [reference], "ours": [], "cli": [], "baseline": [], "fast": []}
         agree: dict[str, dict] = {"reference": agreement(truth, truth)}
+        has_fast = "fast" in json.loads((Path(case["model"]) / "model.json").read_text()) \
+            if Path(case["model"]).is_dir() else False
+        pipelines = ("ours", "cli") + (() if args.skip_baseline else ("baseline",)) + (("fast",) if has_fast else ())
         for repeat in range(args.repeats):
-            for pipeline in ("ours", "cli") + (() if args.skip_baseline else ("baseline",)):
+            for pipeline in pipelines:
                 print(f"[{name}] {pipeline} {repeat + 1}/{args.repeats}", flush=True)
-                if pipeline == "cli":
-                    runs[pipeline].append(run_cli(case, scratch / f"{name}_cli.nii.gz", args.threads))
+                if pipeline in ("cli", "fast"):
+                    runs[pipeline].append(run_cli(case, scratch / f"{name}_{pipeline}.nii.gz", args.threads,
+                                                  fast=pipeline == "fast"))
                     continue
                 runs[pipeline].append(run_worker(pipeline, case, scratch / f"{name}_{pipeline}.npy", args.threads))
                 agree[pipeline] = agreement(np.load(scratch / f"{name}_{pipeline}.npy"), truth)
-        written = sitk.GetArrayFromImage(sitk.ReadImage(str(scratch / f"{name}_cli.nii.gz"))).transpose(2, 1, 0)
-        agree["cli"] = agreement(written, truth)
+        for pipeline in ("cli", "fast"):
+            if runs[pipeline]:
+                written = sitk.ReadImage(str(scratch / f"{name}_{pipeline}.nii.gz"))
+                agree[pipeline] = agreement(sitk.GetArrayFromImage(written).transpose(2, 1, 0), truth)
         summary = {k: summarise(v, voxels) | agree.get(k, {}) for k, v in runs.items() if v}
         if "baseline" in summary:
             summary["ratio_baseline_over_ours"] = round(summary["baseline"]["total_s"] / summary["ours"]["total_s"], 2)

@@ -72,7 +72,8 @@ def modelInfo(entry) -> dict:
     text = {key: str(_field(entry, key, "")) for key in ("task", "description", "modality", "version")}
     return {"id": modelId, "title": str(_field(entry, "title", modelId)), **text,
             "path": str(_field(entry, "path", _field(entry, "folder", ""))), "labels": names, "classes": classNames,
-            "shipped": bool(_field(entry, "shipped", False)), "bundle": bool(_field(entry, "bundle", False))}
+            "shipped": bool(_field(entry, "shipped", False)), "bundle": bool(_field(entry, "bundle", False)),
+            "fast": _field(entry, "fast")}  # the card's low-resolution mode (cad segment --fast), or None
 
 
 def modelDescription(info: dict | None, modelId: str | None = None) -> str:
@@ -194,7 +195,7 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
             table.setRowCount(len(models))
             for row, info in enumerate(models):
                 location = _("shipped") if info["shipped"] else info["path"]
-                kind = _("MONAI bundle (not runnable yet)") if info["bundle"] else info["task"]
+                kind = _("MONAI bundle (segmentation)") if info["bundle"] else info["task"]
                 for column, text in enumerate((info["id"], kind, info["modality"], info["version"], location)):
                     item = qt.QTableWidgetItem(text)
                     item.setToolTip(modelDescription(info))
@@ -296,7 +297,7 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
     def listModels(self, task: str | None = None) -> list:
         """Every model (dicts from :func:`modelInfo`); with ``task``, only the models the engine can run for it."""
         models = [modelInfo(entry) for entry in self._models().listModels()]
-        return [m for m in models if task is None or (m["task"] == task and not m["bundle"])]
+        return [m for m in models if task is None or m["task"] == task]
 
     def importModel(self, path: str):
         return self._models().importModel(path)

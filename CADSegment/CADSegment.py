@@ -56,7 +56,11 @@ class CADSegmentParameterNode:
     device - where the engine runs; "auto" picks CUDA, then Apple MPS, then CPU.
     overlap - sliding-window overlap: higher is smoother and slower.
     useCascade - run a cascaded model coarse-to-fine (off: the fine network on the whole volume).
+    fast - run at the card's low "fast" resolution (offered only for models whose card names one).
     outputSegmentation - the segmentation to add segments to; None creates a new one.
+    improveVolume, improveSegmentation - the pair the "Add pair" button adds to the fine-tuning cases (the list of
+    pairs itself is panel state). improveModelName, improveEpochs, improveOverwrite - the new model's id (empty:
+    the suggestion), the epochs, and whether an existing model of that id may be replaced.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -64,7 +68,13 @@ class CADSegmentParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
     useCascade: bool = True
+    fast: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
+    improveVolume: vtkMRMLScalarVolumeNode
+    improveSegmentation: vtkMRMLSegmentationNode
+    improveModelName: str = ""
+    improveEpochs: Annotated[int, WithinRange(1, 2000)] = 50
+    improveOverwrite: bool = False
 
 
 class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -76,9 +86,12 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._models = {}
         self._timer = None
+        self.improveSection = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from CADSegmentWidgets import ImproveModelSection
+
         import CADExtension  # noqa: F401 (registers the model selector's parameter-node connector)
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADSegment.ui"))
@@ -97,6 +110,7 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self._updateModelDescription)
         self.ui.manageModelsButton.connect("clicked(bool)", lambda: slicer.util.selectModule("CADExtension"))
+        self.improveSection = ImproveModelSection(self)  # the "Improve model" section's buttons and state
 
         self.refreshModels()
         self.initializeParameterNode()
@@ -104,6 +118,8 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
+        if self.logic is not None and self.logic.improve.isRunning():
+            self.logic.improve.cancel()
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
@@ -121,6 +137,7 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.isRunning():
             self.logic.cancel()  # its input volume is about to disappear
+        self.improveSection.sceneClosed()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -164,16 +181,27 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
+        from CADSegmentLib import fastOption
+
         import CADExtension
 
         modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
-        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(self._models.get(modelId), modelId)
+        info = self._models.get(modelId)
+        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(info, modelId)
+        enabled, tooltip = fastOption(info)  # disabled, saying why, when the card names no fast resolution
+        self.ui.fastCheckBox.enabled = enabled
+        self.ui.fastCheckBox.toolTip = tooltip
+        if not enabled and self._parameterNode and self._parameterNode.fast:
+            self._parameterNode.fast = False
+        self.improveSection.modelChanged(modelId, info)
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self.logic.isRunning():
-            self.ui.applyButton.enabled = True  # it is the Cancel button now
-            return
         parameters = self._parameterNode
+        segmenting, improving = self.logic.isRunning(), self.logic.improve.isRunning()
+        self.improveSection.updateRunningState(segmenting, improving)
+        if segmenting or improving:
+            self.ui.applyButton.enabled = segmenting  # it is the Cancel button now; no segmenting while training
+            return
         if parameters and parameters.inputVolume and parameters.model:
             self.ui.applyButton.toolTip = _("Segment the input volume")
             self.ui.applyButton.enabled = True
@@ -181,13 +209,16 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.toolTip = _("Select an input volume and a model")
             self.ui.applyButton.enabled = False
 
-    def _setRunning(self, running: bool) -> None:
-        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
-        self.ui.applyButton.toolTip = _("Stop the segmentation; nothing is added to the scene") if running else ""
+    def _updateRunningState(self) -> None:
+        """What runs decides the panel: its button becomes Cancel, the inputs of either job wait, the timer that
+        delivers the engine's callbacks runs."""
+        segmenting, improving = self.logic.isRunning(), self.logic.improve.isRunning()
+        self.ui.applyButton.text = _("Cancel") if segmenting else _("Apply")
+        self.ui.applyButton.toolTip = _("Stop the segmentation; nothing is added to the scene") if segmenting else ""
         for widget in (self.ui.inputsCollapsibleButton, self.ui.speedCollapsibleButton,
                        self.ui.outputsCollapsibleButton):
-            widget.enabled = not running
-        if running:
+            widget.enabled = not (segmenting or improving)
+        if segmenting or improving:
             self._timer.start()
         else:
             self._timer.stop()
@@ -214,14 +245,15 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.run(parameters.inputVolume, model=parameters.model, device=parameters.device,
                            outputSegmentationNode=parameters.outputSegmentation, wait=False,
                            overlap=parameters.overlap, useCascade=parameters.useCascade,
+                           fast=parameters.fast and self.ui.fastCheckBox.enabled,
                            onProgress=self._onProgress, onLog=self._log, onFinished=self._onFinished)
-            self._setRunning(True)
+            self._updateRunningState()
 
     def _onProgress(self, percent: int) -> None:
         self.ui.progressBar.value = percent
 
     def _onFinished(self, segmentationNode, error) -> None:
-        self._setRunning(False)
+        self._updateRunningState()
         if error is None:
             self.ui.progressBar.value = 100
             if self._parameterNode:
@@ -236,11 +268,13 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class CADSegmentLogic(ScriptedLoadableModuleLogic):
-    """The module's logic: a thin facade over ``CADSegmentLib.SegmentationLogic`` (see its docstring)."""
+    """The module's logic: a thin facade over ``CADSegmentLib.SegmentationLogic``, and ``improve``, the
+    ``CADSegmentLib.ImproveModelLogic`` of "Improve model" (see their docstrings)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmentation = None
+        self._improve = None
 
     def getParameterNode(self):
         return CADSegmentParameterNode(super().getParameterNode())
@@ -266,8 +300,17 @@ class CADSegmentLogic(ScriptedLoadableModuleLogic):
     def isRunning(self) -> bool:
         return self._segmentation is not None and self._segmentation.isRunning()
 
+    @property
+    def improve(self):
+        """Fine-tuning: ``logic.improve.run(model, pairs=[(volume, segmentation), ...])`` registers a new model."""
+        if self._improve is None:
+            from CADSegmentLib import ImproveModelLogic
+
+            self._improve = ImproveModelLogic()  # the user models folder: $CAD_MODELS, set from the settings
+        return self._improve
+
     def processEvents(self) -> int:
-        return self._segmentation.processEvents() if self._segmentation is not None else 0
+        return sum(logic.processEvents() for logic in (self._segmentation, self._improve) if logic is not None)
 
 
 SAMPLE_SHA256 = {
@@ -289,6 +332,8 @@ class CADSegmentTest(ScriptedLoadableModuleTest):
         self.test_SegmentSampleCase()
         self.setUp()
         self.test_CancelLeavesNothing()
+        self.setUp()
+        self.test_ImproveModel()
 
     def _loadSample(self):
         from CADExtensionLib.command import engineFolder
@@ -351,3 +396,29 @@ class CADSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(finished, [(None, "cancelled")])
         self.assertFalse(logic.isRunning())
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+
+    def test_ImproveModel(self):
+        """The panel's Improve model path: the shipped model's segmentations of two copies of the sample case as the
+        corrected pairs, 2 epochs on CPU into a temporary models folder: the new model is listed with the parent's
+        labels and has its curves; a segment renamed to no label of the model is refused before anything runs."""
+        import shutil
+
+        from CADExtensionLib.models import ModelManagerLogic
+        from CADSegmentLib import ImproveModelLogic
+
+        pairs = []
+        for _copy in range(2):
+            volume, _label = self._loadSample()
+            pairs.append((volume, CADSegmentLogic().run(volume, model="hippocampus-unet", device="cpu")))
+        folder = os.path.join(slicer.app.temporaryPath, f"CADSegmentTestModels-{os.getpid()}")
+        try:
+            logic = ImproveModelLogic(modelsFolder=folder)
+            result = logic.run("hippocampus-unet", pairs=pairs, newModelId="hippocampus-test", epochs=2, device="cpu")
+            listed = {entry["id"]: entry for entry in ModelManagerLogic(modelsFolder=folder).listModels()}
+            self.assertEqual(listed["hippocampus-test"]["labels"], listed["hippocampus-unet"]["labels"])
+            self.assertTrue(result.curvesPath is not None and result.curvesPath.is_file())
+            pairs[1][1].GetSegmentation().GetNthSegment(0).SetName("not a label")
+            with self.assertRaisesRegex(ValueError, "match no label of model 'hippocampus-unet'"):
+                logic.run("hippocampus-unet", pairs=pairs, newModelId="hippocampus-test-2", epochs=1)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)

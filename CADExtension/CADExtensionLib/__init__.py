@@ -6,9 +6,16 @@ Imports ``slicer`` and ``vtk`` only (no ``qt``/``ctk``/``ScriptedLoadableModule`
 runs both inside the Slicer application and on the ``slicer-core`` wheel that the MRML test suite uses.
 """
 
-from CADExtensionLib.command import ENGINE_MODULE, classifyArgv, engineEnvironment, engineFolder, segmentArgv
+from CADExtensionLib.command import (
+    ENGINE_MODULE,
+    classifyArgv,
+    engineEnvironment,
+    engineFolder,
+    segmentArgv,
+    trainArgv,
+)
 from CADExtensionLib.dependencies import DependencyError, DependencyLogic
-from CADExtensionLib.models import ModelError, ModelManagerLogic, downloadFile
+from CADExtensionLib.models import ModelError, ModelManagerLogic, downloadFile, isSafeModelId
 from CADExtensionLib.process import (
     CANCELLED,
     LineSplitter,
@@ -50,6 +57,7 @@ __all__ = [
     "exportVolumeToFile",
     "ijkToRASArray",
     "importLabelmapToSegmentation",
+    "isSafeModelId",
     "killProcessTree",
     "parseProgress",
     "placeUnderStudy",
@@ -58,6 +66,7 @@ __all__ = [
     "segmentArgv",
     "segmentIdFromNameOrId",
     "terminologyEntry",
+    "trainArgv",
     "uniqueSegmentName",
     "volumeGeometry",
 ]

@@ -1,8 +1,9 @@
 """Pure builders for the engine command line and its environment.
 
 Kept free of ``slicer``, ``vtk`` and I/O so the exact argv the Slicer module runs can be unit-tested as a list, and
-so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...`` and ``cad classify INPUT -m MODEL -o RESULT
-...``, README "The ``cad`` command") are written down in exactly one place on the Slicer side.
+so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...``, ``cad classify INPUT -m MODEL -o RESULT
+...`` and ``cad train --data DATA -o OUTPUT --init MODEL ...``, README "The ``cad`` command") are written down in
+exactly one place on the Slicer side.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ def segmentArgv(
     overlap: float | None = None,
     useCascade: bool = True,
     probabilitiesPath: str | os.PathLike[str] | None = None,
+    fast: bool = False,
 ) -> list[str]:
     """The argv of one ``cad segment`` run.
 
     ``--force`` is always passed: the output lives in a temporary folder the glue created for this run, so an
     existing file there can only be a leftover of our own, never user data (the engine refuses to overwrite
     without it). ``overlap`` and ``device`` are checked here as well as in the engine so a bad value fails before a
-    process is started and the volume is written.
+    process is started and the volume is written. ``fast`` asks for the model card's low ``fast`` resolution (the
+    engine refuses it for a card without one, so the panel offers it only for such models).
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
@@ -48,7 +51,67 @@ def segmentArgv(
         argv.append("--no-cascade")
     if probabilitiesPath is not None:
         argv += ["--probabilities", str(probabilitiesPath)]
+    if fast:
+        argv.append("--fast")
     argv.append("--force")
+    return argv
+
+
+def trainArgv(
+    python: str | os.PathLike[str],
+    dataPath: str | os.PathLike[str],
+    outputPath: str | os.PathLike[str],
+    initModel: str | os.PathLike[str],
+    modelId: str,
+    epochs: int = 50,
+    device: str = "auto",
+    labelsPath: str | os.PathLike[str] | None = None,
+    freezeEncoderEpochs: int = 0,
+    spacing: Sequence[float] | None = None,
+    patchSize: Sequence[int] | None = None,
+    modality: str | None = None,
+    valEvery: int | None = None,
+    description: str | None = None,
+) -> list[str]:
+    """The argv of one fine-tuning run: ``cad train --data DATA -o OUTPUT --init MODEL --id NEW_ID ...``.
+
+    The parent's working resolution (``spacing``), window (``patchSize``) and intensity normalisation
+    (``modality``) are passed explicitly because ``cad train`` does not take them from ``--init``: left out, it
+    would fine-tune at the training images' median spacing with MR normalisation, which silently changes what the
+    network sees. ``labelsPath`` (a JSON list of the parent's labels) keeps names, colours and terminology in the
+    new card. ``--force`` is not passed: the output is a fresh folder of the run's own workspace. Values are checked
+    here so a bad one fails before any volume is exported; lists are written as one ``--opt=a,b,c`` token, as the
+    engine parses them.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    for name, value, low in (("epochs", epochs, 1), ("freezeEncoderEpochs", freezeEncoderEpochs, 0),
+                             ("valEvery", 1 if valEvery is None else valEvery, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not str(modelId).strip():
+        raise ValueError("the new model needs an id")
+    argv = [str(python), "-m", ENGINE_MODULE, "train", "--data", str(dataPath), "-o", str(outputPath),
+            "--init", str(initModel), "--id", str(modelId), "--epochs", str(int(epochs)), "--device", device]
+    if valEvery is not None:
+        argv += ["--val-every", str(int(valEvery))]
+    if labelsPath is not None:
+        argv += ["--labels", str(labelsPath)]
+    if freezeEncoderEpochs:
+        argv += ["--freeze-encoder-epochs", str(int(freezeEncoderEpochs))]
+    if spacing is not None:
+        argv.append("--spacing=" + ",".join(map(repr, _numbers(spacing, "spacing", (3,), positive=True))))
+    if patchSize is not None:
+        sizes = _numbers(patchSize, "patchSize", (3,), positive=True)
+        if not all(size.is_integer() for size in sizes):
+            raise ValueError(f"patchSize must be whole voxel counts, got {patchSize!r}")
+        argv.append("--patch-size=" + ",".join(str(int(size)) for size in sizes))
+    if modality is not None:
+        if str(modality).upper() not in ("MR", "CT"):
+            raise ValueError(f"modality must be MR or CT, got {modality!r}")
+        argv += ["--modality", str(modality).upper()]
+    if description:
+        argv.append(f"--description={description}")  # one token: a text starting with "-" is not an option
     return argv
 
 

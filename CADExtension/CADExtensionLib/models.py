@@ -12,8 +12,8 @@ refuses them otherwise, later and less clearly); a ``.zip`` is extracted only if
 with ``..`` or is a link; an existing id is replaced only with ``overwrite=True``, and only once the new copy is
 complete. A MONAI bundle (a folder with ``configs/metadata.json``) is copied as it is, under its folder name, with a
 ``cadextension-bundle.json`` marker recording the sha256 of each of its files so :meth:`~ModelManagerLogic.verifyModel`
-can detect later changes (the engine does not run bundles yet). Downloads are streamed to a temporary file and hashed
-before anything is installed.
+can detect later changes; the engine runs it as a segmentation model (``cad segment -m <bundle id>``). Downloads
+are streamed to a temporary file and hashed before anything is installed.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def _bundleSummary(folder: Path) -> dict[str, Any]:
     channels = firstOutput.get("channel_def") if isinstance(firstOutput, dict) else None
     return {
         "version": metadata.get("version"),
-        "task": metadata.get("task"),
+        "task": "segmentation",  # the engine runs every bundle through ``cad segment``; metadata "task" is prose
+        "bundleTask": metadata.get("task"),
         "modality": firstInput.get("modality") if isinstance(firstInput, dict) else None,
         "description": metadata.get("description", metadata.get("name", "")),
         "labels": {str(k): str(v) for k, v in channels.items()} if isinstance(channels, dict) else {},
@@ -157,13 +158,20 @@ def _summary(folder: Path, shipped: bool) -> dict[str, Any]:
                 key=lambda c: int(c["value"]))],
             "baseline": (card.get("network") or {}).get("name") == "baseline",
             "bundle": False,
+            "fast": card.get("fast") if isinstance(card.get("fast"), dict) else None,
         }
     elif (folder / BUNDLE_METADATA).is_file():
-        entry = {"id": folder.name, **_bundleSummary(folder), "classes": [], "baseline": False, "bundle": True}
+        entry = {"id": folder.name, **_bundleSummary(folder), "classes": [], "baseline": False, "bundle": True,
+                 "fast": None}
     else:
         raise ModelError(f"{folder}: neither a model package ({CARD_NAME}) nor a MONAI bundle ({BUNDLE_METADATA})")
     entry.update(path=str(folder), shipped=shipped)
     return entry
+
+
+def isSafeModelId(modelId: str) -> bool:
+    """True when ``modelId`` can name a package folder (letters, digits, ``.``, ``_``, ``-``; no path tricks)."""
+    return bool(_SAFE_ID.match(str(modelId))) and str(modelId) not in (".", "..")
 
 
 def _safeZipMembers(archive: zipfile.ZipFile, source: Path) -> list[zipfile.ZipInfo]:

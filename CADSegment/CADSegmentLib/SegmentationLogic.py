@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,34 @@ from CADExtensionLib.segmentations import importLabelmapToSegmentation
 from CADExtensionLib.volumes import exportVolumeToFile
 
 _ERROR_LINE = re.compile(r"^cad(?: [\w-]+)?: error: ")
+
+
+def fastSpacing(model: Mapping[str, Any] | None) -> list[float] | None:
+    """The low resolution a model card names for ``cad segment --fast`` (``"fast": {"spacing": [x, y, z]}``), else
+    None. ``model`` is a card or a model-list entry (both carry ``fast``). The test is the engine's own (three
+    positive numbers), so the panel offers the option exactly for the models the engine runs it with."""
+    fast = (model or {}).get("fast")
+    spacing = fast.get("spacing") if isinstance(fast, Mapping) else None
+    if not isinstance(spacing, (list, tuple)) or len(spacing) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing):
+        return None
+    return [float(v) for v in spacing]
+
+
+def fastOption(model: Mapping[str, Any] | None) -> tuple[bool, str]:
+    """(enabled, tooltip) of the panel's "Fast (low resolution)" check box for the selected model.
+
+    Disabled, with the reason, when no model is selected or its card names no fast resolution: the engine would
+    refuse ``--fast`` for it, and a box that silently did nothing would mislead.
+    """
+    if not model:
+        return False, "Select a model first."
+    spacing = fastSpacing(model)
+    if spacing is None:
+        return False, f"Model {model.get('id', '')!r} has no fast (low-resolution) mode: its model card names no " \
+                      "'fast' resolution."
+    millimetres = " × ".join(f"{v:g}" for v in spacing)
+    return True, f"Segment at the model's low resolution ({millimetres} mm): much faster on a CPU, coarser borders."
 
 
 class SegmentationCancelled(RuntimeError):
@@ -114,7 +142,7 @@ class SegmentationLogic:
         return dispatch() if dispatch is not None else 0
 
     def run(self, volumeNode, model: str = "hippocampus-unet", device: str = "cpu", outputSegmentationNode=None,
-            wait: bool = True, overlap: float | None = None, useCascade: bool = True,
+            wait: bool = True, overlap: float | None = None, useCascade: bool = True, fast: bool = False,
             onProgress: Callable[[int], None] | None = None, onLog: Callable[[str], None] | None = None,
             onFinished: Callable[[Any, str | None], None] | None = None):
         """Segment ``volumeNode``; return the segmentation node (``wait=True``) or None at once (``wait=False``).
@@ -122,7 +150,8 @@ class SegmentationLogic:
         ``onProgress(percent)`` follows the engine's progress bar, ``onLog(line)`` gets every other output line, and
         ``onFinished(segmentationNode, error)`` is called once when the run ends (``error`` None on success,
         ``"cancelled"`` after ``cancel``), in both modes. With ``wait=True`` a failure raises RuntimeError carrying
-        the engine's one-line error, and a cancelled run raises :class:`SegmentationCancelled`.
+        the engine's one-line error, and a cancelled run raises :class:`SegmentationCancelled`. ``fast`` runs at the
+        card's low resolution (see :func:`fastOption`).
         """
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise ValueError("the input volume node has no image data")
@@ -136,7 +165,7 @@ class SegmentationLogic:
         try:
             inputPath = exportVolumeToFile(volumeNode, workspace.path / "input.nrrd")
             argv = segmentArgv(self.python or pythonExecutable(), inputPath, run.outputPath, model, device, overlap,
-                               useCascade)
+                               useCascade, fast=fast)
             env = engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH"))
             logging.info("CADSegment: running %s", " ".join(argv))
             self.runner.start(argv, env, lambda line: self._onLine(run, line),

@@ -3,12 +3,26 @@
 Needs the CADExtension module folder on ``sys.path`` (Slicer adds every module folder) for ``CADExtensionLib``.
 """
 
+from CADSegmentLib.ImproveModelLogic import ImproveModelCancelled, ImproveModelLogic, ImproveModelResult
 from CADSegmentLib.InProcessRunner import InProcessRunner
 from CADSegmentLib.SegmentationLogic import (
     SegmentationCancelled,
     SegmentationLogic,
     defaultRunner,
     engineErrorLine,
+    fastOption,
+    fastSpacing,
 )
 
-__all__ = ["InProcessRunner", "SegmentationCancelled", "SegmentationLogic", "defaultRunner", "engineErrorLine"]
+__all__ = [
+    "ImproveModelCancelled",
+    "ImproveModelLogic",
+    "ImproveModelResult",
+    "InProcessRunner",
+    "SegmentationCancelled",
+    "SegmentationLogic",
+    "defaultRunner",
+    "engineErrorLine",
+    "fastOption",
+    "fastSpacing",
+]

@@ -88,7 +88,7 @@ def test_listing_reads_cards_shipped_first_and_skips_broken_folders(folders, pac
     assert unet["labels"] == {"1": "anterior", "2": "posterior"} and unet["classes"] == []
     assert resnet == {"id": "tiny-resnet", "version": "0.0.1", "task": "classification", "modality": None,
                       "description": "", "labels": {}, "classes": ["benign", "malignant"], "baseline": False,
-                      "bundle": False, "path": str(user / "tiny-resnet"), "shipped": False}
+                      "bundle": False, "fast": None, "path": str(user / "tiny-resnet"), "shipped": False}
 
 
 def test_listing_agrees_with_the_engines_registry(tmp_path, packages, monkeypatch):
@@ -227,6 +227,7 @@ def test_monai_bundle_is_copied_as_is_and_marked(folders, tmp_path):
     manager = ModelManagerLogic(user, shipped)
     entry = manager.importModel(bundle)
     assert entry["id"] == "spleen_ct_segmentation" and entry["bundle"] is True
+    assert entry["task"] == "segmentation" and entry["bundleTask"] == "Spleen segmentation"
     assert (entry["version"], entry["modality"], entry["labels"]) == ("0.5.2", "CT", {"0": "background",
                                                                                        "1": "spleen"})
     installed = user / "spleen_ct_segmentation"

@@ -159,8 +159,22 @@ def test_widget_lifecycle(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_module_files_never_import_the_engine(module):
-    """Not even inside a function: torch/MONAI/cadcore stay in the engine process; the module goes through its Lib."""
-    assert violations(module_file(module), HEAVY) == []
+    """Not even inside a function: torch/MONAI/cadcore stay in the engine process; the module goes through its Lib.
+    The same holds for the module's ``<Module>Widgets`` package (panel sections kept out of the module file)."""
+    widgets = REPO / module / f"{module}Widgets"
+    paths = [module_file(module), *(python_files(widgets) if widgets.is_dir() else [])]
+    assert [v for path in paths for v in violations(path, HEAVY)] == []
+
+
+def test_widget_packages_stay_small_and_out_of_the_glue():
+    """A ``<Module>Widgets`` file is Qt code like the module file: the same size limit, and no Lib imports it."""
+    for module in MODULES:
+        widgets = REPO / module / f"{module}Widgets"
+        for path in python_files(widgets) if widgets.is_dir() else []:
+            assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_LINES, path
+    for package in LIB_PACKAGES:
+        for path in python_files(package) if package.is_dir() else []:
+            assert violations(path, tuple(f"{module}Widgets" for module in MODULES)) == []
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -98,6 +98,15 @@ def ui_attributes(tree: ast.Module) -> set[str]:
             and ast.unparse(node.value) == "self.ui"}
 
 
+def panel_ui_attributes(module: str) -> set[str]:
+    """``self.ui.X`` of the module file and of its ``<Module>Widgets`` package (panel sections kept out of the
+    module file, which hold the same ``ui``)."""
+    used = ui_attributes(module_tree(module))
+    for path in sorted((REPO / module / f"{module}Widgets").glob("*.py")):
+        used |= ui_attributes(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return used
+
+
 def constants(tree: ast.Module) -> dict[str, object]:
     """Module-level literal constants (``DEVICES = (...)``), for resolving ``Choice(list(DEVICES))``."""
     values = {}
@@ -165,7 +174,7 @@ def accepted_kinds(field: dict) -> set[str]:
 def test_ui_names_used_by_the_module_exist(module):
     """``self.ui.X`` is ``childWidgetVariables(loadUI(...))``: a name missing from the .ui is an AttributeError the
     first time that code path runs in Slicer."""
-    used = ui_attributes(module_tree(module))
+    used = panel_ui_attributes(module)
     assert used, f"{module}.py uses no self.ui attribute (did the widget code change?)"
     missing = sorted(used - set(named_objects(ui_xml(module))))
     assert missing == [], f"{module}.py uses self.ui.{missing} not in {ui_path(module).name}"
@@ -232,6 +241,12 @@ def test_model_selector_connector_exists():
         setup = next(node for node in ast.walk(module_tree(module)) if isinstance(node, ast.FunctionDef)
                      and node.name == "setup")
         assert any(isinstance(node, ast.Import) and node.names[0].name == "CADExtension" for node in setup.body)
+
+
+def test_panel_sections_are_checked_too():
+    """The Improve model section's widgets are used from CADSegmentWidgets, not from CADSegment.py."""
+    assert {"pairsTableWidget", "improveButton", "curvesLabel"} <= panel_ui_attributes("CADSegment") - ui_attributes(
+        module_tree("CADSegment"))
 
 
 def test_binding_checks_catch_mistakes():
@@ -301,7 +316,7 @@ def test_ui_loads_with_qt(qt, module):
     assert not [w for w in warnings if "unable to create a widget" in w], warnings
     assert unexpected(warnings, declared) == []
     qobject = qt["core"].QObject
-    for name in ui_attributes(module_tree(module)):
+    for name in panel_ui_attributes(module):
         assert widget.findChild(qobject, name) is not None, f"self.ui.{name}: no such child after loading"
     for parameter, (name, _class) in bindings(root).items():
         assert widget.findChild(qobject, name).property(PARAMETER) == parameter

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from compute_floor import compute_floor, conv_gflops
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "runs" / "bench"
@@ -322,6 +321,9 @@ def main() -> None:
         return
 
     import SimpleITK as sitk
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # workers run through runpy, which does not add the script's folder
+    from compute_floor import compute_floor, conv_gflops
 
     all_cases = cases(CACHE)
     scratch = CACHE / "scratch"

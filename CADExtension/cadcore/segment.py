@@ -38,6 +38,7 @@ from cadcore.preprocess import (
 from cadcore.progress import StagedProgress
 
 PROBABILITY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
+FAST_PREFIX = "fast."
 
 
 @dataclass
@@ -66,6 +67,8 @@ def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str
     state = package.load_state_dict()
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    else:  # the main network; a card's own fast network is stored beside it under ``fast.``
+        state = {k: v for k, v in state.items() if not k.startswith(FAST_PREFIX)}
     load_weights(network, state, package.weights_path)
     return network.to(device).eval()
 
@@ -83,7 +86,7 @@ def fast_mode(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any] | N
     preprocessing = {**card["preprocessing"], "spacing": [float(v) for v in spacing]}
     inference = {**card.get("inference", {}), **fast.get("inference", {})}
     if "network" in fast:
-        return preprocessing, fast["network"], "fast.", inference
+        return preprocessing, fast["network"], FAST_PREFIX, inference
     return preprocessing, None, None, inference
 
 

@@ -7,9 +7,11 @@ Cases (inputs and model package built once under ``runs/bench/``):
 * ``ct``: 512x512x300 at 0.8 mm, resampled (SimpleITK, linear, direction kept, air outside) from the real anatomy of
   ``../shared/data/totalsegmentator_examples/example_ct.nii.gz``; a cadcore package with the MONAI
   ``spleen_ct_segmentation`` network (UNet 16-256, 2 residual units, batch norm), 1.5x1.5x2 mm, RAS, window
-  -57..164, linear resampling (as the bundle's Spacingd), patch 96³, overlap 0.25, with weights fitted to the example
-  CT's spleen by ``benchmarks/spleen_ct_weights.py`` (a fixture: confident outputs, like a real model's, so equal
-  outputs mean something), and a 3 mm ``fast`` network run by ``cad segment --fast``.
+  -57..164, linear resampling on MONAI Spacingd's grid (the same working array as the bundle's transforms), patch
+  96³, overlap 0.25, with weights fitted to the example CT's spleen by ``benchmarks/spleen_ct_weights.py`` (a
+  fixture: more confident outputs than random weights), and a 3 mm ``fast`` network run by ``cad segment --fast``.
+* ``ct_native``: the same extent of the same CT at the network's own 1.5x1.5x2 mm in RAS (273x273x120): neither
+  pipeline resamples (the network-time comparison without resampling).
 * ``hippocampus``: ``sample_data/hippocampus/imagesTr/hippocampus_015.nii.gz``, shipped ``hippocampus-unet``.
 * ``tumour``: a TCIA Brain-Tumor-Progression T1 post-contrast scan (oblique, 0.69x0.69x6.5 mm), the spleen network
   with seeded random weights (timing only).
@@ -50,15 +52,20 @@ SPLEEN_PREPROCESSING = {"orientation": "RAS", "spacing": [1.5, 1.5, 2.0],
                         "normalization": {"kind": "ct", "window": [-57.0, 164.0]}}
 
 
-def build_ct(cache: Path) -> Path:
-    """512x512x300 at 0.8 mm around the centre of the example CT (real anatomy), int16, air outside."""
+def build_ct(cache: Path, native: bool = False) -> Path:
+    """512x512x300 at 0.8 mm around the centre of the example CT (real anatomy), int16, air outside; ``native``: the
+    same extent at the spleen network's own 1.5x1.5x2 mm in RAS, so neither pipeline resamples."""
     import SimpleITK as sitk
 
-    path = cache / "ct_512x512x300.nii.gz"
+    path = cache / ("ct_native_1.5x1.5x2.nii.gz" if native else "ct_512x512x300.nii.gz")
     if path.exists():
         return path
     source = sitk.ReadImage(str(SOURCE_CT))
     size, spacing = np.array([512, 512, 300]), np.array([0.8, 0.8, 0.8])
+    if native:
+        source = sitk.DICOMOrient(source, "RAS")
+        spacing = np.array(SPLEEN_PREPROCESSING["spacing"])
+        size = np.round(np.array([512, 512, 300]) * 0.8 / spacing).astype(int)
     direction = np.array(source.GetDirection()).reshape(3, 3)
     centre = np.array(source.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in source.GetSize()]))
     origin = centre - direction @ (spacing * (size - 1) / 2)
@@ -111,7 +118,9 @@ def build_trained_spleen(cache: Path) -> Path:
 def cases(cache: Path) -> dict[str, dict]:
     ct = build_ct(cache)
     spleen = str(build_spleen_package(cache, ct))
-    return {"ct": {"image": str(ct), "model": str(build_trained_spleen(cache))},
+    trained = str(build_trained_spleen(cache))
+    return {"ct": {"image": str(ct), "model": trained},
+            "ct_native": {"image": str(build_ct(cache, native=True)), "model": trained},
             "hippocampus": {"image": str(HIPPOCAMPUS), "model": "hippocampus-unet"},
             "tumour": {"image": str(TUMOUR), "model": spleen}}
 
@@ -155,6 +164,7 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
         normalise,
         orient,
         probabilities_to_input_grid,
+        resample_to_spacing,
     )
     from cadcore.segment import load_network
 
@@ -168,9 +178,12 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     if resampled:
         spacing = np.array(pre["spacing"], dtype=float)
         size = np.maximum(1, np.round(np.array(oriented.GetSize()) * np.array(oriented.GetSpacing()) / spacing))
-        grid = sitk.Resample(oriented, [int(s) for s in size], sitk.Transform(), image_interpolator(pre),
-                             oriented.GetOrigin(), spacing.tolist(), oriented.GetDirection(), 0.0,
-                             oriented.GetPixelID())
+        if image_interpolator(pre) == sitk.sitkLinear:  # MONAI's grid, always SimpleITK (no fast path to compare)
+            grid = resample_to_spacing(oriented, pre["spacing"], sitk.sitkLinear)
+        else:
+            grid = sitk.Resample(oriented, [int(s) for s in size], sitk.Transform(), sitk.sitkBSpline,
+                                 oriented.GetOrigin(), spacing.tolist(), oriented.GetDirection(), 0.0,
+                                 oriented.GetPixelID())
     array = normalise(sitk.GetArrayFromImage(grid).transpose(2, 1, 0), pre.get("normalization", {}))
     working = WorkingImage(np.ascontiguousarray(array), grid, image, resampled)
     preprocess_s = time.perf_counter() - started
@@ -303,7 +316,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every measured process (default: cad's)")
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--cases", default="ct,hippocampus,tumour")
+    parser.add_argument("--cases", default="ct,ct_native,hippocampus,tumour")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

@@ -75,9 +75,22 @@ def needs_resampling(image: sitk.Image, spacing: list[float] | None) -> bool:
 
 
 def resample_to_spacing(image: sitk.Image, spacing: list[float], interpolator: int) -> sitk.Image:
-    """Resample keeping origin and direction; the new grid covers the same physical extent."""
+    """Resample keeping origin and direction; the new grid covers the same physical extent.
+
+    Linear resampling follows MONAI's ``Spacingd`` exactly (its ``compute_shape_offset``: ``round((n - 1) * old / new
+    + 1)`` voxels from the same first voxel centre, border values beyond the last centre, float32 values), so a
+    network trained through MONAI sees the very array it was trained on; B-spline keeps ITK's conventions.
+    """
     old_spacing = np.array(image.GetSpacing())
     new_spacing = np.array(spacing, dtype=float)
+    if interpolator == sitk.sitkLinear:
+        size = np.maximum(1, np.round((np.array(image.GetSize()) - 1) * old_spacing / new_spacing + 1)).astype(int)
+        # border padding as torch's grid_sample: clamp each axis on its own (edge slices repeated), not ITK's
+        # nearest-neighbour extrapolation, which snaps all three axes at once
+        beyond = [int(np.ceil(0.5 * n / o)) + 1 for n, o in zip(new_spacing, old_spacing)]
+        padded = sitk.ZeroFluxNeumannPad(sitk.Cast(image, sitk.sitkFloat32), [0, 0, 0], beyond)
+        return sitk.Resample(padded, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                             [float(s) for s in new_spacing], image.GetDirection(), 0.0, sitk.sitkFloat32)
     size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing)).astype(int)
     if interpolator == sitk.sitkBSpline and separable_bspline_applies(image):
         return bspline_resample(image, [int(s) for s in size], new_spacing)

@@ -6,7 +6,7 @@ for the averaged prediction, and the validation metrics of exactly what ``cad cl
 Members must share the network spec, classes, ROI and split (same data file, different seeds).
 
     .venv/bin/python benchmarks/classifier_ensemble.py --members runs/adrenal-resnet runs/adrenal-resnet-s1 \\
-        --data ../shared/data/medmnist3d/adrenalmnist3d.npz --id adrenal-resnet -o OUT [--no-tta]
+        --data ../shared/data/medmnist3d/adrenalmnist3d.npz --id adrenal-resnet -o OUT [--no-tta] [--float16]
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--id", required=True)
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--float16", action="store_true",
+                        help="store the weights as float16 (half the size; metrics are computed with them)")
     parser.add_argument("--prior-correction", action="store_true",
                         help="correct class-balanced training back to the training class frequencies")
     args = parser.parse_args()
@@ -45,6 +47,11 @@ def main() -> None:
     tta = not args.no_tta
     val = evaluation_set(packages[0], args.data, "val")
     members = [network for package in packages for network in load_members(package, device)]
+    if args.float16:  # round every weight through float16 first, so the metrics are those of the stored package
+        for network in members:
+            for tensor in network.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())
     stack = member_logits(members, val.inputs, device, tta)
     prior = None
     if args.prior_correction:  # members trained with class-balanced sampling: correct back to the real frequencies
@@ -55,7 +62,8 @@ def main() -> None:
               for m in members]
     before = classification_metrics(averaged_probabilities(stack, 1.0, prior), val.labels)
     after = classification_metrics(averaged_probabilities(stack, temperature, prior), val.labels)
-    state = {f"m{i}.{k}": v for i, package in enumerate(packages) for k, v in package.load_state_dict().items()}
+    state = {f"m{i}.{k}": (v.half() if args.float16 and v.is_floating_point() else v)
+             for i, package in enumerate(packages) for k, v in package.load_state_dict().items()}
     card = copy.deepcopy(first)
     card.update(id=args.id, ensemble={"members": [f"m{i}" for i in range(len(packages))],
                                       "sources": [p.card["id"] for p in packages],

@@ -77,6 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --init: learning-rate factor for pretrained layers")
     tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
+    ca = tr.add_argument_group("cascade (--cascade): coarse network finds the target, fine network segments its ROI")
+    ca.add_argument("--cascade", action="store_true",
+                    help="train a coarse-to-fine cascade; --spacing/--patch-size/--filters describe the fine stage")
+    ca.add_argument("--coarse-spacing", type=_floats, default=None,
+                    help="coarse stage mm (default: 4x the finest fine axis, never finer than the data)")
+    ca.add_argument("--coarse-patch-size", type=_ints, default=None,
+                    help="coarse patch I,J,K (default: the median volume at the coarse spacing)")
+    ca.add_argument("--coarse-filters", type=_ints, default=None, help="coarse U-Net channels (default: --filters)")
+    ca.add_argument("--coarse-epochs", type=int, default=None, help="coarse stage epochs (default: --epochs)")
+    ca.add_argument("--roi-margin", type=float, default=None, help="mm around the target's box (default 10)")
+    ca.add_argument("--roi-jitter", type=float, default=None,
+                    help="training crops: each side's margin times U(1-j, 1+j) (default 0.5)")
+    st = tr.add_argument_group("self-training (--unlabelled): teacher → pseudo-labels → student, K rounds")
+    st.add_argument("--unlabelled", default=None,
+                    help="folder of unlabelled volumes, or a text file with one volume path per line")
+    st.add_argument("--rounds", type=int, default=None, help="pseudo-label/student rounds (default 1)")
+    st.add_argument("--confidence", type=float, default=None,
+                    help="pseudo-label voxels whose top class probability is lower are ignored (default 0.9)")
+    st.add_argument("--student-epochs", type=int, default=None, help="epochs per student (default: --epochs)")
+    st.add_argument("--no-pseudo-tta", dest="pseudo_tta", action="store_false",
+                    help="pseudo-label without averaging over flips along --mirror-axes")
     cl = tr.add_argument_group("classification (--task classify)")
     cl.add_argument("--network", default="resnet18", choices=["resnet18", "densenet121"])
     cl.add_argument("--widths", type=_ints, default=[32, 64, 128, 256], help="ResNet channels per stage")

@@ -34,6 +34,12 @@ def run_train(args: argparse.Namespace) -> int:
     values = vars(args)
     defaults = CLASSIFY_DEFAULTS if args.task == "classify" else SEGMENT_DEFAULTS
     values.update({k: v for k, v in defaults.items() if values.get(k) is None})
+    from cadcore.cascade_train import check_flags as check_cascade_flags
+
+    check_cascade_flags(values)
+    from cadcore.selftrain import check_flags
+
+    check_flags(values)
     if args.task == "classify":
         from cadcore.train_classify import ClassifyConfig, train_classifier
 
@@ -43,7 +49,17 @@ def run_train(args: argparse.Namespace) -> int:
         from cadcore.train import TrainConfig, train
 
         fields = TrainConfig.__dataclass_fields__
-        package = train(TrainConfig(**{k: v for k, v in values.items() if k in fields}))
+        config = TrainConfig(**{k: v for k, v in values.items() if k in fields})
+        if values.get("cascade"):
+            from cadcore.cascade_train import CascadeOptions, train_cascade
+
+            package = train_cascade(config, CascadeOptions.from_values(values))
+        elif values.get("unlabelled"):
+            from cadcore.selftrain import SelfTrainOptions, self_train
+
+            package = self_train(config, SelfTrainOptions.from_values(values))
+        else:
+            package = train(config)
         if package is None:  # a non-zero torchrun rank: rank 0 reports
             return 0
     print(f"model package written to {package.folder}")

@@ -3,7 +3,9 @@
 Splits are deterministic from a seed, so ``cad evaluate --split val`` scores exactly the cases training held out
 (the split is also written into the model card). A ``dataset.json`` may instead name its validation cases in a
 ``validation`` list (same entries as ``training``): that is how a split by patient is given, and how self-training
-keeps pseudo-labelled volumes out of validation.
+keeps pseudo-labelled volumes out of validation. A ``training`` entry with ``"pseudo": true`` is pseudo-labelled:
+its label may mark voxels with 255 (:data:`cadcore.losses.IGNORE_LABEL`), which the loss skips; in any other label
+255 is refused like every value outside the label set.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Case:
     id: str
     image: Path
     label: Path | None
+    pseudo: bool = False  # a pseudo-label (self-training): may contain the ignore value 255
 
 
 @dataclass
@@ -67,6 +70,8 @@ def _from_json(path: Path) -> Dataset:
     held_out = _cases(validation, path) if validation else None
     if held_out and {c.id for c in held_out} & {c.id for c in cases}:
         raise CadError("dataset.json lists a case in both 'training' and 'validation'", path)
+    if held_out and any(c.pseudo for c in held_out):  # validation scores against pseudo-labels would mean nothing
+        raise CadError("dataset.json 'validation' lists a pseudo-labelled case", path)
     labels = {int(k): str(v) for k, v in spec.get("labels", {}).items() if int(k) != 0}
     modality = next(iter(spec.get("modality", {}).values()), None)
     return Dataset(path.parent, cases, labels, modality, spec.get("licence") or spec.get("license"), spec.get("name"),
@@ -83,7 +88,7 @@ def _cases(entries: list, path: Path) -> list[Case]:
         for file in (image, label):
             if file is not None and not file.exists():
                 raise CadError(f"dataset.json refers to a missing file: {file}", path)
-        cases.append(Case(case_id(image), image, label))
+        cases.append(Case(case_id(image), image, label, entry.get("pseudo") is True))
     return cases
 
 

@@ -7,7 +7,6 @@ Ctrl-C saves the last checkpoint and still exports the best model so far.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -19,13 +18,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cadcore.data import load_dataset, split_cases
+from cadcore.data import Case, Dataset, load_dataset, split_cases
 from cadcore.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
 from cadcore.errors import CadError
 from cadcore.inference import pick_device, predict_probabilities
+from cadcore.losses import MaskedDiceCELoss
 from cadcore.models import ModelPackage, save_package
 from cadcore.networks import build_network, divisor_of, dynunet_spec
 from cadcore.training_data import PatchDataset, PreparedCase, augmentation, prepare_cases
+from cadcore.training_report import plot_curves, total_training_seconds, write_log
 
 DEFAULT_COLORS = [[0.85, 0.35, 0.25], [0.25, 0.6, 0.85], [0.35, 0.75, 0.35], [0.9, 0.8, 0.2], [0.7, 0.4, 0.8]]
 
@@ -123,6 +124,14 @@ def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[i
     return {value: float(sums[index] / max(1.0, sums[-1])) for index, value in enumerate(labels)}
 
 
+def split_for(config: TrainConfig, dataset: Dataset) -> tuple[list[Case], list[Case]]:
+    """(training, validation) cases: the dataset's own ``validation`` list when it has one, else a seeded split."""
+    cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
+    if dataset.validation:  # the dataset names its split (by patient, or labelled vs pseudo-labelled)
+        return cases, dataset.validation
+    return split_cases(cases, config.seed, config.val_fraction)
+
+
 def train(config: TrainConfig) -> ModelPackage:
     """Train and export a package into ``config.output``; returns it."""
     output = Path(config.output)
@@ -130,11 +139,7 @@ def train(config: TrainConfig) -> ModelPackage:
         raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
                        output)
     dataset = load_dataset(config.data)
-    cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
-    if dataset.validation:  # the dataset names its split (by patient, or labelled vs pseudo-labelled)
-        train_cases, val_cases = cases, dataset.validation
-    else:
-        train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
+    train_cases, val_cases = split_for(config, dataset)
     label_values = sorted(dataset.label_names) or [1]
     label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
     if not config.spacing:
@@ -175,8 +180,11 @@ def train(config: TrainConfig) -> ModelPackage:
                    f"({', '.join(fresh[:4])})")
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes))
+    partial = any(case.pseudo for case in train_cases)  # pseudo-labels: skip their ignored voxels
+    loss_fn = MaskedDiceCELoss() if partial else DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    crop_key = "foreground" if partial else "label"
+    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes, crop_key=crop_key),
+                           foreground=partial)
     shard = sampler(patches, ranks, config.seed)
     loader = torch.utils.data.DataLoader(
         patches, batch_size=config.batch_size, shuffle=shard is None, sampler=shard,
@@ -316,43 +324,3 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
         },
         "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
     }
-
-
-def total_training_seconds(history: list[dict[str, Any]]) -> float:
-    """Wall time over every run of a resumed training (each run's clock restarts at 0)."""
-    total, previous = 0.0, 0.0
-    for row in history:
-        seconds = float(row.get("seconds", 0.0))
-        total += seconds - previous if seconds >= previous else seconds
-        previous = seconds
-    return total
-
-
-def write_log(output: Path, history: list[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for row in history:
-        fields += [k for k in row if k not in fields]
-    with open(output / "training_log.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def plot_curves(output: Path, history: list[dict[str, Any]], label_values: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([r["epoch"] for r in history], [r["loss"] for r in history])
-    ax_loss.set(title="training loss (Dice + CE)", xlabel="epoch")
-    for value in label_values:
-        points = [(r["epoch"], r[f"dice_{value}"]) for r in history if f"dice_{value}" in r]
-        if points:
-            ax_dice.plot(*zip(*points), marker="o", label=f"label {value}")
-    ax_dice.set(title="validation Dice", xlabel="epoch", ylim=(0, 1))
-    ax_dice.legend()
-    fig.tight_layout()
-    fig.savefig(output / "training_curves.png", dpi=100)
-    plt.close(fig)

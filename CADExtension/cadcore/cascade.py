@@ -3,7 +3,10 @@
 The card's ``cascade`` section describes the coarse stage (``network``, ``preprocessing`` with a coarse spacing,
 ``inference``) and a ``margin_mm``; one safetensors file holds both networks under the ``coarse.`` and ``fine.``
 prefixes, so one sha256 covers the package. When the coarse stage finds nothing, the fine network runs on the
-whole volume and the sidecar says so.
+whole volume and the sidecar says so. Coarse blobs smaller than ``min_component_fraction`` (card, default 0.1) of the
+largest are dropped before the box is drawn: a low-resolution network's scattered false positives otherwise stretch
+the box over half the head (measured on the tumour scans: 54-59 % of the volume with every blob, 3-4 % without the
+small ones); a second lesion at least a tenth the size of the first is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def locate_roi(image: sitk.Image, package: ModelPackage, device, sw_batch_size: 
     inference = coarse.get("inference", {})
     probabilities = predict_probabilities(network, working.array, inference["patch_size"], device,
                                           inference.get("overlap", 0.25), sw_batch_size)
-    foreground = probabilities.argmax(0) > 0
+    foreground = main_components(probabilities.argmax(0) > 0,
+                                 float(package.card["cascade"].get("min_component_fraction", 0.1)))
     info: dict[str, Any] = {"used": True, "coarse_seconds": round(time.perf_counter() - started, 3)}
     if not foreground.any():
         info.update(used=False, fallback="coarse stage found no foreground; the fine network ran on the whole volume")
@@ -45,6 +49,20 @@ def locate_roi(image: sitk.Image, package: ModelPackage, device, sw_batch_size: 
     info["roi_index"], info["roi_size"] = region
     info["roi_fraction"] = round(float(np.prod(region[1])) / float(np.prod(image.GetSize())), 4)
     return region, info
+
+
+def main_components(foreground: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Keep the connected blobs (26-connectivity) with at least ``min_fraction`` of the largest blob's voxels."""
+    from scipy import ndimage
+
+    if min_fraction <= 0 or not foreground.any():
+        return foreground
+    labels, count = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return foreground
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    return np.isin(labels, keep)
 
 
 def working_box_to_input(low, high, grid: sitk.Image, image: sitk.Image, margin_mm: float) -> Region:

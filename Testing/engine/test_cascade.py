@@ -302,3 +302,17 @@ def test_box_oblique_geometry_maps_through_physical_space(oblique_image: sitk.Im
     # a huge margin clips to the image
     start, size = working_box_to_input(low, high, grid, oblique_image, 1000.0)
     assert start == [0, 0, 0] and size == list(oblique_image.GetSize())
+
+
+def test_small_coarse_blobs_do_not_stretch_the_region():
+    """Scattered coarse false positives are dropped; a second lesion at least a tenth of the largest is kept."""
+    from cadcore.cascade import main_components
+
+    foreground = np.zeros((40, 40, 20), bool)
+    foreground[10:20, 10:20, 5:12] = True  # 700 voxels: the target
+    foreground[30:34, 30:34, 2:7] = True  # 80 voxels: a second lesion (> 10 %)
+    foreground[0, 39, 19] = foreground[39, 0, 0] = True  # single-voxel false positives at the corners
+    kept = main_components(foreground, 0.1)
+    assert kept[10:20, 10:20, 5:12].all() and kept[30:34, 30:34, 2:7].all()
+    assert not kept[0, 39, 19] and not kept[39, 0, 0]
+    assert np.array_equal(main_components(foreground, 0.0), foreground)

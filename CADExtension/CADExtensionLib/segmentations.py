@@ -17,7 +17,8 @@ removed if it was created here, the added segments removed otherwise), in every 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,31 @@ def _nodeIds(scene) -> set[str]:
     return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
 
 
+@contextmanager
+def removingAddedNodes(scene) -> Iterator[None]:
+    """Remove every node added to ``scene`` inside the block (temporary labelmaps, display nodes, colour tables),
+    in every outcome."""
+    before = _nodeIds(scene)
+    try:
+        yield
+    finally:
+        for nodeId in _nodeIds(scene) - before:
+            node = scene.GetNodeByID(nodeId)
+            if node is not None:
+                scene.RemoveNode(node)
+
+
+def writeLabelmapNode(labelmapNode, path: str | os.PathLike[str], what: str) -> Path:
+    """Write a labelmap node to ``path`` uncompressed through a storage node kept out of the scene."""
+    path = Path(path)
+    storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
+    storageNode.SetFileName(str(path))
+    storageNode.UseCompressionOff()
+    if not storageNode.WriteData(labelmapNode):
+        raise RuntimeError(f"{path}: writing {what} failed")
+    return path
+
+
 def segmentIdFromNameOrId(segmentationNode, segment: str | None = None) -> str:
     """The ID of ``segment`` (an ID, else a segment name) in the node; with None, the node's only segment.
 
@@ -294,8 +320,7 @@ def exportSegmentToLabelmapFile(segmentationNode, segmentId: str, referenceVolum
     segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
     if segment is None:
         raise ValueError(f"{segmentationNode.GetName()!r} has no segment with ID {segmentId!r}")
-    before = _nodeIds(scene)
-    try:
+    with removingAddedNodes(scene):
         labelmapNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
                                                scene.GenerateUniqueName("__CADExtension_mask"))
         segmentIds = vtk.vtkStringArray()
@@ -311,14 +336,4 @@ def exportSegmentToLabelmapFile(segmentationNode, segmentId: str, referenceVolum
             raise ValueError(f"segment {segment.GetName()!r} is empty on the volume's grid")
         array[array != 0] = 1  # one lesion, label 1, whatever label value the export gave it
         slicer.util.arrayFromVolumeModified(labelmapNode)
-        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
-        storageNode.SetFileName(str(path))
-        storageNode.UseCompressionOff()
-        if not storageNode.WriteData(labelmapNode):
-            raise RuntimeError(f"{path}: writing the mask of segment {segment.GetName()!r} failed")
-        return path
-    finally:
-        for nodeId in _nodeIds(scene) - before:
-            node = scene.GetNodeByID(nodeId)
-            if node is not None:
-                scene.RemoveNode(node)
+        return writeLabelmapNode(labelmapNode, path, f"the mask of segment {segment.GetName()!r}")

@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.data import Case, Dataset, load_dataset, split_cases
+from cadcore.data import Case, Dataset, load_dataset
 from cadcore.errors import CadError
 from cadcore.io import atomic_path, read_image, read_volume, same_grid
 from cadcore.models import CARD_NAME, ModelPackage, save_package
 from cadcore.networks import build_network, divisor_of
-from cadcore.train import TrainConfig, median_spacing, network_for, train
+from cadcore.train import TrainConfig, median_spacing, network_for, split_for, train
 
 STAGES_DIR = "cascade"
 IGNORE_LABEL = 255  # a pseudo-label's "unknown" voxels (cadcore.losses): never a target to crop around
@@ -116,12 +116,8 @@ def default_coarse_patch(cases: list[Case], config: TrainConfig, divisor: list[i
 
 
 def split_of(dataset: Dataset, config: TrainConfig) -> tuple[list[Case], list[Case]]:
-    """The split ``cad train`` would use (explicit ``validation`` list, else seeded), computed once for both stages."""
-    cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
-    if dataset.validation:
-        train_cases, val_cases = list(cases), list(dataset.validation)
-    else:
-        train_cases, val_cases = split_cases(cases, config.seed, config.val_fraction)
+    """``cad train``'s own split (:func:`cadcore.train.split_for`), computed once for both stages and checked."""
+    train_cases, val_cases = (list(part) for part in split_for(config, dataset))
     if not val_cases or not train_cases:
         raise CadError("a cascade needs at least one training and one validation case", dataset.root)
     ids = [c.id for c in train_cases + val_cases]

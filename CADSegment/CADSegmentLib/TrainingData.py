@@ -27,6 +27,7 @@ from typing import Any
 
 import slicer
 import vtk
+from CADExtensionLib.segmentations import removingAddedNodes, writeLabelmapNode
 from CADExtensionLib.volumes import exportVolumeToFile
 
 MINIMUM_PAIRS = 2
@@ -83,10 +84,6 @@ def segmentLabelValues(segmentationNode, labels: Sequence[Mapping[str, Any]], mo
     return values
 
 
-def _nodeIds(scene) -> set[str]:
-    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
-
-
 def exportLabelmapOnVolumeGrid(segmentationNode, values: Mapping[str, int], volumeNode,
                                path: str | os.PathLike[str]) -> Path:
     """Write the segments as one labelmap (segment → ``values[segmentId]``) on ``volumeNode``'s exact grid.
@@ -101,8 +98,7 @@ def exportLabelmapOnVolumeGrid(segmentationNode, values: Mapping[str, int], volu
     scene = volumeNode.GetScene()
     shape = slicer.util.arrayFromVolume(volumeNode).shape[:3]
     segmentation = segmentationNode.GetSegmentation()
-    before = _nodeIds(scene)
-    try:
+    with removingAddedNodes(scene):
         labels = np.zeros(shape, dtype=np.uint8)
         owner: dict[int, str] = {}
         for segmentId, value in values.items():
@@ -123,17 +119,7 @@ def exportLabelmapOnVolumeGrid(segmentationNode, values: Mapping[str, int], volu
         volumeNode.GetIJKToRASMatrix(ijkToRAS)
         labelmapNode.SetIJKToRASMatrix(ijkToRAS)
         slicer.util.updateVolumeFromArray(labelmapNode, labels)
-        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
-        storageNode.SetFileName(str(path))
-        storageNode.UseCompressionOff()
-        if not storageNode.WriteData(labelmapNode):
-            raise RuntimeError(f"{path}: writing the labelmap of {segmentationNode.GetName()!r} failed")
-        return path
-    finally:
-        for nodeId in _nodeIds(scene) - before:
-            node = scene.GetNodeByID(nodeId)
-            if node is not None:
-                scene.RemoveNode(node)
+        return writeLabelmapNode(labelmapNode, path, f"the labelmap of {segmentationNode.GetName()!r}")
 
 
 def checkPairs(pairs: Sequence[tuple[Any, Any]], labels: Sequence[Mapping[str, Any]], modelId: str = "",

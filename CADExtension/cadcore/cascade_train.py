@@ -46,7 +46,7 @@ from cadcore.data import Case, Dataset, load_dataset
 from cadcore.errors import CadError
 from cadcore.io import atomic_path, read_image, read_volume, same_grid
 from cadcore.models import CARD_NAME, ModelPackage, save_package
-from cadcore.networks import build_network, divisor_of
+from cadcore.networks import build_network, divisor_of, strides_for
 from cadcore.train import TrainConfig, median_spacing, network_for, split_for, train
 
 STAGES_DIR = "cascade"
@@ -284,7 +284,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
                      model_id=f"{base}-coarse", max_cases=None, description="coarse stage of a cascade")
     if len(coarse.filters) < 3:  # DynUNet's minimum
         raise CadError(f"--coarse-filters needs at least three levels, got {coarse.filters}")
-    divisor = [2 ** (len(coarse.filters) - 1)] * 3  # network_for's strides: 1, then 2 per level
+    divisor = divisor_of({"params": {"strides": strides_for(coarse.spacing, len(coarse.filters))}})
     coarse.patch_size = list(options.coarse_patch_size or default_coarse_patch(train_cases, coarse, divisor))
     for name, stage in (("--coarse-patch-size", coarse), ("--patch-size", fine)):
         if len(stage.patch_size) != 3 or min(stage.patch_size) < 1:
@@ -293,7 +293,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     if config.init:
         from cadcore.transfer import parent_spec
 
-        spec = parent_spec(config.init, "DynUNet", n_classes)[1]
+        spec = parent_spec(config.init, "DynUNet", n_classes, list(fine_spacing))[1]
         if any(size % div for size, div in zip(fine.patch_size, divisor_of(spec))):
             raise CadError(f"patch size {fine.patch_size} must be divisible by {divisor_of(spec)} (the --init network)")
     else:

@@ -56,6 +56,23 @@ def dynunet_spec(in_channels: int, out_channels: int, filters: list[int], stride
     }
 
 
+def strides_for(spacing: list[float] | None, levels: int) -> list[Any]:
+    """Per-level strides that keep voxels close to isotropic (nnU-Net's rule): an axis is halved at a level only
+    while its current spacing is at most twice the finest one, so 0.86 x 0.86 x 6.5 mm slices are first pooled
+    in-plane ([2, 2, 1] twice) and only then through-plane. Near-isotropic data (or no spacing) gets stride 2 on
+    every axis, as before, written as plain integers so existing cards stay byte-identical."""
+    if not spacing or max(spacing) <= 2 * min(spacing):
+        return [1] + [2] * (levels - 1)
+    current = [float(v) for v in spacing]
+    strides: list[Any] = [1]
+    for _ in range(levels - 1):
+        finest = min(current)
+        step = [2 if value <= 2 * finest else 1 for value in current]
+        current = [value * s for value, s in zip(current, step)]
+        strides.append(step)
+    return strides
+
+
 def divisor_of(spec: dict[str, Any]) -> list[int]:
     """How a patch edge must be divisible for the network's downsampling (product of strides per axis)."""
     params = spec.get("params", {})

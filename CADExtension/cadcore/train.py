@@ -24,7 +24,7 @@ from cadcore.errors import CadError
 from cadcore.inference import pick_device, predict_probabilities
 from cadcore.losses import MaskedDiceCELoss
 from cadcore.models import ModelPackage, save_package
-from cadcore.networks import build_network, divisor_of, dynunet_spec
+from cadcore.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.training_data import PatchDataset, PreparedCase, augmentation, prepare_cases
 from cadcore.training_report import plot_curves, total_training_seconds, write_log
 
@@ -72,8 +72,7 @@ def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
 
 
 def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
-    strides = [1] + [2] * (len(config.filters) - 1)
-    spec = dynunet_spec(1, n_classes, config.filters, strides)
+    spec = dynunet_spec(1, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
     for size, div in zip(config.patch_size, divisor_of(spec)):
         if size % div:
             raise CadError(f"patch size {config.patch_size} must be divisible by {divisor_of(spec)}")
@@ -149,7 +148,10 @@ def train(config: TrainConfig) -> ModelPackage:
     if config.init:
         from cadcore.transfer import parent_spec
 
-        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1)
+        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing)
+        for size, div in zip(config.patch_size, divisor_of(spec)):
+            if size % div:
+                raise CadError(f"patch size {config.patch_size} must be divisible by {divisor_of(spec)}")
     else:
         spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)

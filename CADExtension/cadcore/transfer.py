@@ -2,7 +2,10 @@
 
 Layers whose names and shapes match are loaded; the rest (typically the output layer when the label set differs)
 keep their fresh initialisation, and a report says which. The new network reuses the parent's architecture, with
-the output channels of the new label set. Optionally the encoder is frozen for the first epochs, and pretrained
+the output channels of the new label set and, for a DynUNet, the strides that suit the new working spacing
+(``strides_for``): a parent trained on isotropic voxels fine-tuned on 6.5 mm slices pools in-plane first, and only
+its upsampling kernels, whose shape follows the strides, start fresh.
+Optionally the encoder is frozen for the first epochs, and pretrained
 layers learn at a lower rate than re-initialised ones.
 """
 
@@ -15,13 +18,15 @@ import torch
 
 from cadcore.errors import CadError
 from cadcore.models import ModelPackage, find_model
-from cadcore.networks import network_family
+from cadcore.networks import network_family, strides_for
 
 ENCODER_PREFIXES = ("input_block", "downsamples", "bottleneck", "model.0", "conv1", "layer1", "layer2", "features")
 
 
-def parent_spec(init: str, family: str, n_classes: int) -> tuple[ModelPackage, dict[str, Any]]:
-    """The parent package and its network spec with ``n_classes`` outputs; refuses another network family."""
+def parent_spec(init: str, family: str, n_classes: int,
+                spacing: list[float] | None = None) -> tuple[ModelPackage, dict[str, Any]]:
+    """The parent package and its network spec with ``n_classes`` outputs (and, given the working ``spacing``, a
+    DynUNet's strides for it); refuses another network family."""
     parent = find_model(init)
     parent_family = network_family(parent.card["network"])
     if parent.task != "segmentation" or parent_family != family:
@@ -29,6 +34,11 @@ def parent_spec(init: str, family: str, n_classes: int) -> tuple[ModelPackage, d
                        f"segmentation {family}", parent.folder)
     spec = copy.deepcopy(parent.card["network"])
     spec["params"]["out_channels"] = n_classes
+    params = spec["params"]
+    if spacing and family == "DynUNet" and params.get("filters"):
+        strides = strides_for(spacing, len(params["filters"]))
+        if strides != params.get("strides"):
+            params["strides"], params["upsample_kernel_size"] = strides, strides[1:]
     return parent, spec
 
 

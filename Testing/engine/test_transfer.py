@@ -61,3 +61,27 @@ def test_init_from_another_network_family_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--init model is a classification ResNet" in err and err.count("\n") == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_strides_pool_in_plane_first_on_thick_slices_and_stay_isotropic_otherwise():
+    from cadcore.networks import strides_for
+
+    assert strides_for([1.0, 1.0, 1.0], 4) == [1, 2, 2, 2]  # as every card written before this rule
+    assert strides_for([0.7, 0.7, 1.2], 4) == [1, 2, 2, 2]  # mild anisotropy: unchanged
+    assert strides_for(None, 3) == [1, 2, 2]
+    # 6.5 mm slices at 0.86 mm in-plane: z is pooled only once in-plane voxels have caught up (3.44 x 2 >= 6.5)
+    assert strides_for([0.86, 0.86, 6.5], 4) == [1, [2, 2, 1], [2, 2, 1], [2, 2, 2]]
+
+
+def test_init_onto_thick_slices_takes_the_new_strides_and_reinitialises_only_the_upsampling(tmp_path):
+    parent = make_tiny_segmentation_package(tmp_path / "parent", seed=7)
+    assert parent.card["network"]["params"]["strides"] == [1, 2, 2]
+    output = tmp_path / "child"
+    args = [arg if arg != "2,2,2" else "1,1,4" for arg in TINY]  # the same cases resampled to 4 mm slices
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--init", str(parent.folder), *args]) == 0
+    params = find_model(output).card["network"]["params"]
+    assert params["strides"] == [1, [2, 2, 1], [2, 2, 2]] and params["upsample_kernel_size"] == params["strides"][1:]
+    report = json.loads((output / "init_report.json").read_text())
+    assert report["shape_mismatch"] and all("transp_conv" in name for name in report["shape_mismatch"])
+    assert report["reinitialised"] and all("transp_conv" in name for name in report["reinitialised"])
+    assert report["loaded"] > 0

@@ -11,9 +11,10 @@ Usable without the GUI (scripts, batch, tests)::
 
     logic.run(volumeNode, model="my-classifier", pointRAS=[12.5, -30.0, 8.0], sizeMM=30)  # or a fiducial node
 
-Non-blocking use, cancel and threading are as in ``CADSegmentLib.SegmentationLogic``: inside the Slicer application
-the default runner defers its callbacks and the widget calls :meth:`ClassificationLogic.processEvents` from a
-``qt.QTimer``; ``cancel()`` kills the engine's process tree, and no temporary file nor half-made node remains.
+Non-blocking use, cancel and threading are shared with every CADExtension Logic (``CADExtensionLib.engine_job``):
+inside the Slicer application the default runner defers its callbacks and the widget calls
+:meth:`ClassificationLogic.processEvents` from a ``qt.QTimer``; ``cancel()`` kills the engine's process tree, and no
+temporary file nor half-made node remains.
 
 The engine runs as ``python -m cadcore classify ...`` (see ``CADExtensionLib.command.classifyArgv``): the volume is
 written through a storage node, a segment is exported to a 0/1 labelmap on the volume's grid (``--mask FILE
@@ -25,12 +26,9 @@ ROI (shape, first-order, GLCM texture), the inputs of the classical baseline, wh
 
 from __future__ import annotations
 
-import collections
 import json
-import logging
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +37,8 @@ from typing import Any
 import slicer
 import vtk
 from CADExtensionLib.command import classifyArgv, engineEnvironment
-from CADExtensionLib.command import engineFolder as defaultEngineFolder
-from CADExtensionLib.process import (
-    CANCELLED,
-    ExitCode,
-    ProcessRunner,
-    TemporaryWorkspace,
-    parseProgress,
-    pythonExecutable,
-)
+from CADExtensionLib.engine_job import EngineJobLogic, EngineRun
+from CADExtensionLib.process import TemporaryWorkspace, pythonExecutable
 from CADExtensionLib.segmentations import (
     exportSegmentToLabelmapFile,
     placeUnderStudy,
@@ -55,7 +46,6 @@ from CADExtensionLib.segmentations import (
     segmentIdFromNameOrId,
 )
 from CADExtensionLib.volumes import exportVolumeToFile
-from CADSegmentLib.SegmentationLogic import defaultRunner, engineErrorLine
 
 from CADClassifyLib.ResultNodes import makeFeatureTableNode, makeHeatmapNode, makeTableNode
 
@@ -127,42 +117,26 @@ def pointInVolumeRAS(volumeNode, point) -> list[float]:
 
 
 @dataclass
-class _Run:
-    """State of one run, shared by the calling thread, the runner's callbacks and ``cancel``."""
+class _Run(EngineRun):
+    """One classification: the input node, where the engine writes its result JSON and heatmap (None: no heatmap)."""
 
-    workspace: TemporaryWorkspace
     volumeNode: Any
     resultPath: Path
     heatmapPath: Path | None
     model: str
-    onProgress: Callable[[int], None] | None
-    onLog: Callable[[str], None] | None
-    onFinished: Callable[[Any, str | None], None] | None
-    state: str = "running"  # running → importing → done, or running → cancelled
-    lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
-    progress: int = -1
 
 
-class ClassificationLogic:
-    """Classify a lesion in a volume node with a CADExtension model; see the module docstring for examples."""
+class ClassificationLogic(EngineJobLogic[_Run]):
+    """Classify a lesion in a volume node with a CADExtension model; see the module docstring for examples.
 
-    def __init__(self, runner: ProcessRunner | None = None, engineFolder: str | os.PathLike[str] | None = None,
-                 python: str | None = None, temporaryFolder: str | os.PathLike[str] | None = None) -> None:
-        self.runner: ProcessRunner = runner if runner is not None else defaultRunner()
-        self.engineFolder = Path(engineFolder) if engineFolder else defaultEngineFolder()
-        self.python = python
-        self.temporaryFolder = temporaryFolder
-        self._lock = threading.Lock()
-        self._current: _Run | None = None
-        self._inCallback = threading.local()
+    ``isRunning``, ``processEvents`` and ``cancel(timeout=10.0)`` come from :class:`EngineJobLogic`.
+    """
 
-    def isRunning(self) -> bool:
-        return self._current is not None
-
-    def processEvents(self) -> int:
-        """Deliver the runner's queued callbacks on the calling thread (see ``SegmentationLogic.processEvents``)."""
-        dispatch = getattr(self.runner, "dispatchPendingCallbacks", None)
-        return dispatch() if dispatch is not None else 0
+    logPrefix = "CADClassify"
+    taskName = "classification"
+    busyMessage = "a classification is already running; cancel it or wait for it first"
+    workspacePrefix = "CADClassify-"
+    cancelledError = ClassificationCancelled
 
     def run(self, volumeNode, model: str | os.PathLike[str] | None = None, segmentationNode=None,
             segmentId: str | None = None, pointRAS=None, sizeMM: float | Sequence[float] | None = None,
@@ -187,121 +161,31 @@ class ClassificationLogic:
         center = pointInVolumeRAS(volumeNode, pointRAS) if pointRAS is not None else None
         lesionId = segmentIdFromNameOrId(segmentationNode, segmentId) if segmentationNode is not None else None
         model = str(model) if model is not None else defaultClassificationModel()
-        with self._lock:
-            if self._current is not None:
-                raise RuntimeError("a classification is already running; cancel it or wait for it first")
-            workspace = TemporaryWorkspace(prefix="CADClassify-", parent=self.temporaryFolder)
-            run = _Run(workspace, volumeNode, workspace.path / "result.json",
-                       workspace.path / "heatmap.nrrd" if heatmap else None, model, onProgress, onLog, onFinished)
-            self._current = run
-        try:
-            inputPath = workspace.path / "input.nrrd"
-            maskPath = workspace.path / "mask.nrrd" if lesionId is not None else None
+
+        def makeRun(workspace: TemporaryWorkspace) -> _Run:
+            heatmapPath = workspace.path / "heatmap.nrrd" if heatmap else None
+            return _Run(volumeNode, workspace.path / "result.json", heatmapPath, model, workspace=workspace,
+                        onProgress=onProgress, onLog=onLog, onFinished=onFinished)
+
+        def prepare(run: _Run) -> tuple[list[str], dict[str, str]]:
+            inputPath = run.workspace.path / "input.nrrd"
+            maskPath = run.workspace.path / "mask.nrrd" if lesionId is not None else None
             argv = classifyArgv(self.python or pythonExecutable(), inputPath, run.resultPath, model, device,
                                 maskPath=maskPath, label=1 if maskPath else None, centerRAS=center, sizeMM=sizeMM,
                                 heatmapPath=run.heatmapPath)  # checks the options before anything is written
             exportVolumeToFile(volumeNode, inputPath)
             if maskPath is not None:
                 exportSegmentToLabelmapFile(segmentationNode, lesionId, volumeNode, maskPath)
-            env = engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH"))
-            logging.info("CADClassify: running %s", " ".join(argv))
-            self.runner.start(argv, env, lambda line: self._onLine(run, line),
-                              None if wait else (lambda code: self._onFinishedAsync(run, code)))
-        except BaseException:
-            self._end(run)
-            raise
-        if not wait:
-            return None
-        try:
-            code = self.runner.wait()
-        except BaseException:  # e.g. Ctrl-C in a script: stop the engine too, leave nothing behind
-            self.cancel()
-            self._end(run)
-            raise
-        try:
-            result = self._finish(run, code)
-        except Exception as exc:
-            self._notify(run, None, CANCELLED if isinstance(exc, ClassificationCancelled) else str(exc))
-            raise
-        self._notify(run, result, None)
+            return argv, engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH"))
+
+        return self._runJob(makeRun, prepare, wait)
+
+    def _importResult(self, run: _Run) -> ClassificationResult:
+        """The result JSON (and heatmap) into table and volume nodes; the bar then shows 100%."""
+        report = _readReport(run.resultPath)
+        result = _resultNodes(run.volumeNode, report, run.heatmapPath)
+        self._reportProgress(run, 100)
         return result
-
-    def cancel(self, timeout: float = 10.0) -> bool:
-        """Stop the current run: kill the engine's process tree, remove its temporary files. False if too late
-        (nothing running, or the result is already being read into nodes)."""
-        with self._lock:
-            run = self._current
-            if run is None or run.state != "running":
-                return False
-            run.state = "cancelled"
-        self.runner.cancel()
-        if not getattr(self._inCallback, "active", False):  # waiting inside a runner callback would deadlock
-            self.runner.wait(timeout)
-        self._end(run)
-        return True
-
-    def _onLine(self, run: _Run, line: str) -> None:
-        self._inCallback.active = True
-        try:
-            run.lines.append(line)
-            percent = parseProgress(line)
-            if percent is not None:
-                self._progress(run, percent)
-                return
-            logging.debug("cad: %s", line)
-            if run.onLog:
-                run.onLog(line)
-        finally:
-            self._inCallback.active = False
-
-    @staticmethod
-    def _progress(run: _Run, percent: int) -> None:
-        if percent != run.progress and run.onProgress:
-            run.progress = percent
-            run.onProgress(percent)
-
-    def _onFinishedAsync(self, run: _Run, code: ExitCode) -> None:
-        try:
-            result = self._finish(run, code)
-        except Exception as exc:
-            logging.error("CADClassify: %s", exc)
-            self._notify(run, None, CANCELLED if isinstance(exc, ClassificationCancelled) else str(exc))
-            return
-        self._notify(run, result, None)
-
-    def _finish(self, run: _Run, code: ExitCode | None) -> ClassificationResult:
-        """Read the result into nodes (exit code 0) or raise; the workspace is removed and the logic freed always."""
-        try:
-            with self._lock:
-                if run.state == "cancelled" or code == CANCELLED:
-                    run.state = "cancelled"
-                    raise ClassificationCancelled("classification cancelled")
-                run.state = "importing"
-            if code != 0:
-                raise RuntimeError(f"classification failed: {engineErrorLine(list(run.lines), code)}")
-            report = _readReport(run.resultPath)
-            result = _resultNodes(run.volumeNode, report, run.heatmapPath)
-            self._progress(run, 100)
-            return result
-        finally:
-            self._end(run)
-
-    def _end(self, run: _Run) -> None:
-        run.workspace.cleanup()
-        with self._lock:
-            if run.state != "cancelled":
-                run.state = "done"
-            if self._current is run:
-                self._current = None
-
-    @staticmethod
-    def _notify(run: _Run, result, error: str | None) -> None:
-        if run.onFinished is None:
-            return
-        try:
-            run.onFinished(result, error)
-        except Exception:
-            logging.exception("CADClassify: error in onFinished")
 
 
 def _readReport(path: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Slicer glue shared by the CADExtension modules: volumes to files, the engine command, background processes,
-engine results into segmentation nodes (and segments into mask files), the model registry and the engine's Python
-dependencies.
+the one-job-at-a-time run/wait/cancel plumbing every Logic shares, engine results into segmentation nodes (and
+segments into mask files), the model registry and the engine's Python dependencies.
 
 Imports ``slicer`` and ``vtk`` only (no ``qt``/``ctk``/``ScriptedLoadableModule``, no torch/MONAI/cadcore), so it
 runs both inside the Slicer application and on the ``slicer-core`` wheel that the MRML test suite uses.
@@ -15,6 +15,7 @@ from CADExtensionLib.command import (
     trainArgv,
 )
 from CADExtensionLib.dependencies import DependencyError, DependencyLogic
+from CADExtensionLib.engine_job import EngineJobLogic, EngineRun, defaultRunner, engineErrorLine
 from CADExtensionLib.models import ModelError, ModelManagerLogic, downloadFile, isSafeModelId
 from CADExtensionLib.process import (
     CANCELLED,
@@ -42,6 +43,8 @@ __all__ = [
     "ENGINE_MODULE",
     "DependencyError",
     "DependencyLogic",
+    "EngineJobLogic",
+    "EngineRun",
     "LineSplitter",
     "ModelError",
     "ModelManagerLogic",
@@ -50,8 +53,10 @@ __all__ = [
     "TemporaryWorkspace",
     "VolumeGeometry",
     "classifyArgv",
+    "defaultRunner",
     "downloadFile",
     "engineEnvironment",
+    "engineErrorLine",
     "engineFolder",
     "exportSegmentToLabelmapFile",
     "exportVolumeToFile",

@@ -17,30 +17,19 @@ every outcome. Non-blocking use and cancel work as in :class:`CADSegmentLib.Segm
 
 from __future__ import annotations
 
-import collections
-import logging
 import os
 import re
 import shutil
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from CADExtensionLib.command import engineEnvironment, trainArgv
-from CADExtensionLib.command import engineFolder as defaultEngineFolder
+from CADExtensionLib.engine_job import EngineJobLogic, EngineRun
 from CADExtensionLib.models import ModelError, ModelManagerLogic, isSafeModelId, readCard
-from CADExtensionLib.process import (
-    CANCELLED,
-    ExitCode,
-    ProcessRunner,
-    TemporaryWorkspace,
-    parseProgress,
-    pythonExecutable,
-)
+from CADExtensionLib.process import ProcessRunner, TemporaryWorkspace, parseProgress, pythonExecutable
 
-from CADSegmentLib.SegmentationLogic import defaultRunner, engineErrorLine
 from CADSegmentLib.TrainingData import (
     checkPairs,
     exportPairs,
@@ -115,52 +104,43 @@ class ImproveModelResult:
 
 
 @dataclass
-class _Run:
-    workspace: TemporaryWorkspace
+class _Run(EngineRun):
+    """One fine-tuning: the registry to import into, where the engine writes the package, and its ids."""
+
     models: ModelManagerLogic
     outputPath: Path
     modelId: str
     parentId: str
     overwrite: bool
-    onProgress: Callable[[int], None] | None
-    onLog: Callable[[str], None] | None
-    onFinished: Callable[[ImproveModelResult | None, str | None], None] | None
-    state: str = "running"  # running → registering → done, or running → cancelled
-    lines: collections.deque = field(default_factory=lambda: collections.deque(maxlen=200))
-    progress: int = -1
-    status: str = ""
+    status: str = ""  # the last epoch status line sent to onLog
 
 
-class ImproveModelLogic:
-    """Fine-tune a model on scene pairs or a folder; see the module docstring."""
+class ImproveModelLogic(EngineJobLogic[_Run]):
+    """Fine-tune a model on scene pairs or a folder; see the module docstring.
+
+    ``isRunning``, ``processEvents`` and ``cancel(timeout=10.0)`` come from :class:`EngineJobLogic`.
+    """
+
+    logPrefix = "CADSegment"
+    taskName = "fine-tuning"
+    busyMessage = "a fine-tuning run is already going on; cancel it or wait for it first"
+    workspacePrefix = "CADSegment-train-"
+    importingState = "registering"
+    cancelledError = ImproveModelCancelled
 
     def __init__(self, runner: ProcessRunner | None = None, engineFolder: str | os.PathLike[str] | None = None,
                  python: str | None = None, temporaryFolder: str | os.PathLike[str] | None = None,
                  modelsFolder: str | os.PathLike[str] | None = None,
                  shippedFolder: str | os.PathLike[str] | None = None) -> None:
-        self.runner: ProcessRunner = runner if runner is not None else defaultRunner()
-        self.engineFolder = Path(engineFolder) if engineFolder else defaultEngineFolder()
-        self.python = python
-        self.temporaryFolder = temporaryFolder
+        super().__init__(runner, engineFolder, python, temporaryFolder)
         self.modelsFolder = modelsFolder
         self.shippedFolder = shippedFolder
-        self._lock = threading.Lock()
-        self._current: _Run | None = None
-        self._inCallback = threading.local()
 
     @property
     def models(self) -> ModelManagerLogic:
         """The model registry, made afresh on each use: with ``modelsFolder`` None it follows ``$CAD_MODELS``, which
         the CAD Extension settings update while Slicer runs."""
         return ModelManagerLogic(modelsFolder=self.modelsFolder, shippedFolder=self.shippedFolder)
-
-    def isRunning(self) -> bool:
-        return self._current is not None
-
-    def processEvents(self) -> int:
-        """Deliver the runner's queued callbacks on this thread (the widget's QTimer does it inside Slicer)."""
-        dispatch = getattr(self.runner, "dispatchPendingCallbacks", None)
-        return dispatch() if dispatch is not None else 0
 
     def suggestModelId(self, parentId: str) -> str:
         return suggestModelId(parentId, (entry["id"] for entry in self.models.listModels()))
@@ -211,140 +191,63 @@ class ImproveModelLogic:
         self.checkNewModelId(newModelId, overwrite)
         values = checkPairs(pairs, labels, entry["id"]) if pairs is not None else None
         split = folderDataset(folder, labels, entry["id"]) if folder is not None else None
-        with self._lock:
-            if self._current is not None:
-                raise RuntimeError("a fine-tuning run is already going on; cancel it or wait for it first")
-            workspace = TemporaryWorkspace(prefix="CADSegment-train-", parent=self.temporaryFolder)
-            run = _Run(workspace, models, workspace.path / newModelId, newModelId, entry["id"], overwrite,
-                       onProgress, onLog, onFinished)
-            self._current = run
-        try:
+
+        def makeRun(workspace: TemporaryWorkspace) -> _Run:
+            return _Run(models, workspace.path / newModelId, newModelId, entry["id"], overwrite, workspace=workspace,
+                        onProgress=onProgress, onLog=onLog, onFinished=onFinished)
+
+        def prepare(run: _Run) -> tuple[list[str], dict[str, str]]:
+            data = run.workspace.path / "data"
+            train, validation = split if split is not None else ([], [])
             if values is not None:
-                cases = exportPairs(pairs, values, workspace.path / "data")
+                cases = exportPairs(pairs, values, data)
                 count = validationCount(len(cases))
-                split = (cases[:-count], cases[-count:])
-            datasetPath, labelsPath = writeDataset(workspace.path / "data", *split, labels,
+                train, validation = cases[:-count], cases[-count:]
+            datasetPath, labelsPath = writeDataset(data, train, validation, labels,
                                                    name=f"{entry['id']} corrections", modality=card.get("modality"))
             argv = trainArgv(self.python or pythonExecutable(), datasetPath, run.outputPath, entry["path"],
                              newModelId, epochs=epochs, device=device, labelsPath=labelsPath,
                              freezeEncoderEpochs=freezeEncoderEpochs, valEvery=validationInterval(epochs),
                              **parentSettings(card),
-                             description=f"{entry['id']} fine-tuned on {len(split[0]) + len(split[1])} cases "
+                             description=f"{entry['id']} fine-tuned on {len(train) + len(validation)} cases "
                                          "in 3D Slicer")
-            env = {**engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH")),
-                   **models.engineEnvironment()}
-            logging.info("CADSegment: running %s", " ".join(argv))
-            self.runner.start(argv, env, lambda line: self._onLine(run, line),
-                              None if wait else (lambda code: self._onFinishedAsync(run, code)))
-        except BaseException:
-            self._end(run)
-            raise
-        if not wait:
-            return None
-        try:
-            code = self.runner.wait()
-        except BaseException:  # e.g. Ctrl-C in a script: stop the engine too, leave nothing behind
-            self.cancel()
-            self._end(run)
-            raise
-        try:
-            result = self._finish(run, code)
-        except Exception as exc:
-            self._notify(run, None, CANCELLED if isinstance(exc, ImproveModelCancelled) else str(exc))
-            raise
-        self._notify(run, result, None)
-        return result
+            return argv, {**engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH")),
+                          **models.engineEnvironment()}
 
-    def cancel(self, timeout: float = 10.0) -> bool:
-        """Stop the run: kill the engine's process tree, remove the workspace; nothing is registered. False if
-        there is no run or it is already registering its result."""
-        with self._lock:
-            run = self._current
-            if run is None or run.state != "running":
-                return False
-            run.state = "cancelled"
-        self.runner.cancel()
-        if not getattr(self._inCallback, "active", False):  # waiting inside a runner callback would deadlock
-            self.runner.wait(timeout)
-        self._end(run)
-        return True
+        return self._runJob(makeRun, prepare, wait)
 
-    def _onLine(self, run: _Run, line: str) -> None:
-        self._inCallback.active = True
+    def _onProgressLine(self, run: _Run, line: str, percent: int) -> None:
+        """``cad train``'s bars fill stages of one panel bar that never goes back, plus one status line per epoch
+        in the log (the bar redraws themselves are never logged)."""
+        percent = trainingProgress(line)
+        if percent is not None and percent > run.progress:
+            run.progress = percent
+            if run.onProgress:
+                run.onProgress(percent)
+        status = trainingStatus(line)
+        if status and status.split(":")[0] != run.status.split(":")[0] and run.onLog:
+            run.onLog(status)
+        run.status = status or run.status
+
+    def _importResult(self, run: _Run) -> ImproveModelResult:
+        """Register the engine's package in the user models folder; only now does the new model appear."""
+        if not (run.outputPath / "model.json").is_file():
+            raise RuntimeError(f"fine-tuning failed: the engine wrote no model package in {run.outputPath}")
+        # Checkpoints (optimizer state, several times the weights) only serve --resume, which this panel
+        # does not offer; the card, weights, curves, log and summary are what the user keeps.
+        shutil.rmtree(run.outputPath / "training", ignore_errors=True)
         try:
-            run.lines.append(line)
-            if parseProgress(line) is not None:  # a progress bar redraw: the bar and a status line, never the log
-                percent = trainingProgress(line)
-                if percent is not None and percent > run.progress:
-                    run.progress = percent
-                    if run.onProgress:
-                        run.onProgress(percent)
-                status = trainingStatus(line)
-                if status and status.split(":")[0] != run.status.split(":")[0] and run.onLog:
-                    run.onLog(status)
-                run.status = status or run.status
-                return
-            logging.debug("cad: %s", line)
-            if run.onLog:
-                run.onLog(line)
-        finally:
-            self._inCallback.active = False
-
-    def _onFinishedAsync(self, run: _Run, code: ExitCode) -> None:
+            entry = run.models.importModel(run.outputPath, overwrite=run.overwrite)
+        except ModelError as exc:
+            raise RuntimeError(f"the new model could not be registered: {exc}") from exc
+        folder = Path(entry["path"])
+        curves = folder / "training_curves.png"
         try:
-            result = self._finish(run, code)
-        except Exception as exc:
-            logging.error("CADSegment: %s", exc)
-            self._notify(run, None, CANCELLED if isinstance(exc, ImproveModelCancelled) else str(exc))
-            return
-        self._notify(run, result, None)
-
-    def _finish(self, run: _Run, code: ExitCode | None) -> ImproveModelResult:
-        """Register the package (exit code 0) or raise; the workspace is removed and the logic freed in every case."""
-        try:
-            with self._lock:
-                if run.state == "cancelled" or code == CANCELLED:
-                    run.state = "cancelled"
-                    raise ImproveModelCancelled("fine-tuning cancelled")
-                run.state = "registering"
-            if code != 0:
-                raise RuntimeError(f"fine-tuning failed: {engineErrorLine(list(run.lines), code)}")
-            if not (run.outputPath / "model.json").is_file():
-                raise RuntimeError(f"fine-tuning failed: the engine wrote no model package in {run.outputPath}")
-            # Checkpoints (optimizer state, several times the weights) only serve --resume, which this panel
-            # does not offer; the card, weights, curves, log and summary are what the user keeps.
-            shutil.rmtree(run.outputPath / "training", ignore_errors=True)
-            try:
-                entry = run.models.importModel(run.outputPath, overwrite=run.overwrite)
-            except ModelError as exc:
-                raise RuntimeError(f"the new model could not be registered: {exc}") from exc
-            folder = Path(entry["path"])
-            curves = folder / "training_curves.png"
-            try:
-                dice = readCard(folder).get("metrics", {}).get("validation_dice_working_space")
-            except ModelError:
-                dice = None
-            return ImproveModelResult(entry["id"], folder, curves if curves.is_file() else None, run.parentId,
-                                      entry, float(dice) if isinstance(dice, (int, float)) else None)
-        finally:
-            self._end(run)
-
-    def _end(self, run: _Run) -> None:
-        run.workspace.cleanup()
-        with self._lock:
-            if run.state != "cancelled":
-                run.state = "done"
-            if self._current is run:
-                self._current = None
-
-    @staticmethod
-    def _notify(run: _Run, result: ImproveModelResult | None, error: str | None) -> None:
-        if run.onFinished is None:
-            return
-        try:
-            run.onFinished(result, error)
-        except Exception:
-            logging.exception("CADSegment: error in onFinished")
+            dice = readCard(folder).get("metrics", {}).get("validation_dice_working_space")
+        except ModelError:
+            dice = None
+        return ImproveModelResult(entry["id"], folder, curves if curves.is_file() else None, run.parentId,
+                                  entry, float(dice) if isinstance(dice, (int, float)) else None)
 
 
 def parentSettings(card: dict[str, Any]) -> dict[str, Any]:

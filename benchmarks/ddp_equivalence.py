@@ -19,6 +19,9 @@ per run, three runs, evaluation included) takes about 15-20 minutes on quiet cor
 
     nice -n 5 .venv/bin/python benchmarks/ddp_equivalence.py --json benchmarks/results/ddp_equivalence.json
 
+``--threads 1`` gives every process one thread (use it when another job shares the cores: two-thread OpenMP
+processes on oversubscribed cores ran 5-10x slower here). Wall times are recorded but are not the point.
+
 Smoke run: ``--train-cases 8 --epochs 2 --max-eval 4 --work runs/ddp_smoke --json runs/ddp_smoke.json``.
 """
 
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--val-every", type=int, default=3)
     parser.add_argument("--max-eval", type=int, default=None, help="smoke runs: fewer evaluation cases")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per process (default: the cores shared among the processes)")
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data}: hippocampus data not found (../shared/data)")
@@ -118,10 +123,11 @@ def main() -> None:
         package = args.work / name
         train_s = run([*launcher, *common, "-o", str(package), "--id", f"hippocampus-{name}",
                        "--batch-size", str(batch), "--seed", str(seed)],
-                      max(1, cores // processes), args.work / f"{name}.log")
+                      args.threads or max(1, cores // processes), args.work / f"{name}.log")
         report = args.work / f"evaluate_{name}.json"
         run([*cad, "evaluate", "-m", str(package), "--data", str(args.work / "evaluation.json"), "--split", "all",
-             "-o", str(report), "--device", "cpu", "--force"], cores, args.work / f"evaluate_{name}.log")
+             "-o", str(report), "--device", "cpu", "--force"], args.threads or cores,
+            args.work / f"evaluate_{name}.log")
         summary = json.loads((package / "training_summary.json").read_text())
         evaluation = json.loads(report.read_text())
         results[name] = {"processes": processes, "batch_per_process": batch, "seed": seed, "train_s": train_s,

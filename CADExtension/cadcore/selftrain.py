@@ -240,15 +240,16 @@ def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confi
                             f"pseudo-labelling (round {index})")
     names = {"0": "background", **{str(k): v for k, v in sorted(dataset.label_names.items())}}
 
-    def entry(case: Case) -> dict[str, Any]:
-        return {"image": str(case.image), "label": str(case.label)}
+    def entry(case: Case) -> dict[str, Any]:  # absolute: this file lives elsewhere than the user's dataset.json
+        return {"image": str(Path(case.image).resolve()), "label": str(Path(case.label).resolve())}
 
     spec = {
         "name": f"{dataset.name or dataset.root.name} + {len(volumes)} pseudo-labelled volumes (self-training round "
                 f"{index}, teacher {teacher.id})",
         "licence": dataset.licence, "labels": names,
         "training": [entry(c) for c in train_cases] + [
-            {"image": str(p), "label": summary["files"][case_id(p)], "pseudo": True} for p in volumes],
+            {"image": str(Path(p).resolve()), "label": str(Path(summary["files"][case_id(p)]).resolve()), "pseudo": True}
+            for p in volumes],
         "validation": [entry(c) for c in val_cases],
     }
     if dataset.modality:

@@ -4,6 +4,7 @@ and bad input refused before any training."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,18 @@ def unlabelled_folder(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def self_trained(tmp_path_factory) -> Path:
+    """Run as a user typing RELATIVE paths in a shell (the student's dataset.json must not resolve them twice)."""
     root = tmp_path_factory.mktemp("selftrain")
-    output = root / "tiny-self"
-    assert main(["train", "--data", str(labelled_dataset(root / "data")), "-o", str(output), "--unlabelled",
-                 str(unlabelled_folder(root / "unlabelled")), "--rounds", "2", *TINY]) == 0
-    return output
+    labelled_dataset(root / "data")
+    unlabelled_folder(root / "unlabelled")
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["train", "--data", "data/dataset.json", "-o", "tiny-self", "--unlabelled", "unlabelled",
+                     "--rounds", "2", *TINY]) == 0
+    finally:
+        os.chdir(previous)
+    return root / "tiny-self"
 
 
 def test_self_training_exports_a_package_with_its_rounds(self_trained):

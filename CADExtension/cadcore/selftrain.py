@@ -248,8 +248,8 @@ def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confi
                 f"{index}, teacher {teacher.id})",
         "licence": dataset.licence, "labels": names,
         "training": [entry(c) for c in train_cases] + [
-            {"image": str(Path(p).resolve()), "label": str(Path(summary["files"][case_id(p)]).resolve()), "pseudo": True}
-            for p in volumes],
+            {"image": str(Path(p).resolve()), "label": str(Path(summary["files"][case_id(p)]).resolve()),
+             "pseudo": True} for p in volumes],
         "validation": [entry(c) for c in val_cases],
     }
     if dataset.modality:

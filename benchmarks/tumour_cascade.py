@@ -183,6 +183,17 @@ def ship(folder: Path, result: dict[str, Any]) -> None:
     print(f"shipped {SHIP} ({(SHIP / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
 
 
+def failures(result: dict[str, Any]) -> str:
+    """The plain sentence a user needs before trusting the mean: how many unseen scans the model missed."""
+    missed = [r["case"] for r in result["cases"] if r["dice_cascade"] < 0.1]
+    if not missed:
+        return ""
+    return (f"**It missed the tumour (Dice < 0.1) on {len(missed)} of {len(result['cases'])} unseen scans** "
+            f"({', '.join(missed)}; the single stage missed them too): with {result['split']['n_scans']['train']} "
+            "training scans it finds other enhancing tissue. Check every result; correct it in the Segment Editor "
+            "(fine-tuning a cascade with *Improve model* is not supported yet).")
+
+
 def model_card_md(card: dict[str, Any], result: dict[str, Any]) -> str:
     """The human-readable card, filled from the package card and this benchmark's results."""
     training, split = card["training"], result["split"]
@@ -220,7 +231,7 @@ its region only.
 - `cad train --cascade`: coarse stage {stages['coarse']['epochs']} epochs on whole volumes, fine stage \
 {stages['fine']['epochs']} epochs on tumour crops (box + margin; each side's margin is jittered by up to \
 +-{100 * training['roi_crops']['jitter']:.0f} %); seed \
-{training['seed']}; {training['seconds']} s on 2 CPU cores in all.
+{training['seed']}; {training['seconds']} s of CPU training (one thread) in all.
 
 ## Evaluation (native scans with true geometry, patients never trained on)
 
@@ -233,7 +244,7 @@ the fine stage's architecture, spacing, patch, epochs and seed (`benchmarks/tumo
 {rows}
 
 Mean Dice {result['mean_dice']['cascade']:.4f} (single stage {result['mean_dice']['single']:.4f}); \
-{result['speedup']:.1f}x faster than the single stage.
+{result['speedup']:.1f}x faster than the single stage. {failures(result)}
 
 ## Licence and limits
 

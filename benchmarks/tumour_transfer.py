@@ -1,20 +1,22 @@
 """Transfer learning on brain tumours: Dice from scratch vs starting from ``hippocampus-unet`` (``cad train --init``).
 
 Both runs train the single-stage full-resolution network of ``benchmarks/tumour_cascade.py`` (DynUNet 16-32-64-128,
-0.86 x 0.86 x 6.5 mm, patch 64 x 64 x 8; the architecture of ``hippocampus-unet``, so every layer but the output one
-loads) on the same patients, for the same epochs, with the same seed; only the starting weights differ (with
+0.86 x 0.86 x 6.5 mm, patch 64 x 64 x 8; the filters of ``hippocampus-unet``, so every layer but the output one and
+the upsampling kernels loads, see below) on the same patients, for the same epochs, with the same seed; only the
+starting weights differ (with
 ``--init`` the pretrained layers learn at ``--pretrained-lr-factor`` times the learning rate, the re-initialised output
 layer at the full rate; the encoder can be frozen for ``--freeze-encoder-epochs``). Data and split:
 ``benchmarks/tumour_data.py``; both are scored with ``cad evaluate --split all`` on the native scans of PGBM-001 and
 PGBM-003 (never trained on). The validation Dice curve of each run (from its ``training_log.csv``) is reported too:
 transfer usually shows first in how fast the curve rises.
 
-    nice -n 5 .venv/bin/python benchmarks/tumour_transfer.py --epochs 120 --val-every 20 --threads 2 \\
+    nice -n 5 .venv/bin/python benchmarks/tumour_transfer.py --epochs 400 --val-every 40 --threads 1 \\
         --json benchmarks/results/tumour_transfer.json
 
-Defaults are these settings: each training ~5 min on the project's 2 CPU cores when nothing else runs (~1.4 s per
-epoch, ~21 s per validation over 4 whole volumes; 2-20x slower while other jobs share the cores), evaluation about
-a minute per model.
+Defaults are these settings: each training ~30 min on one of the project's 2 CPU cores (~3.5 s per epoch, ~40 s per
+validation over 4 whole volumes, while another one-thread job used the other core), evaluation about a minute per
+model. The network's strides follow the 6.5 mm slices (``strides_for``), which differ from hippocampus-unet's, so
+with ``--init`` its upsampling kernels start fresh too (``init_report.json`` lists them).
 
 The scratch run is the single-stage package of ``tumour_cascade.py`` when epochs, patch, seed agree (it is reused
 from ``runs/tumour/``, not trained twice).
@@ -37,12 +39,12 @@ from tumour_data import PATCH, REPO, WORK, build, evaluate, single_stage  # noqa
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=120)
-    parser.add_argument("--val-every", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--val-every", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch", default=PATCH)
     parser.add_argument("--init", default="hippocampus-unet", help="the package to start from")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--val-patients", type=int, default=2, help="patients for checkpoint choice")
     parser.add_argument("--max-eval-cases", type=int, default=None, help="only the first N evaluation scans (smoke)")
     parser.add_argument("--work", type=Path, default=WORK)

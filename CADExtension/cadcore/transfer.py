@@ -28,6 +28,9 @@ def parent_spec(init: str, family: str, n_classes: int,
     """The parent package and its network spec with ``n_classes`` outputs (and, given the working ``spacing``, a
     DynUNet's strides for it); refuses another network family."""
     parent = find_model(init)
+    if "cascade" in parent.card:  # its weights are stored per stage ("coarse.", "fine."): nothing would load
+        raise CadError("--init model is a coarse-to-fine cascade; starting from a cascade is not supported (train "
+                       "with --cascade from scratch, or --init from a single-stage model)", parent.folder)
     parent_family = network_family(parent.card["network"])
     if parent.task != "segmentation" or parent_family != family:
         raise CadError(f"--init model is a {parent.task} {parent_family} network; this training builds a "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -85,3 +86,15 @@ def test_init_onto_thick_slices_takes_the_new_strides_and_reinitialises_only_the
     assert report["shape_mismatch"] and all("transp_conv" in name for name in report["shape_mismatch"])
     assert report["reinitialised"] and all("transp_conv" in name for name in report["reinitialised"])
     assert report["loaded"] > 0
+
+
+def test_init_from_a_cascade_is_refused_before_training(tmp_path, capsys):
+    from cadcore.models import SHIPPED_MODELS
+
+    if not (SHIPPED_MODELS / "brain-tumour-cascade" / "model.json").exists():
+        pytest.skip("brain-tumour-cascade is not shipped")
+    output = tmp_path / "child"
+    assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--init", "brain-tumour-cascade", *TINY]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "cascade" in error[0] and "brain-tumour-cascade" in error[0]
+    assert not output.exists()

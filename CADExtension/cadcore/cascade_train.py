@@ -47,7 +47,7 @@ from cadcore.errors import CadError
 from cadcore.io import atomic_path, read_image, read_volume, same_grid
 from cadcore.models import CARD_NAME, ModelPackage, save_package
 from cadcore.networks import build_network, divisor_of, strides_for
-from cadcore.train import TrainConfig, median_spacing, network_for, split_for, train
+from cadcore.train import TrainConfig, check_patch, median_spacing, network_for, split_for, train
 
 STAGES_DIR = "cascade"
 IGNORE_LABEL = 255  # a pseudo-label's "unknown" voxels (cadcore.losses): never a target to crop around
@@ -293,9 +293,8 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     if config.init:
         from cadcore.transfer import parent_spec
 
-        spec = parent_spec(config.init, "DynUNet", n_classes, list(fine_spacing))[1]
-        if any(size % div for size, div in zip(fine.patch_size, divisor_of(spec))):
-            raise CadError(f"patch size {fine.patch_size} must be divisible by {divisor_of(spec)} (the --init network)")
+        check_patch(fine.patch_size, parent_spec(config.init, "DynUNet", n_classes, list(fine_spacing))[1],
+                    " (the --init network)")
     else:
         build_network(network_for(fine, n_classes))
     return coarse, fine

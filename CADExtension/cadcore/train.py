@@ -73,10 +73,14 @@ def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
 
 def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
     spec = dynunet_spec(1, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
-    for size, div in zip(config.patch_size, divisor_of(spec)):
-        if size % div:
-            raise CadError(f"patch size {config.patch_size} must be divisible by {divisor_of(spec)}")
+    check_patch(config.patch_size, spec)
     return spec
+
+
+def check_patch(patch_size: list[int], spec: dict[str, Any], whose: str = "") -> None:
+    """Refuse, before any training, a patch the network's downsampling cannot halve cleanly."""
+    if any(size % div for size, div in zip(patch_size, divisor_of(spec))):
+        raise CadError(f"patch size {patch_size} must be divisible by {divisor_of(spec)}{whose}")
 
 
 def median_spacing(cases, orientation: str | None) -> list[float]:
@@ -149,9 +153,7 @@ def train(config: TrainConfig) -> ModelPackage:
         from cadcore.transfer import parent_spec
 
         parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing)
-        for size, div in zip(config.patch_size, divisor_of(spec)):
-            if size % div:
-                raise CadError(f"patch size {config.patch_size} must be divisible by {divisor_of(spec)}")
+        check_patch(config.patch_size, spec, " (the --init network)")
     else:
         spec = network_for(config, len(label_values) + 1)
     torch.manual_seed(config.seed)

@@ -134,8 +134,6 @@ class ClassificationLogic(EngineJobLogic[_Run]):
 
     logPrefix = "CADClassify"
     taskName = "classification"
-    busyMessage = "a classification is already running; cancel it or wait for it first"
-    workspacePrefix = "CADClassify-"
     cancelledError = ClassificationCancelled
 
     def run(self, volumeNode, model: str | os.PathLike[str] | None = None, segmentationNode=None,

@@ -98,8 +98,10 @@ class EngineJobLogic(Generic[RunT]):
     """Prefix of this Logic's log messages (the module name)."""
     taskName: ClassVar[str] = "engine run"
     """Starts the messages ``"<task> cancelled"`` and ``"<task> failed: <engine error>"``."""
-    busyMessage: ClassVar[str] = "an engine run is already going on; cancel it or wait for it first"
-    workspacePrefix: ClassVar[str] = "CADExtension-"
+    busyMessage: ClassVar[str | None] = None
+    """Refusal of a second run; default ``"a <task> is already running; cancel it or wait for it first"``."""
+    workspacePrefix: ClassVar[str | None] = None
+    """Temporary folder name prefix; default ``"<logPrefix>-"``."""
     importingState: ClassVar[str] = "importing"
     """The state while the result is read in, when ``cancel`` is refused."""
     cancelledError: ClassVar[type[Exception]] = RuntimeError
@@ -151,8 +153,10 @@ class EngineJobLogic(Generic[RunT]):
         """
         with self._lock:
             if self._current is not None:
-                raise RuntimeError(self.busyMessage)
-            workspace = TemporaryWorkspace(prefix=self.workspacePrefix, parent=self.temporaryFolder)
+                raise RuntimeError(self.busyMessage
+                                   or f"a {self.taskName} is already running; cancel it or wait for it first")
+            workspace = TemporaryWorkspace(prefix=self.workspacePrefix or f"{self.logPrefix}-",
+                                           parent=self.temporaryFolder)
             run = makeRun(workspace)
             self._current = run
         try:

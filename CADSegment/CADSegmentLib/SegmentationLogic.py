@@ -86,8 +86,6 @@ class SegmentationLogic(EngineJobLogic[_Run]):
 
     logPrefix = "CADSegment"
     taskName = "segmentation"
-    busyMessage = "a segmentation is already running; cancel it or wait for it first"
-    workspacePrefix = "CADSegment-"
     cancelledError = SegmentationCancelled
 
     def run(self, volumeNode, model: str = "hippocampus-unet", device: str = "cpu", outputSegmentationNode=None,

@@ -17,7 +17,7 @@ Defaults are these settings (the shipped run). Cost on this project's 2 CPU core
 while a second one-thread job used the other core: ~3.1 s per epoch for the fine stage (ROI crops), ~3.5 s for the
 single stage, ~4.5 s for the coarse stage (patch 64 x 64 x 16); a validation costs ~1 s for either cascade stage
 but ~40 s for the single stage (4 whole volumes at full resolution). The cascade took 47 min (both stages), the
-single stage 29 min; evaluation and timing ~5 min. Two-thread jobs sharing the cores ran 5-10x slower (OpenMP
+single stage 33 min; evaluation and timing ~5 min. Two-thread jobs sharing the cores ran 5-10x slower (OpenMP
 threads waiting on each other): give each job one thread (``--threads 1``) when anything else runs. Both models
 use the same validation schedule (checkpoint choice every ``--val-every`` epochs).
 

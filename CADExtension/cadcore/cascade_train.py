@@ -45,12 +45,12 @@ import SimpleITK as sitk
 from cadcore.data import Case, Dataset, load_dataset
 from cadcore.errors import CadError
 from cadcore.io import atomic_path, read_image, read_volume, same_grid
+from cadcore.losses import IGNORE_LABEL  # a pseudo-label's "unknown": never a target to crop around
 from cadcore.models import CARD_NAME, ModelPackage, save_package
-from cadcore.networks import build_network, divisor_of, strides_for
-from cadcore.train import TrainConfig, check_patch, median_spacing, network_for, split_for, train
+from cadcore.networks import build_network, divisor_of, dynunet_spec, strides_for
+from cadcore.train import TrainConfig, check_patch, median_spacing, network_for, oriented_header, split_for, train
 
 STAGES_DIR = "cascade"
-IGNORE_LABEL = 255  # a pseudo-label's "unknown" voxels (cadcore.losses): never a target to crop around
 COARSE_PATCH_CAP = 128  # voxels per axis: larger coarse patches cost memory for no extra context
 
 
@@ -90,23 +90,10 @@ def default_coarse_spacing(fine: list[float]) -> list[float]:
     return [round(max(float(s), target), 4) for s in fine]
 
 
-def oriented_extent(case: Case, orientation: str | None) -> np.ndarray:
-    """A volume's physical extent (mm) along the working axes, from its header only."""
-    from cadcore.preprocess import orient
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(case.image))
-    reader.ReadImageInformation()
-    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)  # spacing = extent, so orienting the probe permutes the extents
-    probe.SetSpacing([float(n) * float(s) for n, s in zip(reader.GetSize(), reader.GetSpacing())])
-    probe.SetDirection(reader.GetDirection())
-    return np.array(orient(probe, orientation).GetSpacing())
-
-
 def default_coarse_patch(cases: list[Case], config: TrainConfig, divisor: list[int]) -> list[int]:
     """The median volume at the coarse spacing, each edge rounded up to the network's divisor (capped): the coarse
     network then sees (almost) the whole volume in one window, which is what lets it find the target."""
-    extent = np.median(np.array([oriented_extent(c, config.orientation) for c in cases]), axis=0)
+    extent = np.median(np.array([oriented_header(c.image, config.orientation, extent=True) for c in cases]), axis=0)
     voxels = extent / np.array(config.spacing)
     patch = []
     for size, div in zip(voxels, divisor):
@@ -284,7 +271,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
                      model_id=f"{base}-coarse", max_cases=None, description="coarse stage of a cascade")
     if len(coarse.filters) < 3:  # DynUNet's minimum
         raise CadError(f"--coarse-filters needs at least three levels, got {coarse.filters}")
-    divisor = divisor_of({"params": {"strides": strides_for(coarse.spacing, len(coarse.filters))}})
+    divisor = divisor_of(dynunet_spec(1, n_classes, coarse.filters, strides_for(coarse.spacing, len(coarse.filters))))
     coarse.patch_size = list(options.coarse_patch_size or default_coarse_patch(train_cases, coarse, divisor))
     for name, stage in (("--coarse-patch-size", coarse), ("--patch-size", fine)):
         if len(stage.patch_size) != 3 or min(stage.patch_size) < 1:

@@ -83,22 +83,27 @@ def check_patch(patch_size: list[int], spec: dict[str, Any], whose: str = "") ->
         raise CadError(f"patch size {patch_size} must be divisible by {divisor_of(spec)}{whose}")
 
 
-def median_spacing(cases, orientation: str | None) -> list[float]:
-    """The training images' median voxel spacing in the working orientation (headers only), so the card always
-    names the resolution the network learnt and inference resamples other inputs to it."""
+def oriented_header(path, orientation: str | None, extent: bool = False) -> np.ndarray:
+    """A volume's voxel spacing (or, with ``extent``, its physical extent) in mm along the working axes, read from
+    the header only: a 2-voxel probe with that spacing and the file's direction is oriented like the data."""
     import SimpleITK as sitk
 
     from cadcore.preprocess import orient
 
-    spacings = []
-    for case in cases:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(case.image))
-        reader.ReadImageInformation()
-        probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
-        probe.SetSpacing(reader.GetSpacing())
-        probe.SetDirection(reader.GetDirection())
-        spacings.append(orient(probe, orientation).GetSpacing())
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    spacing = [float(s) * (n if extent else 1) for n, s in zip(reader.GetSize(), reader.GetSpacing())]
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    probe.SetSpacing(spacing)
+    probe.SetDirection(reader.GetDirection())
+    return np.array(orient(probe, orientation).GetSpacing())
+
+
+def median_spacing(cases, orientation: str | None) -> list[float]:
+    """The training images' median voxel spacing in the working orientation (headers only), so the card always
+    names the resolution the network learnt and inference resamples other inputs to it."""
+    spacings = [oriented_header(case.image, orientation) for case in cases]
     return [round(float(v), 4) for v in np.median(np.array(spacings), axis=0)]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -50,4 +49,3 @@ def test_segments_an_unseen_native_scan_on_its_own_grid(tmp_path: Path):
     found = sitk.GetArrayFromImage(labels) == 1
     dice = 2.0 * float((truth & found).sum()) / max(1, int(truth.sum() + found.sum()))
     assert dice > 0.5, f"Dice {dice:.3f} on {CASE}"  # 0.62 when shipped; 3 other unseen scans fail (MODEL_CARD)
-    assert np.count_nonzero(found) > 0

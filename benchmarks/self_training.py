@@ -100,6 +100,15 @@ def write_inputs(data: Path, work: Path, ids: dict[str, list[str]]) -> dict[str,
     return paths
 
 
+def training_settings(config: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """``cad train`` flags every model of this benchmark shares: hippocampus-unet's architecture and optimiser."""
+    return ["--seed", str(args.seed), "--patch-size", ",".join(map(str, config["patch_size"])),
+            "--filters", ",".join(map(str, config["filters"])), "--batch-size", str(config["batch_size"]),
+            "--lr", str(config["learning_rate"]), "--mirror-axes", ",".join(map(str, config["mirror_axes"])),
+            "--modality", config["modality"], "--val-every", str(args.val_every), "--device", args.device,
+            "--labels", str(LABELS)]
+
+
 def seconds_per_epoch(package: Path) -> dict[str, float]:
     """From a package's training_log.csv: seconds per epoch (last epoch of the last run, validation included)."""
     rows = list(csv.DictReader(open(package / "training_log.csv")))
@@ -135,6 +144,7 @@ def main() -> None:
     parser.add_argument("--max-unlabelled", type=int, default=None, help="smoke runs: fewer unlabelled volumes")
     parser.add_argument("--max-eval", type=int, default=None, help="smoke runs: fewer evaluation cases")
     args = parser.parse_args()
+    args.data = args.data.resolve()  # the dataset.json files written under --work name absolute paths
 
     started, load_start = time.time(), round(os.getloadavg()[0], 1)
     ids = split(args.data, args.seed, args.labelled_fraction, args.val_cases)
@@ -142,11 +152,7 @@ def main() -> None:
     ids["evaluation"] = ids["evaluation"][: args.max_eval]
     paths = write_inputs(args.data, args.work, ids)
     config = json.loads(CARD.read_text())["training"]["config"]
-    common = ["--seed", str(args.seed), "--patch-size", ",".join(map(str, config["patch_size"])),
-              "--filters", ",".join(map(str, config["filters"])), "--batch-size", str(config["batch_size"]),
-              "--lr", str(config["learning_rate"]), "--mirror-axes", ",".join(map(str, config["mirror_axes"])),
-              "--modality", config["modality"], "--val-every", str(args.val_every), "--device", args.device,
-              "--labels", str(LABELS), "--epochs", str(args.epochs)]
+    common = [*training_settings(config, args), "--epochs", str(args.epochs)]
     self_trained = args.work / "self-trained"
     resume = ["--resume"] if (self_trained / "self_training").exists() else []
     timings: dict[str, float] = {}

@@ -154,6 +154,7 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from cadcore.input_grid import probabilities_to_input_grid
     from cadcore.io import read_volume
     from cadcore.models import find_model
     from cadcore.postprocess import clean_labels
@@ -163,7 +164,6 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
         needs_resampling,
         normalise,
         orient,
-        probabilities_to_input_grid,
         resample_to_spacing,
     )
     from cadcore.segment import load_network

@@ -26,9 +26,10 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from cadcore.inference import fold_batch_norm
+from cadcore.input_grid import labels_to_input_grid, probabilities_to_input_grid
 from cadcore.models import find_model
 from cadcore.postprocess import STRUCTURE, clean_labels
-from cadcore.preprocess import labels_to_input_grid, normalise, orient, prepare, probabilities_to_input_grid
+from cadcore.preprocess import normalise, orient, prepare
 from cadcore.segment import load_network
 
 BENCH = Path(__file__).resolve().parents[1] / "runs" / "bench"

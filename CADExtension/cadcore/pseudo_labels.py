@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cadcore.input_grid import labels_on_input_grid, probabilities_to_input_grid
 from cadcore.io import read_volume, write_image
 from cadcore.losses import IGNORE_LABEL
 from cadcore.models import ModelPackage
 from cadcore.postprocess import clean_labels
-from cadcore.preprocess import labels_on_input_grid, prepare, probabilities_to_input_grid
+from cadcore.preprocess import prepare
 
 
 def flip_sets(mirror_axes: list[int]) -> list[tuple[int, ...]]:

@@ -24,17 +24,12 @@ import SimpleITK as sitk
 from cadcore.bundle import BundleModel
 from cadcore.errors import CadError
 from cadcore.inference import configure_cpu_threads, fold_batch_norm, pick_device, predict_probabilities
+from cadcore.input_grid import labels_on_input_grid, labels_to_input_grid, probabilities_to_input_grid
 from cadcore.io import atomic_path, check_output_path, read_volume
 from cadcore.models import ModelPackage, find_model_or_bundle, load_weights
 from cadcore.networks import build_network
 from cadcore.postprocess import clean_labels
-from cadcore.preprocess import (
-    image_interpolator,
-    labels_on_input_grid,
-    labels_to_input_grid,
-    prepare,
-    probabilities_to_input_grid,
-)
+from cadcore.preprocess import image_interpolator, prepare
 from cadcore.progress import StagedProgress
 
 PROBABILITY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")

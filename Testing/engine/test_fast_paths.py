@@ -20,14 +20,8 @@ import torch
 from scipy import ndimage
 
 from cadcore.inference import fold_batch_norm, predict_probabilities
-from cadcore.preprocess import (
-    WorkingImage,
-    bspline_resample,
-    labels_to_input_grid,
-    prepare,
-    probabilities_to_input_grid,
-    resample_to_spacing,
-)
+from cadcore.input_grid import labels_to_input_grid, probabilities_to_input_grid
+from cadcore.preprocess import WorkingImage, bspline_resample, prepare, resample_to_spacing
 from conftest import oblique_direction
 
 

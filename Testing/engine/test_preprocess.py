@@ -16,14 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
+from cadcore.input_grid import probabilities_to_input_grid
 from cadcore.postprocess import clean_labels
-from cadcore.preprocess import (
-    enhance,
-    normalise,
-    prepare,
-    prepare_label,
-    probabilities_to_input_grid,
-)
+from cadcore.preprocess import enhance, normalise, prepare, prepare_label
 from conftest import oblique_direction
 
 SPACING = (0.7, 1.1, 2.5)

@@ -16,6 +16,7 @@ from cadcore.cli import main
 from cadcore.losses import IGNORE_LABEL, MaskedDiceCELoss
 from cadcore.models import find_model
 from cadcore.pseudo_labels import flip_sets, pseudo_label, tta_probabilities
+from cadcore.selftrain import best_round, weaker_than_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data" / "hippocampus"
@@ -75,6 +76,7 @@ def test_self_training_exports_a_package_with_its_rounds(self_trained):
     assert all(0.0 <= r["kept_voxel_fraction"] <= 1.0 for r in rounds[1:])
     assert rounds[2]["teacher"]["sha256"] == rounds[1]["weights_sha256"]  # the student became the teacher
     assert card["weights"]["sha256"] == rounds[2]["weights_sha256"]
+    assert section["best_round_by_validation"] == best_round(rounds)
     assert (self_trained / "training_log.csv").exists()
 
 
@@ -90,6 +92,16 @@ def test_students_keep_the_teachers_validation_cases(self_trained):
     image = sitk.ReadImage(pseudo[0]["image"])
     assert label.GetSize() == image.GetSize() and np.allclose(label.GetOrigin(), image.GetOrigin())
     assert set(np.unique(sitk.GetArrayFromImage(label)).tolist()) <= {0, 1, 2, IGNORE_LABEL}
+
+
+def test_a_student_weaker_than_its_teacher_is_reported(tmp_path):
+    rounds = [{"round": 0, "validation_dice": 0.891}, {"round": 1, "validation_dice": 0.8852}]
+    warning = weaker_than_teacher(rounds, tmp_path / "round_0")
+    assert warning and "0.8852 < 0.8910" in warning and str(tmp_path / "round_0") in warning
+    assert best_round(rounds) == 0
+    rounds[1]["validation_dice"] = 0.8910  # a tie is not weaker
+    assert weaker_than_teacher(rounds, tmp_path) is None and best_round(rounds) == 0
+    assert weaker_than_teacher(rounds[:1], tmp_path) is None  # no student (--rounds 0 never gets here, but safe)
 
 
 def test_resume_skips_finished_rounds(self_trained, tmp_path):

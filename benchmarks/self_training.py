@@ -76,13 +76,29 @@ def split(data: Path, seed: int, fraction: float, n_val: int) -> dict[str, list[
             "labelled_train": sorted(labelled[n_val:]), "unlabelled": unlabelled}
 
 
+def labelled_entry(data: Path):
+    """case id -> its dataset.json entry (image and true label, absolute paths)."""
+    return lambda case: {"image": str(data / "imagesTr" / f"{case}.nii.gz"),
+                         "label": str(data / "labelsTr" / f"{case}.nii.gz")}
+
+
+def protocol_arguments(parser: argparse.ArgumentParser, json_default: str) -> None:
+    """The flags that fix the split and the training settings; the oracle must be given the same ones."""
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "self_training")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / json_default)
+    parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="each student (same patches)")
+    parser.add_argument("--labelled-fraction", type=float, default=0.25)
+    parser.add_argument("--val-cases", type=int, default=8, help="labelled cases kept for validation")
+    parser.add_argument("--val-every", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="the split's shuffle and the training seed")
+    parser.add_argument("--device", default="auto")
+
+
 def write_inputs(data: Path, work: Path, ids: dict[str, list[str]]) -> dict[str, Path]:
     """The labelled dataset.json (explicit validation), the unlabelled list file, the evaluation dataset.json."""
     names = json.loads((data / "dataset.json").read_text())["labels"]
-
-    def entry(case: str) -> dict[str, str]:
-        return {"image": str(data / "imagesTr" / f"{case}.nii.gz"), "label": str(data / "labelsTr" / f"{case}.nii.gz")}
-
+    entry = labelled_entry(data)
     work.mkdir(parents=True, exist_ok=True)
     paths = {"labelled": work / "labelled" / "dataset.json", "evaluation": work / "evaluation" / "dataset.json",
              "unlabelled": work / "unlabelled.txt"}
@@ -127,18 +143,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "self_training")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "self_training.json")
+    protocol_arguments(parser, "self_training.json")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="labelled-only model = teacher")
-    parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="each student (same patches)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--confidence", type=float, default=0.9)
-    parser.add_argument("--labelled-fraction", type=float, default=0.25)
-    parser.add_argument("--val-cases", type=int, default=8, help="labelled cases kept for validation")
-    parser.add_argument("--val-every", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--baseline", choices=["teacher", "separate"], default="teacher",
                         help="labelled-only model: the round-0 teacher, or a separate identical cad train run")
     parser.add_argument("--max-unlabelled", type=int, default=None, help="smoke runs: fewer unlabelled volumes")

@@ -33,16 +33,22 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from self_training import CARD, DEFAULT_DATA, REPO, STUDENT_EPOCHS, cad, split, summary, training_settings  # noqa: E402
+from self_training import (  # noqa: E402
+    CARD,
+    cad,
+    labelled_entry,
+    protocol_arguments,
+    split,
+    summary,
+    training_settings,
+)
 
 SHIPPED = CARD.parent
 
 
 def write_oracle_dataset(data: Path, work: Path, ids: dict[str, list[str]]) -> Path:
     """The student's training list (labelled + "unlabelled" cases), every case with its true label."""
-    def entry(case: str) -> dict[str, str]:
-        return {"image": str(data / "imagesTr" / f"{case}.nii.gz"), "label": str(data / "labelsTr" / f"{case}.nii.gz")}
-
+    entry = labelled_entry(data)
     path = work / "oracle_data" / "dataset.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
@@ -74,15 +80,7 @@ def paired_delta(better: dict[str, Any], base: dict[str, Any], resamples: int = 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "self_training")
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "self_training_oracle.json")
-    parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="as the self-training run's")
-    parser.add_argument("--labelled-fraction", type=float, default=0.25)
-    parser.add_argument("--val-cases", type=int, default=8)
-    parser.add_argument("--val-every", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    protocol_arguments(parser, "self_training_oracle.json")
     args = parser.parse_args()
     args.data = args.data.resolve()  # the dataset.json files written under --work name absolute paths
 

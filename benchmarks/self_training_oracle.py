@@ -7,7 +7,7 @@ cases) but whose "unlabelled" cases carry their true labels instead of pseudo-la
 perfect pseudo-labels, so ``oracle − labelled-only`` is the most the protocol can show, and ``(self-trained −
 labelled-only) / (oracle − labelled-only)`` is the share of it self-training recovered.
 
-It also scores the shipped ``hippocampus-unet`` (all 124 of its training cases labelled, its own longer training) on
+It also scores the shipped ``hippocampus-unet`` (all 166 non-evaluation cases labelled, its own training) on
 the same 42 evaluation cases, and gives paired bootstrap 95 % intervals (10,000 resamples of the evaluation cases)
 for every difference, so a delta can be told from case-sampling noise.
 

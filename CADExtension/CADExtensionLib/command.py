@@ -72,8 +72,12 @@ def trainArgv(
     modality: str | None = None,
     valEvery: int | None = None,
     description: str | None = None,
+    cascadeMarginMm: float | None = None,
 ) -> list[str]:
     """The argv of one fine-tuning run: ``cad train --data DATA -o OUTPUT --init MODEL --id NEW_ID ...``.
+
+    ``cascadeMarginMm`` (the parent is a coarse-to-fine cascade): ``--cascade --roi-margin MM``, so both stages are
+    fine-tuned from the parent's and the new model is a cascade with the parent's ROI margin.
 
     The parent's working resolution (``spacing``), window (``patchSize``) and intensity normalisation
     (``modality``) are passed explicitly because ``cad train`` does not take them from ``--init``: left out, it
@@ -110,6 +114,11 @@ def trainArgv(
         if str(modality).upper() not in ("MR", "CT"):
             raise ValueError(f"modality must be MR or CT, got {modality!r}")
         argv += ["--modality", str(modality).upper()]
+    if cascadeMarginMm is not None:
+        margin = _numbers(cascadeMarginMm, "cascadeMarginMm", (1,))[0]
+        if margin < 0:
+            raise ValueError(f"cascadeMarginMm must be >= 0 mm, got {cascadeMarginMm!r}")
+        argv += ["--cascade", "--roi-margin", repr(margin)]
     if description:
         argv.append(f"--description={description}")  # one token: a text starting with "-" is not an option
     return argv

@@ -26,7 +26,9 @@ after the coarse stage). Everything the stages write lies under ``OUTPUT/cascade
 ``dataset.json`` with ``imagesTr/`` and ``labelsTr/``, and the two stage packages ``coarse/`` and ``fine/`` with their
 logs); the package in ``OUTPUT`` holds both networks in one safetensors file under ``coarse.`` and ``fine.``.
 This module only calls :func:`cadcore.train.train`; it never changes how a stage trains. ``--init`` (transfer
-learning) applies to the fine stage, whose architecture it takes; the coarse stage always starts from scratch.
+learning) from a single-stage model applies to the fine stage, whose architecture it takes, and the coarse stage
+starts from scratch; ``--init`` from a cascade (fine-tuning a shipped cascade on one's own cases) starts each stage
+from the same stage of the parent, at the parent's coarse spacing and patch unless ``--coarse-*`` say otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from cadcore.data import Case, Dataset, load_dataset
 from cadcore.errors import CadError
 from cadcore.io import atomic_path, read_image, read_volume, same_grid
 from cadcore.losses import IGNORE_LABEL  # a pseudo-label's "unknown": never a target to crop around
-from cadcore.models import CARD_NAME, ModelPackage, save_package
+from cadcore.models import CARD_NAME, ModelPackage, find_model, save_package
 from cadcore.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.train import TrainConfig, check_patch, median_spacing, network_for, oriented_header, split_for, train
 
@@ -230,8 +232,6 @@ def crops_or_nothing(train_cases: list[Case], val_cases: list[Case], dataset: Da
 
 def finished(folder: Path, epochs: int) -> ModelPackage | None:
     """A stage package from an earlier run that trained all its epochs (reused by ``--resume``)."""
-    from cadcore.models import find_model
-
     if not (folder / CARD_NAME).is_file():
         return None
     package = find_model(folder)
@@ -258,33 +258,53 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
         raise CadError(f"--roi-margin must be >= 0 mm, got {options.roi_margin}")
     if not 0 <= options.roi_jitter < 1:
         raise CadError(f"--roi-jitter must be in [0, 1), got {options.roi_jitter}")
+    parent = cascade_parent(config.init)
     fine_spacing = config.spacing or median_spacing(train_cases, config.orientation)
-    coarse_spacing = options.coarse_spacing or default_coarse_spacing(fine_spacing)
+    coarse_spacing = options.coarse_spacing or (parent.card["cascade"]["coarse"]["preprocessing"]["spacing"]
+                                                if parent else default_coarse_spacing(fine_spacing))
     for name, spacing in (("--spacing", fine_spacing), ("--coarse-spacing", coarse_spacing)):
         if len(spacing) != 3 or min(spacing) <= 0:
             raise CadError(f"{name} needs three positive values in mm, got {spacing}")
     base = config.model_id or Path(config.output).name
     fine = replace(config, spacing=list(fine_spacing), max_cases=None, model_id=f"{base}-fine",
-                   description="fine stage of a cascade (ROI crops)")
-    coarse = replace(config, spacing=list(coarse_spacing), filters=list(options.coarse_filters or config.filters),
-                     epochs=options.coarse_epochs or config.epochs, init=None, freeze_encoder_epochs=0,
+                   init_stage="fine" if parent else None, description="fine stage of a cascade (ROI crops)")
+    coarse_network = parent.card["cascade"]["coarse"]["network"]["params"] if parent else {}
+    if coarse_network and options.coarse_filters and list(options.coarse_filters) != coarse_network.get("filters"):
+        raise CadError(f"--coarse-filters {options.coarse_filters} differ from the --init cascade's coarse network "
+                       f"({coarse_network.get('filters')}), whose weights the coarse stage starts from")
+    coarse = replace(config, spacing=list(coarse_spacing),
+                     filters=list(coarse_network.get("filters") or options.coarse_filters or config.filters),
+                     epochs=options.coarse_epochs or config.epochs, init=config.init if parent else None,
+                     init_stage="coarse" if parent else None,
+                     freeze_encoder_epochs=config.freeze_encoder_epochs if parent else 0,
                      model_id=f"{base}-coarse", max_cases=None, description="coarse stage of a cascade")
     if len(coarse.filters) < 3:  # DynUNet's minimum
         raise CadError(f"--coarse-filters needs at least three levels, got {coarse.filters}")
     divisor = divisor_of(dynunet_spec(1, n_classes, coarse.filters, strides_for(coarse.spacing, len(coarse.filters))))
-    coarse.patch_size = list(options.coarse_patch_size or default_coarse_patch(train_cases, coarse, divisor))
+    parent_patch = parent.card["cascade"]["coarse"]["inference"]["patch_size"] if parent else None
+    coarse.patch_size = list(options.coarse_patch_size or parent_patch
+                             or default_coarse_patch(train_cases, coarse, divisor))
     for name, stage in (("--coarse-patch-size", coarse), ("--patch-size", fine)):
         if len(stage.patch_size) != 3 or min(stage.patch_size) < 1:
             raise CadError(f"{name} needs three positive values, got {stage.patch_size}")
-    build_network(network_for(coarse, n_classes))  # a patch or network that cannot work fails now, not in an hour
-    if config.init:
-        from cadcore.transfer import parent_spec
+    for stage in (coarse, fine):  # a patch or network that cannot work fails now, not in an hour
+        if stage.init:
+            from cadcore.transfer import parent_spec
 
-        check_patch(fine.patch_size, parent_spec(config.init, "DynUNet", n_classes, list(fine_spacing))[1],
-                    " (the --init network)")
-    else:
-        build_network(network_for(fine, n_classes))
+            spec = parent_spec(stage.init, "DynUNet", n_classes, list(stage.spacing), stage.init_stage)[1]
+            check_patch(stage.patch_size, spec, " (the --init network)")
+        else:
+            build_network(network_for(stage, n_classes))
     return coarse, fine
+
+
+def cascade_parent(init: str | None) -> ModelPackage | None:
+    """The ``--init`` package when it is a cascade: then each stage starts from its own stage's weights, and the
+    coarse stage keeps the parent's coarse spacing, filters and patch unless told otherwise (``--coarse-*``)."""
+    if not init:
+        return None
+    parent = find_model(init)
+    return parent if "cascade" in parent.card else None
 
 
 def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPackage, fine: ModelPackage,
@@ -303,6 +323,8 @@ def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPac
     fine_training, coarse_training = fine.card["training"], coarse.card["training"]
     card["training"] = {
         **{k: fine_training[k] for k in ("data", "licence", "n_train", "n_val", "seed")},
+        **({"parent": {k: v for k, v in fine_training["parent"].items() if k != "parent_stage"}}
+           if "parent" in fine_training else {}),  # the --init package; "stages" say which stage started from what
         "split": {"val": [c.id for c in val_cases], "by": "explicit validation list, same for both stages"},
         "epochs": fine_training["epochs"],
         "best_epoch": fine_training["best_epoch"],
@@ -351,4 +373,9 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
     summary = {"coarse": json.loads((stages / "coarse" / "training_summary.json").read_text()),
                "fine": json.loads((stages / "fine" / "training_summary.json").read_text())}
     write_json(output / "training_summary.json", summary)
+    for stage, name, target in (("fine", "training_curves.png", "training_curves.png"),
+                                ("fine", "training_log.csv", "training_log.csv"),
+                                ("coarse", "training_curves.png", "training_curves_coarse.png")):
+        if (stages / stage / name).is_file():  # the fine stage's curves are the package's (its Dice is the card's)
+            shutil.copy2(stages / stage / name, output / target)
     return package

@@ -58,6 +58,7 @@ class TrainConfig:
     description: str = ""
     version: str = "1.0.0"
     init: str | None = None  # transfer learning: a model package (id or folder) to start from
+    init_stage: str | None = None  # with a cascade --init: the stage ("coarse" or "fine") this training starts from
     freeze_encoder_epochs: int = 0
     pretrained_lr_factor: float = 0.1
     labels: str | None = None  # JSON file: [{"value", "name", "color", "terminology"?}] for the model card
@@ -157,7 +158,7 @@ def train(config: TrainConfig) -> ModelPackage:
     if config.init:
         from cadcore.transfer import parent_spec
 
-        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing)
+        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing, config.init_stage)
         check_patch(config.patch_size, spec, " (the --init network)")
     else:
         spec = network_for(config, len(label_values) + 1)
@@ -179,7 +180,7 @@ def train(config: TrainConfig) -> ModelPackage:
     if parent is not None:
         from cadcore.transfer import load_pretrained, parameter_groups
 
-        init_report = load_pretrained(network, parent)
+        init_report = load_pretrained(network, parent, config.init_stage)
         parameters = parameter_groups(network, init_report, config.learning_rate, config.pretrained_lr_factor)
         if ranks.main:
             output.mkdir(parents=True, exist_ok=True)
@@ -276,7 +277,8 @@ def train(config: TrainConfig) -> ModelPackage:
     card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
                       time.time() - started)
     if init_report is not None:
-        card["training"]["parent"] = {k: init_report[k] for k in ("parent", "parent_version", "parent_sha256")}
+        card["training"]["parent"] = {k: init_report[k] for k in ("parent", "parent_version", "parent_sha256",
+                                                                  "parent_stage") if k in init_report}
         card["training"]["init"] = {"loaded_tensors": init_report["loaded"],
                                     "reinitialised": init_report["reinitialised"],
                                     "freeze_encoder_epochs": config.freeze_encoder_epochs,

@@ -23,19 +23,31 @@ from cadcore.networks import network_family, strides_for
 ENCODER_PREFIXES = ("input_block", "downsamples", "bottleneck", "model.0", "conv1", "layer1", "layer2", "features")
 
 
-def parent_spec(init: str, family: str, n_classes: int,
-                spacing: list[float] | None = None) -> tuple[ModelPackage, dict[str, Any]]:
-    """The parent package and its network spec with ``n_classes`` outputs (and, given the working ``spacing``, a
-    DynUNet's strides for it); refuses another network family."""
+CASCADE_STAGES = ("coarse", "fine")
+
+
+def stage_network(parent: ModelPackage, stage: str | None) -> dict[str, Any]:
+    """The network spec of a package, or of one stage of a cascade (whose weights are stored as ``coarse.*`` and
+    ``fine.*``, so a whole cascade can only seed a cascade, stage by stage)."""
+    if "cascade" not in parent.card:
+        return parent.card["network"]
+    if stage not in CASCADE_STAGES:
+        raise CadError("--init model is a coarse-to-fine cascade: fine-tune it with --cascade (each stage starts "
+                       "from its own stage's weights), or --init from a single-stage model", parent.folder)
+    return parent.card["cascade"]["coarse"]["network"] if stage == "coarse" else parent.card["network"]
+
+
+def parent_spec(init: str, family: str, n_classes: int, spacing: list[float] | None = None,
+                stage: str | None = None) -> tuple[ModelPackage, dict[str, Any]]:
+    """The parent package and its (``stage``'s, for a cascade) network spec with ``n_classes`` outputs (and, given
+    the working ``spacing``, a DynUNet's strides for it); refuses another network family."""
     parent = find_model(init)
-    if "cascade" in parent.card:  # its weights are stored per stage ("coarse.", "fine."): nothing would load
-        raise CadError("--init model is a coarse-to-fine cascade; starting from a cascade is not supported (train "
-                       "with --cascade from scratch, or --init from a single-stage model)", parent.folder)
-    parent_family = network_family(parent.card["network"])
+    network = stage_network(parent, stage)
+    parent_family = network_family(network)
     if parent.task != "segmentation" or parent_family != family:
         raise CadError(f"--init model is a {parent.task} {parent_family} network; this training builds a "
                        f"segmentation {family}", parent.folder)
-    spec = copy.deepcopy(parent.card["network"])
+    spec = copy.deepcopy(network)
     spec["params"]["out_channels"] = n_classes
     params = spec["params"]
     if spacing and family == "DynUNet" and params.get("filters"):
@@ -45,9 +57,13 @@ def parent_spec(init: str, family: str, n_classes: int,
     return parent, spec
 
 
-def load_pretrained(network: torch.nn.Module, parent: ModelPackage) -> dict[str, Any]:
-    """Load every parameter whose name and shape match; return the report of what was loaded and what was not."""
+def load_pretrained(network: torch.nn.Module, parent: ModelPackage, stage: str | None = None) -> dict[str, Any]:
+    """Load every parameter whose name and shape match (of ``stage``'s weights, for a cascade); return the report
+    of what was loaded and what was not."""
     state = parent.load_state_dict()
+    if "cascade" in parent.card:
+        prefix = f"{stage}."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = network.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
@@ -55,7 +71,8 @@ def load_pretrained(network: torch.nn.Module, parent: ModelPackage) -> dict[str,
     storage = {own[k].untyped_storage().data_ptr() for k in loaded}
     fresh = sorted(k for k in own if k not in loaded and own[k].untyped_storage().data_ptr() not in storage)
     return {"parent": parent.id, "parent_version": parent.card.get("version"),
-            "parent_sha256": parent.card.get("weights", {}).get("sha256"), "loaded": len(loaded),
+            "parent_sha256": parent.card.get("weights", {}).get("sha256"),
+            **({"parent_stage": stage} if "cascade" in parent.card else {}), "loaded": len(loaded),
             "reinitialised": fresh, "shape_mismatch": mismatched}
 
 

@@ -183,9 +183,6 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
         if entry["task"] != "segmentation" or entry["bundle"]:
             raise ValueError(f"{entry['id']!r} is not a segmentation model package; only those can be fine-tuned")
         card = readCard(Path(entry["path"]))
-        if "cascade" in card:  # its weights are stored per stage ("coarse.", "fine."): --init would load none
-            raise ValueError(f"{entry['id']!r} is a coarse-to-fine cascade; fine-tuning cascades is not supported "
-                             "yet (cad train --init starts from a single network)")
         labels = modelLabels(card)
         newModelId = newModelId or self.suggestModelId(entry["id"])
         self.checkNewModelId(newModelId, overwrite)
@@ -234,8 +231,10 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
         if not (run.outputPath / "model.json").is_file():
             raise RuntimeError(f"fine-tuning failed: the engine wrote no model package in {run.outputPath}")
         # Checkpoints (optimizer state, several times the weights) only serve --resume, which this panel
-        # does not offer; the card, weights, curves, log and summary are what the user keeps.
-        shutil.rmtree(run.outputPath / "training", ignore_errors=True)
+        # does not offer, and a cascade's staging folder holds crops of the user's cases and per-stage copies;
+        # the card, weights, curves, log and summary are what the user keeps.
+        for staging in ("training", "cascade"):
+            shutil.rmtree(run.outputPath / staging, ignore_errors=True)
         try:
             entry = run.models.importModel(run.outputPath, overwrite=run.overwrite)
         except ModelError as exc:
@@ -252,10 +251,14 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
 
 def parentSettings(card: dict[str, Any]) -> dict[str, Any]:
     """What the fine-tuning must keep from the parent card: working spacing, patch size and normalisation
-    (``cad train`` would otherwise pick the data's median spacing, its default window and MR normalisation)."""
+    (``cad train`` would otherwise pick the data's median spacing, its default window and MR normalisation), and
+    for a cascade its ROI margin (the engine takes the coarse stage's spacing and patch from the parent itself)."""
     preprocessing = card.get("preprocessing") or {}
     kind = str((preprocessing.get("normalization") or {}).get("kind", "")).lower()
     modality = {"ct": "CT", "mr": "MR"}.get(kind) or (str(card.get("modality") or "").upper() or None)
-    return {"spacing": preprocessing.get("spacing") or None,
-            "patchSize": (card.get("inference") or {}).get("patch_size") or None,
-            "modality": modality if modality in ("CT", "MR") else None}
+    settings = {"spacing": preprocessing.get("spacing") or None,
+                "patchSize": (card.get("inference") or {}).get("patch_size") or None,
+                "modality": modality if modality in ("CT", "MR") else None}
+    if "cascade" in card:
+        settings["cascadeMarginMm"] = float((card["cascade"] or {}).get("margin_mm", 10.0))
+    return settings

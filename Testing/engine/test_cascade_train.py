@@ -191,6 +191,53 @@ def test_init_starts_the_fine_stage_only(dataset: Path, tmp_path: Path) -> None:
     assert card["cascade"]["coarse"]["network"]["params"]["filters"] == [8, 16, 32]
 
 
+def without_coarse_settings(arguments: list[str]) -> list[str]:
+    """TINY without its --coarse-spacing/-patch-size/-filters (a cascade --init supplies its own)."""
+    out, skip = [], False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument in ("--coarse-spacing", "--coarse-patch-size", "--coarse-filters"):
+            skip = True
+        else:
+            out.append(argument)
+    return out
+
+
+def test_init_from_a_cascade_starts_each_stage_from_its_own_stage(cascade_package: Path, dataset: Path,
+                                                                   tmp_path: Path) -> None:
+    """Fine-tuning a cascade (CADSegment's *Improve model* on brain-tumour-cascade): the coarse stage starts from
+    the parent's coarse weights at its coarse spacing and patch, the fine stage from its fine weights. With a zero
+    learning rate the child's weights are the parent's, tensor for tensor: every one was loaded into its stage."""
+    output = tmp_path / "child"
+    assert main(["train", "--cascade", "--data", str(dataset), "-o", str(output),
+                 *without_coarse_settings(TINY), "--epochs", "1", "--coarse-epochs", "1", "--lr", "0",
+                 "--init", str(cascade_package)]) == 0
+    parent, child = find_model(cascade_package), find_model(output)
+    card = child.card
+    assert card["training"]["parent"]["parent"] == "ball-cascade" and "parent_stage" not in card["training"]["parent"]
+    stages = card["training"]["stages"]
+    assert stages["coarse"]["parent"]["parent_stage"] == "coarse" and stages["fine"]["parent"]["parent_stage"] == "fine"
+    assert card["cascade"]["coarse"]["preprocessing"]["spacing"] == [4.0, 4.0, 4.0]  # the parent's, not the default
+    assert card["cascade"]["coarse"]["inference"]["patch_size"] == [12, 12, 8]
+    for stage in ("coarse", "fine"):
+        report = json.loads((output / "cascade" / stage / "init_report.json").read_text())
+        assert report["loaded"] > 0 and report["reinitialised"] == [] and report["parent_stage"] == stage
+    parent_state, child_state = parent.load_state_dict(), child.load_state_dict()
+    assert parent_state.keys() == child_state.keys()
+    assert all(torch.equal(parent_state[k], child_state[k]) for k in parent_state)
+
+
+def test_init_from_a_cascade_refuses_other_coarse_filters(cascade_package: Path, dataset: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "child"
+    assert main(["train", "--cascade", "--data", str(dataset), "-o", str(output), *without_coarse_settings(TINY),
+                 "--coarse-filters", "8,16,32", "--init", str(cascade_package)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--coarse-filters" in error[0] and "[4, 8, 16]" in error[0]
+    assert not output.exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--roi-margin", "-1"], "--roi-margin"),
     (["--coarse-spacing", "4,4"], "--coarse-spacing"),

@@ -174,12 +174,6 @@ def test_fewer_than_two_pairs_overlaps_and_duplicates_are_refused(mrml, folders)
         logic.run("tiny-unet", pairs=[pair, overlapping])
     with pytest.raises(ValueError, match="unknown model 'no-such-model'"):
         logic.run("no-such-model", pairs=[pair, overlapping])
-    cascade = folders["user"] / "tiny-cascade"
-    shutil.copytree(folders["user"] / "tiny-unet", cascade)
-    card = json.loads((cascade / "model.json").read_text())
-    (cascade / "model.json").write_text(json.dumps({**card, "id": "tiny-cascade", "cascade": {}}))
-    with pytest.raises(ValueError, match="'tiny-cascade' is a coarse-to-fine cascade"):
-        logic.run("tiny-cascade", pairs=[pair, overlapping])
     assert list(folders["work"].iterdir()) == [] and not logic.isRunning()
 
 
@@ -204,6 +198,10 @@ def test_train_argv_exact_and_accepted_by_the_engine():
     assert (args.modality, args.description, args.force, args.resume) == ("MR", "-tiny fine-tuned", False, False)
     assert trainArgv("py", "d", "o", "m", "n") == ["py", "-m", "cadcore", "train", "--data", "d", "-o", "o",
                                                     "--init", "m", "--id", "n", "--epochs", "50", "--device", "auto"]
+    cascade = trainArgv("py", "d", "o", "m", "n", cascadeMarginMm=7)
+    assert cascade[-3:] == ["--cascade", "--roi-margin", "7.0"]
+    args = build_parser().parse_args(cascade[3:])
+    assert args.cascade and args.roi_margin == 7.0
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -211,6 +209,7 @@ def test_train_argv_exact_and_accepted_by_the_engine():
     ({"freezeEncoderEpochs": -1}, "freezeEncoderEpochs"), ({"valEvery": 0}, "valEvery"),
     ({"spacing": [1, 1]}, "3 numbers"), ({"spacing": [1, 0, 1]}, "positive"), ({"patchSize": [16, 16, 16.5]}, "whole"),
     ({"modality": "PET"}, "MR or CT"), ({"modelId": " "}, "needs an id"),
+    ({"cascadeMarginMm": -1}, "cascadeMarginMm must be >= 0"), ({"cascadeMarginMm": "10"}, "numbers"),
 ])
 def test_train_argv_refuses_bad_values(kwargs, message):
     arguments = {"python": "py", "dataPath": "d", "outputPath": "o", "initModel": "m", "modelId": "n", **kwargs}
@@ -225,6 +224,8 @@ def test_parent_settings_keep_resolution_window_and_normalisation():
     assert parentSettings({"modality": "MR", "preprocessing": {"spacing": None}}) == {
         "spacing": None, "patchSize": None, "modality": "MR"}
     assert parentSettings({"modality": "PET"})["modality"] is None
+    assert parentSettings({**card, "cascade": {"margin_mm": 6, "coarse": {}}})["cascadeMarginMm"] == 6.0
+    assert "cascadeMarginMm" not in parentSettings(card)
 
 
 FAKE_TRAIN = r"""
@@ -476,3 +477,41 @@ def test_real_engine_fine_tunes_and_the_model_is_listed(mrml, folders):
     listed = ModelManagerLogic(folders["user"], folders["shipped"]).listModels()
     assert "tiny-tuned" in [entry["id"] for entry in listed]
     assert progress[-1] == 100 and list(folders["work"].iterdir()) == []
+
+
+def make_tiny_cascade(folder: Path) -> Path:
+    """A real cascade package: the tiny DynUNet as both its coarse (4 mm) and its fine (2 mm) stage."""
+    from cadcore.models import save_package
+
+    single = make_tiny_segmentation_package(folder.parent / "single-for-cascade", preprocessing=PREPROCESSING)
+    card = {k: v for k, v in single.card.items() if k != "weights"}
+    card["id"] = folder.name
+    card["cascade"] = {"coarse": {"network": card["network"], "preprocessing": {**PREPROCESSING, "spacing": [4.0] * 3},
+                                  "inference": {"patch_size": [16, 16, 16], "overlap": 0.25}},
+                       "margin_mm": 3.0}
+    state = {f"{stage}.{k}": v.clone() for stage in ("coarse", "fine") for k, v in single.load_state_dict().items()}
+    shutil.rmtree(single.folder)
+    return save_package(folder, card, state).folder
+
+
+def test_real_engine_fine_tunes_a_cascade_stage_by_stage(mrml, folders):
+    """Improve model on a cascade (brain-tumour-cascade's case): the real ``cad train --cascade --init`` fine-tunes
+    both stages from the parent's, keeps its ROI margin and coarse resolution, and registers a cascade whose
+    staging folder (crops of the user's cases, per-stage checkpoints) is not installed."""
+    make_tiny_cascade(folders["user"] / "tiny-cascade")
+    pairs = [add_pair(mrml, f"case {i}", i) for i in range(3)]
+    logic = ImproveModelLogic(runner=InProcessRunner(), temporaryFolder=folders["work"],
+                              modelsFolder=folders["user"], shippedFolder=folders["shipped"])
+    result = logic.run("tiny-cascade", pairs=pairs, newModelId="tiny-cascade-tuned", epochs=2, device="cpu")
+    card = json.loads((result.folder / "model.json").read_text())
+    assert card["id"] == "tiny-cascade-tuned" and card["labels"] == TINY_LABELS
+    assert card["cascade"]["margin_mm"] == 3.0
+    assert card["cascade"]["coarse"]["preprocessing"]["spacing"] == [4.0, 4.0, 4.0]
+    assert card["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
+    assert card["training"]["parent"]["parent"] == "tiny-cascade"
+    assert {stage: card["training"]["stages"][stage]["parent"]["parent_stage"] for stage in ("coarse", "fine")} == {
+        "coarse": "coarse", "fine": "fine"}
+    assert not (result.folder / "cascade").exists() and not (result.folder / "training").exists()
+    assert result.curvesPath is not None and result.curvesPath.read_bytes().startswith(b"\x89PNG")
+    assert ModelManagerLogic(folders["user"], folders["shipped"]).verifyModel("tiny-cascade-tuned")
+    assert list(folders["work"].iterdir()) == []

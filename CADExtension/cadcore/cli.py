@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default="")
-    tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning)")
+    tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning; a "
+                    "cascade needs --cascade: each stage starts from its own)")
     tr.add_argument("--freeze-encoder-epochs", type=int, default=0, help="with --init: encoder frozen this long")
     tr.add_argument("--pretrained-lr-factor", type=float, default=0.1,
                     help="with --init: learning-rate factor for pretrained layers")

@@ -267,7 +267,8 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
             raise CadError(f"{name} needs three positive values in mm, got {spacing}")
     base = config.model_id or Path(config.output).name
     fine = replace(config, spacing=list(fine_spacing), max_cases=None, model_id=f"{base}-fine",
-                   init_stage="fine" if parent else None, description="fine stage of a cascade (ROI crops)")
+                   init_stage="fine" if parent else None, description="fine stage of a cascade (ROI crops)",
+                   progress_prefix="fine stage, ")
     coarse_network = parent.card["cascade"]["coarse"]["network"]["params"] if parent else {}
     if coarse_network and options.coarse_filters and list(options.coarse_filters) != coarse_network.get("filters"):
         raise CadError(f"--coarse-filters {options.coarse_filters} differ from the --init cascade's coarse network "
@@ -277,7 +278,8 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
                      epochs=options.coarse_epochs or config.epochs, init=config.init if parent else None,
                      init_stage="coarse" if parent else None,
                      freeze_encoder_epochs=config.freeze_encoder_epochs if parent else 0,
-                     model_id=f"{base}-coarse", max_cases=None, description="coarse stage of a cascade")
+                     model_id=f"{base}-coarse", max_cases=None, description="coarse stage of a cascade",
+                     progress_prefix="coarse stage, ")
     if len(coarse.filters) < 3:  # DynUNet's minimum
         raise CadError(f"--coarse-filters needs at least three levels, got {coarse.filters}")
     divisor = divisor_of(dynunet_spec(1, n_classes, coarse.filters, strides_for(coarse.spacing, len(coarse.filters))))

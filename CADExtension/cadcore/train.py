@@ -56,6 +56,7 @@ class TrainConfig:
     force: bool = False
     max_cases: int | None = None
     description: str = ""
+    progress_prefix: str = ""  # before each progress bar's name: a cascade's "coarse stage, " / "fine stage, "
     version: str = "1.0.0"
     init: str | None = None  # transfer learning: a model package (id or folder) to start from
     init_stage: str | None = None  # with a cascade --init: the stage ("coarse" or "fine") this training starts from
@@ -167,8 +168,9 @@ def train(config: TrainConfig) -> ModelPackage:
     ranks, device = start(pick_device(config.device))
 
     allowed = set(label_values)
-    train_prepared = prepare_cases(train_cases, preprocessing, allowed, "loading training cases")
-    val_prepared = prepare_cases(val_cases, preprocessing, allowed, "loading validation cases")
+    bar = config.progress_prefix
+    train_prepared = prepare_cases(train_cases, preprocessing, allowed, f"{bar}loading training cases")
+    val_prepared = prepare_cases(val_cases, preprocessing, allowed, f"{bar}loading validation cases")
 
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
@@ -225,8 +227,8 @@ def train(config: TrainConfig) -> ModelPackage:
         (ckpt_dir / ".last.pt").replace(ckpt_dir / "last.pt")
 
     started = time.time()
-    progress = tqdm(range(state["epoch"], config.epochs), desc="training", unit="epoch", initial=state["epoch"],
-                    total=config.epochs)
+    progress = tqdm(range(state["epoch"], config.epochs), desc=f"{bar}training", unit="epoch",
+                    initial=state["epoch"], total=config.epochs)
     try:
         for epoch in progress:
             if parent is not None and config.freeze_encoder_epochs:

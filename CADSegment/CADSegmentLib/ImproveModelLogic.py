@@ -39,8 +39,12 @@ from CADSegmentLib.TrainingData import (
     writeDataset,
 )
 
-STAGES = {"loading training cases": (0, 5), "loading validation cases": (5, 10), "training": (10, 100)}
-"""``cad train``'s progress bars (tqdm descriptions) and the share of the panel's bar each one fills."""
+STAGES = {"loading training cases": (0, 5), "loading validation cases": (5, 10), "training": (10, 100),
+          "coarse stage, loading training cases": (0, 2), "coarse stage, loading validation cases": (2, 5),
+          "coarse stage, training": (5, 45), "fine stage, loading training cases": (45, 47),
+          "fine stage, loading validation cases": (47, 50), "fine stage, training": (50, 100)}
+"""``cad train``'s progress bars (tqdm descriptions) and the share of the panel's bar each one fills; a cascade
+(``--cascade``) trains its coarse, then its fine stage, each bar named after its stage."""
 _EPOCH = re.compile(r"\|\s*(\d+)/(\d+)\s*\[")
 _POSTFIX = re.compile(r"\b(loss|val_dice|best)=([-+0-9.eE]+|nan)")
 
@@ -60,14 +64,16 @@ def trainingProgress(line: str) -> int | None:
 
 
 def trainingStatus(line: str) -> str | None:
-    """"epoch 4/10: loss 0.512, validation Dice 0.701 (best 0.701)" from the training bar, else None."""
-    if not line.strip().startswith("training:"):
+    """"epoch 4/10: loss 0.512, validation Dice 0.701 (best 0.701)" from the training bar (for a cascade
+    "coarse stage, epoch 4/10: ..."), else None."""
+    name = line.split(":", 1)[0].strip()
+    if ":" not in line or name not in STAGES or not name.endswith("training"):
         return None
     epoch = _EPOCH.search(line)
     if epoch is None or epoch.group(1) == "0":
         return None
     values = {key: value for key, value in _POSTFIX.findall(line) if value != "nan"}
-    text = f"epoch {epoch.group(1)}/{epoch.group(2)}"
+    text = f"{name[:-len('training')]}epoch {epoch.group(1)}/{epoch.group(2)}"
     details = [f"loss {values['loss']}"] if "loss" in values else []
     if "val_dice" in values:
         details.append(f"validation Dice {values['val_dice']}" + (f" (best {values['best']})" if "best" in values

@@ -458,6 +458,10 @@ def test_progress_and_status_from_real_tqdm_bars():
     assert trainingStatus(training[-1]) == "epoch 4/4: loss 0.512, validation Dice 0.701 (best 0.701)"
     assert trainingProgress(_tqdm_lines("network", 2)[-1]) is None  # another bar: not the training's progress
     assert trainingProgress("accuracy 95%") is None and trainingStatus(loading[-1]) is None
+    coarse, fine = (_tqdm_lines(f"{stage} stage, training", 4, unit="epoch") for stage in ("coarse", "fine"))
+    assert [trainingProgress(coarse[0]), trainingProgress(coarse[-1])] == [5, 45]  # a cascade: one bar per stage,
+    assert [trainingProgress(fine[0]), trainingProgress(fine[-1])] == [50, 100]  # never back to 10 % at the second
+    assert trainingStatus(coarse[-1]) == "coarse stage, epoch 4/4: loss 0.512, validation Dice 0.701 (best 0.701)"
 
 
 def test_real_engine_fine_tunes_and_the_model_is_listed(mrml, folders):
@@ -502,7 +506,13 @@ def test_real_engine_fine_tunes_a_cascade_stage_by_stage(mrml, folders):
     pairs = [add_pair(mrml, f"case {i}", i) for i in range(3)]
     logic = ImproveModelLogic(runner=InProcessRunner(), temporaryFolder=folders["work"],
                               modelsFolder=folders["user"], shippedFolder=folders["shipped"])
-    result = logic.run("tiny-cascade", pairs=pairs, newModelId="tiny-cascade-tuned", epochs=2, device="cpu")
+    progress: list[int] = []
+    logs: list[str] = []
+    result = logic.run("tiny-cascade", pairs=pairs, newModelId="tiny-cascade-tuned", epochs=2, device="cpu",
+                       onProgress=progress.append, onLog=logs.append)
+    assert progress == sorted(progress) and {25, 45, 75, 100} <= set(progress)  # the engine's bar names are mapped
+    assert any(line.startswith("coarse stage, epoch 2/2") for line in logs)
+    assert any(line.startswith("fine stage, epoch 2/2") for line in logs)
     card = json.loads((result.folder / "model.json").read_text())
     assert card["id"] == "tiny-cascade-tuned" and card["labels"] == TINY_LABELS
     assert card["cascade"]["margin_mm"] == 3.0

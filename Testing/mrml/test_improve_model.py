@@ -510,7 +510,9 @@ def test_real_engine_fine_tunes_a_cascade_stage_by_stage(mrml, folders):
     logs: list[str] = []
     result = logic.run("tiny-cascade", pairs=pairs, newModelId="tiny-cascade-tuned", epochs=2, device="cpu",
                        onProgress=progress.append, onLog=logs.append)
-    assert progress == sorted(progress) and {25, 45, 75, 100} <= set(progress)  # the engine's bar names are mapped
+    # the engine's bar names are mapped: the coarse stage ends at 45 % (tqdm always draws a finished bar; the
+    # bars in between depend on redraw timing), the fine stage at 100 %
+    assert progress == sorted(progress) and {45, 100} <= set(progress)
     assert any(line.startswith("coarse stage, epoch 2/2") for line in logs)
     assert any(line.startswith("fine stage, epoch 2/2") for line in logs)
     card = json.loads((result.folder / "model.json").read_text())

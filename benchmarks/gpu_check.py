@@ -43,12 +43,6 @@ SAMPLE = REPO / "sample_data" / "hippocampus"
 TUMOUR_EVAL = ["PGBM-001_19911119", "PGBM-001_19920402", "PGBM-003_19950329", "PGBM-003_19951017"]
 
 
-def same_grid(a, b) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-5)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-7))
-
-
 def timed(run: Callable[[], Any], repeats: int, cuda: bool) -> tuple[Any, float, float | None]:
     """(last result, median seconds, peak GPU MiB) after one warm-up run (CUDA context, cuDNN plans)."""
     import torch
@@ -73,6 +67,7 @@ def segmentation_case(name: str, image_path: Path, model: str, truth_path: Path 
     from inference import agreement
 
     from cadcore.evaluate import dice
+    from cadcore.io import same_grid
     from cadcore.models import find_model
     from cadcore.segment import segment_image
 
@@ -84,7 +79,7 @@ def segmentation_case(name: str, image_path: Path, model: str, truth_path: Path 
                                       device == "cuda")
         labels[device] = sitk.GetArrayFromImage(result.labels)
         row[device] = {"seconds": seconds, "stages_s": result.timings,
-                       "same_grid_as_input": same_grid(result.labels, image),
+                       "same_grid_as_input": same_grid(result.labels, image, tolerance=1e-6),
                        **({"peak_gpu_mib": peak} if peak is not None else {}),
                        **({"cascade": {k: result.cascade[k] for k in ("used", "roi_fraction", "fallback")
                                        if k in result.cascade}} if result.cascade else {})}

@@ -147,6 +147,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="labelled-only model = teacher")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument("--student-init", choices=["scratch", "teacher"], default="scratch")
+    parser.add_argument("--student-augmentation", type=float, default=1.0)
     parser.add_argument("--baseline", choices=["teacher", "separate"], default="teacher",
                         help="labelled-only model: the round-0 teacher, or a separate identical cad train run")
     parser.add_argument("--max-unlabelled", type=int, default=None, help="smoke runs: fewer unlabelled volumes")
@@ -167,7 +169,8 @@ def main() -> None:
     clock = time.time()
     cad("train", "--data", str(paths["labelled"]), "-o", str(self_trained), "--id", "hippocampus-self-trained",
         "--unlabelled", str(paths["unlabelled"]), "--rounds", str(args.rounds), "--confidence", str(args.confidence),
-        "--student-epochs", str(args.student_epochs), *common, *resume)
+        "--student-epochs", str(args.student_epochs), "--student-init", args.student_init,
+        "--student-augmentation", str(args.student_augmentation), *common, *resume)
     timings["self_training_s"] = round(time.time() - clock)
     baseline = self_trained / "self_training" / "round_0"
     if args.baseline == "separate":
@@ -201,8 +204,9 @@ def main() -> None:
         "split": {"n_evaluation": len(ids["evaluation"]), "n_labelled_train": len(ids["labelled_train"]),
                   "n_labelled_val": len(ids["labelled_val"]), "n_unlabelled": len(ids["unlabelled"]),
                   "seed": args.seed, "labelled_fraction": args.labelled_fraction, "ids": ids},
-        "settings": {k: getattr(args, k) for k in ("epochs", "student_epochs", "rounds", "confidence", "val_every",
-                                                    "baseline", "max_unlabelled", "max_eval")},
+        "settings": {k: getattr(args, k) for k in ("epochs", "student_epochs", "student_init", "student_augmentation",
+                                                    "rounds", "confidence", "val_every", "baseline",
+                                                    "max_unlabelled", "max_eval")},
         "architecture": {k: config[k] for k in ("patch_size", "filters", "batch_size", "learning_rate",
                                                 "mirror_axes")},
         "labelled_only": reports["labelled_only"], "self_trained": reports["self_trained"],

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--confidence", type=float, default=None,
                     help="pseudo-label voxels whose top class probability is lower are ignored (default 0.9)")
     st.add_argument("--student-epochs", type=int, default=None, help="epochs per student (default: --epochs)")
+    st.add_argument("--student-init", choices=["scratch", "teacher"], default=None,
+                    help="each student starts from scratch (or --init's weights; default) or from the teacher's")
+    st.add_argument("--student-augmentation", type=float, default=None, metavar="FACTOR",
+                    help="the student's rotation and scaling ranges, times the teacher's (default 1; 0 to 3)")
     st.add_argument("--no-pseudo-tta", dest="pseudo_tta", action="store_false",
                     help="pseudo-label without averaging over flips along --mirror-axes")
     cl = tr.add_argument_group("classification (--task classify)")

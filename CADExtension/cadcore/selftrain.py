@@ -8,10 +8,12 @@ it. Validation therefore never sees a pseudo-label, and every round is scored on
 Dice per round in the card is comparable. The last student is exported into OUTPUT, whatever its score: K rounds is
 what was asked for, and the card shows every round's score to judge it by.
 
-The student starts from scratch (or from ``--init``'s weights, as the teacher did), never from the teacher's weights:
-that is the "noisy student" recipe (Xie et al., CVPR 2020). A student initialised with the teacher sits in the
-teacher's minimum and, trained on the teacher's own answers, mostly confirms its mistakes; a fresh student,
-trained with augmentation on several times more volumes, has to generalise from them.
+By default the student starts from scratch (or from ``--init``'s weights, as the teacher did), not from the teacher's
+weights: that is the "noisy student" recipe (Xie et al., CVPR 2020). A student initialised with the teacher sits in
+the teacher's minimum and, trained on the teacher's own answers, may mostly confirm its mistakes; a fresh student,
+trained with augmentation on several times more volumes, has to generalise from them. ``--student-init teacher``
+(every layer at the full learning rate) and ``--student-augmentation`` (wider rotation and scaling for the student
+only) are there to measure the alternatives; README "Self-training" gives what they did on hippocampus.
 
 Layout: ``OUTPUT/self_training/round_0`` (teacher package), ``pseudo_<r>`` (pseudo-labels, ``dataset.json``,
 ``summary.json``), ``round_<r>`` (student package); OUTPUT holds the final package. Every input is checked before
@@ -47,14 +49,16 @@ class SelfTrainOptions:
     confidence: float = 0.9  # voxels whose top class probability is lower are ignored by the student's loss
     tta: bool = True  # average the teacher over flips along the training's mirror axes
     student_epochs: int | None = None  # default: the teacher's --epochs
-
+    student_init: str = "scratch"  # or "teacher": each student starts from the previous round's weights
+    student_augmentation: float = 1.0  # the student's rotation/scaling ranges, relative to the teacher's
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> SelfTrainOptions:
         """From the parsed ``cad train`` arguments (``None`` means "the default")."""
         given = {"unlabelled": values["unlabelled"], "rounds": values.get("rounds"),
                  "confidence": values.get("confidence"), "tta": values.get("pseudo_tta", True),
-                 "student_epochs": values.get("student_epochs")}
+                 "student_epochs": values.get("student_epochs"), "student_init": values.get("student_init"),
+                 "student_augmentation": values.get("student_augmentation")}
         return cls(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -66,7 +70,9 @@ def check_flags(values: dict[str, Any]) -> None:
                            "--cascade)")
         return
     stray = [flag for flag, key in (("--rounds", "rounds"), ("--confidence", "confidence"),
-                                    ("--student-epochs", "student_epochs")) if values.get(key) is not None]
+                                    ("--student-epochs", "student_epochs"), ("--student-init", "student_init"),
+                                    ("--student-augmentation", "student_augmentation"))
+             if values.get(key) is not None]
     stray += ["--no-pseudo-tta"] if values.get("pseudo_tta") is False else []
     if stray:
         raise CadError(f"{', '.join(stray)} only apply to self-training (--unlabelled)")
@@ -116,6 +122,10 @@ def check_inputs(config: TrainConfig, options: SelfTrainOptions) -> tuple[Datase
         raise CadError(f"--confidence must be in [0, 1], got {options.confidence}")
     if options.student_epochs is not None and options.student_epochs < 1:
         raise CadError(f"--student-epochs must be at least 1, got {options.student_epochs}")
+    if options.student_init not in ("scratch", "teacher"):
+        raise CadError(f"--student-init must be scratch or teacher, got {options.student_init}")
+    if not 0.0 <= options.student_augmentation <= 3.0:  # 3: rotations of up to 45 degrees, scaling by up to 45 %
+        raise CadError(f"--student-augmentation must be in [0, 3], got {options.student_augmentation}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CadError("--unlabelled does not run under torchrun; start it as a single process")
     dataset = load_dataset(config.data)
@@ -147,7 +157,7 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
     tta_axes = list(config.mirror_axes) if options.tta else []
     rounds: list[dict[str, Any]] = []
 
-    teacher = run_round(replace(config, output=str(work / "round_0"), model_id=f"{final_id}-round0"))
+    teacher = first_teacher = run_round(replace(config, output=str(work / "round_0"), model_id=f"{final_id}-round0"))
     rounds.append(round_record(0, teacher, len(train_cases)))
     if interrupted(teacher, config.epochs):
         return teacher
@@ -163,7 +173,11 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
         student_config = replace(config, data=str(work / f"pseudo_{index}" / "dataset.json"),
                                  output=str(work / f"round_{index}"), model_id=f"{final_id}-round{index}",
                                  epochs=student_epochs, spacing=spacing, max_cases=None,
-                                 resume=config.resume and reused, force=config.force or config.resume)
+                                 resume=config.resume and reused, force=config.force or config.resume,
+                                 augmentation_strength=config.augmentation_strength * options.student_augmentation)
+        if options.student_init == "teacher":
+            student_config = replace(student_config, init=str(teacher.folder), init_stage=None,
+                                     pretrained_lr_factor=1.0, freeze_encoder_epochs=0)
         tqdm.write(f"self-training round {index}/{options.rounds}: student on {len(train_cases)} labelled + "
                    f"{len(volumes)} pseudo-labelled volumes ({pseudo['kept_voxel_fraction']:.1%} of voxels kept)")
         student = run_round(student_config)
@@ -180,9 +194,14 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
         f"3D U-Net self-trained (teacher on {len(train_cases)} labelled cases, {options.rounds} round(s) of "
         f"pseudo-labels on {len(volumes)} unlabelled volumes) with cad train on {dataset.name or dataset.root.name}")
     card["training"] = {**card["training"], "config": {**card["training"]["config"], "model_id": final_id}}
+    for key in ("parent", "init"):  # the package's parent is the teacher's (--init), never a round of this run
+        card["training"].pop(key, None)
+        if key in first_teacher.card["training"]:
+            card["training"][key] = first_teacher.card["training"][key]
     card["training"]["self_training"] = {
         "rounds": options.rounds, "confidence_threshold": options.confidence, "flip_tta_axes": tta_axes,
-        "ignore_label": IGNORE_LABEL, "student_init": f"--init {config.init}" if config.init else "scratch",
+        "ignore_label": IGNORE_LABEL, "student_init": student_init(config, options),
+        "student_augmentation": options.student_augmentation,
         "teacher_epochs": config.epochs, "student_epochs": student_epochs,
         "n_labelled": len(train_cases), "n_validation": len(val_cases), "n_unlabelled": len(volumes),
         "unlabelled": str(options.unlabelled), "labelled_data": dataset.name or str(dataset.root),
@@ -196,6 +215,13 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
         if (teacher.folder / name).exists():
             shutil.copy2(teacher.folder / name, output / name)
     return package
+
+
+def student_init(config: TrainConfig, options: SelfTrainOptions) -> str:
+    """What each student started from, for the card."""
+    if options.student_init == "teacher":
+        return "the previous round's model (every layer at the full learning rate)"
+    return f"--init {config.init}" if config.init else "scratch"
 
 
 def run_round(config: TrainConfig) -> ModelPackage:

@@ -51,6 +51,7 @@ class TrainConfig:
     modality: str = "MR"
     ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
     mirror_axes: list[int] = field(default_factory=lambda: [0])
+    augmentation_strength: float = 1.0  # scales rotation and scaling ranges (a self-training student may use more)
     device: str = "auto"
     resume: bool = False
     force: bool = False
@@ -195,7 +196,8 @@ def train(config: TrainConfig) -> ModelPackage:
     partial = any(case.pseudo for case in train_cases)  # pseudo-labels: skip their ignored voxels
     loss_fn = MaskedDiceCELoss() if partial else DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     crop_key = "foreground" if partial else "label"
-    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes, crop_key=crop_key),
+    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes,
+                                                          config.augmentation_strength, crop_key=crop_key),
                            foreground=partial)
     shard = sampler(patches, ranks, config.seed)
     loader = torch.utils.data.DataLoader(

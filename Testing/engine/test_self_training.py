@@ -131,6 +131,28 @@ def test_resume_with_new_pseudo_labels_restarts_the_students(self_trained, tmp_p
     assert summary["key"]["confidence"] == 0.2
 
 
+def test_a_student_from_the_teacher_starts_with_its_weights(self_trained, tmp_path):
+    """--student-init teacher: at a zero learning rate the student must hold exactly the teacher's tensors (which,
+    under --init, are the parent's); the exported card names the user's --init parent, not a round of this run;
+    --student-augmentation reaches the student's training and not the teacher's."""
+    output = tmp_path / "from-teacher"
+    assert main(["train", "--data", str(labelled_dataset(tmp_path / "data")), "-o", str(output), "--unlabelled",
+                 str(self_trained.parent / "unlabelled"), "--init", str(self_trained), "--student-init", "teacher",
+                 "--student-augmentation", "2", *TINY, "--lr", "0"]) == 0
+    parent = find_model(self_trained).load_state_dict()
+    teacher = find_model(output / "self_training" / "round_0")
+    student = find_model(output / "self_training" / "round_1")
+    for name, tensor in student.load_state_dict().items():
+        assert torch.equal(tensor, teacher.load_state_dict()[name]) and torch.equal(tensor, parent[name]), name
+    assert student.card["training"]["parent"]["parent"] == teacher.id
+    assert teacher.card["training"]["config"]["augmentation_strength"] == 1.0
+    assert student.card["training"]["config"]["augmentation_strength"] == 2.0
+    card = find_model(output).card["training"]
+    assert card["parent"] == teacher.card["training"]["parent"] and card["parent"]["parent"] == "tiny-self"
+    assert card["self_training"]["student_init"].startswith("the previous round's model")
+    assert card["self_training"]["student_augmentation"] == 2.0
+
+
 def test_pseudo_label_ignores_unsure_voxels():
     probabilities = np.zeros((3, 4, 4, 4), np.float32)
     probabilities[0] = 0.95
@@ -239,3 +261,16 @@ def test_ignore_value_is_refused_outside_pseudo_labelled_cases(tmp_path, capsys)
 def test_self_training_options_need_unlabelled(tmp_path, capsys):
     err = refused(["--data", str(labelled_dataset(tmp_path / "d")), "--confidence", "0.8"], capsys, tmp_path / "m")
     assert "--confidence" in err and "--unlabelled" in err
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--student-init", "teacher"], "--student-init"),
+                                              (["--student-augmentation", "2"], "--student-augmentation")])
+def test_student_options_need_unlabelled(tmp_path, capsys, flags, named):
+    err = refused(["--data", str(labelled_dataset(tmp_path / "d")), *flags], capsys, tmp_path / "m")
+    assert named in err and "--unlabelled" in err
+
+
+def test_refuses_an_out_of_range_student_augmentation(tmp_path, capsys):
+    err = refused(["--data", str(labelled_dataset(tmp_path / "d")), "--unlabelled",
+                   str(unlabelled_folder(tmp_path / "u")), "--student-augmentation", "5"], capsys, tmp_path / "m")
+    assert "--student-augmentation must be in [0, 3], got 5.0" in err

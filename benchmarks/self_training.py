@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, STUDENT_EPOCHS = 200, 44  # equal patches per model (200 x 34 ~ 44 x 158), ~50-60 min on 2 CPU cores
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "msd_task04_hippocampus"
@@ -141,6 +143,24 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                           for k, v in report["per_label"].items()}}
 
 
+def per_case_dice(report: dict[str, Any]) -> dict[str, float]:
+    """Mean Dice over labels, per evaluation case."""
+    return {c["id"]: float(np.mean([v for v in c["dice"].values()])) for c in report["cases"]}
+
+
+def paired_delta(better: dict[str, Any], base: dict[str, Any], resamples: int = 10_000) -> dict[str, float]:
+    """Mean Dice difference in points with a paired bootstrap 95 % interval over the evaluation cases."""
+    a, b = per_case_dice(better), per_case_dice(base)
+    if a.keys() != b.keys():
+        raise SystemExit("the two reports score different evaluation cases")
+    diff = 100 * np.array([a[k] - b[k] for k in sorted(a)])
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"points": round(float(diff.mean()), 2), "ci95": [round(float(low), 2), round(float(high), 2)],
+            "cases_better": int((diff > 0).sum()), "cases_worse": int((diff < 0).sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     protocol_arguments(parser, "self_training.json")
@@ -211,6 +231,8 @@ def main() -> None:
                                                 "mirror_axes")},
         "labelled_only": reports["labelled_only"], "self_trained": reports["self_trained"],
         "delta_dice_points": delta,
+        "delta_paired_bootstrap": paired_delta(*(json.loads((args.work / f"evaluate_{name}.json").read_text())
+                                                 for name in ("self_trained", "labelled_only"))),
         "per_label_delta_dice_points": {k: round(100 * (v["dice_mean"] -
                                                         reports["labelled_only"]["per_label"][k]["dice_mean"]), 2)
                                         for k, v in reports["self_trained"]["per_label"].items()},

@@ -28,15 +28,13 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from self_training import (  # noqa: E402
     CARD,
     cad,
     labelled_entry,
+    paired_delta,
     protocol_arguments,
     split,
     summary,
@@ -58,24 +56,6 @@ def write_oracle_dataset(data: Path, work: Path, ids: dict[str, list[str]]) -> P
         "validation": [entry(c) for c in ids["labelled_val"]],
     }, indent=1) + "\n")
     return path
-
-
-def per_case_dice(report: dict[str, Any]) -> dict[str, float]:
-    """Mean Dice over labels, per evaluation case."""
-    return {c["id"]: float(np.mean([v for v in c["dice"].values()])) for c in report["cases"]}
-
-
-def paired_delta(better: dict[str, Any], base: dict[str, Any], resamples: int = 10_000) -> dict[str, float]:
-    """Mean Dice difference in points with a paired bootstrap 95 % interval over the evaluation cases."""
-    a, b = per_case_dice(better), per_case_dice(base)
-    if a.keys() != b.keys():
-        raise SystemExit("the two reports score different evaluation cases")
-    diff = 100 * np.array([a[k] - b[k] for k in sorted(a)])
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"points": round(float(diff.mean()), 2), "ci95": [round(float(low), 2), round(float(high), 2)],
-            "cases_better": int((diff > 0).sum()), "cases_worse": int((diff < 0).sum())}
 
 
 def main() -> None:

@@ -199,14 +199,15 @@ def main() -> None:
         cad("train", "--data", str(paths["labelled"]), "-o", str(baseline), "--id", "hippocampus-labelled-only",
             *common, *(["--resume"] if (baseline / "training").exists() else []))
         timings["labelled_only_s"] = round(time.time() - clock)
-    reports = {}
+    reports, evaluations = {}, {}
     for name, package in (("labelled_only", baseline), ("self_trained", self_trained)):
         clock = time.time()
         report_path = args.work / f"evaluate_{name}.json"
         cad("evaluate", "-m", str(package), "--data", str(paths["evaluation"]), "--split", "all",
             "-o", str(report_path), "--device", args.device, "--force")
         timings[f"evaluate_{name}_s"] = round(time.time() - clock)
-        reports[name] = summary(json.loads(report_path.read_text()))
+        evaluations[name] = json.loads(report_path.read_text())
+        reports[name] = summary(evaluations[name])
     card = json.loads((self_trained / "model.json").read_text())
     rounds = card["training"]["self_training"]["per_round"]
     speed = {"teacher": seconds_per_epoch(self_trained / "self_training" / "round_0"),
@@ -231,8 +232,7 @@ def main() -> None:
                                                 "mirror_axes")},
         "labelled_only": reports["labelled_only"], "self_trained": reports["self_trained"],
         "delta_dice_points": delta,
-        "delta_paired_bootstrap": paired_delta(*(json.loads((args.work / f"evaluate_{name}.json").read_text())
-                                                 for name in ("self_trained", "labelled_only"))),
+        "delta_paired_bootstrap": paired_delta(evaluations["self_trained"], evaluations["labelled_only"]),
         "per_label_delta_dice_points": {k: round(100 * (v["dice_mean"] -
                                                         reports["labelled_only"]["per_label"][k]["dice_mean"]), 2)
                                         for k, v in reports["self_trained"]["per_label"].items()},

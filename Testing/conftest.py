@@ -63,8 +63,8 @@ def make_tiny_segmentation_package(folder: Path, seed: int = 0, **card_overrides
     """A real (untrained, random-weight) package: tiny DynUNet, hippocampus-like card. Builds in well under a second."""
     import torch
 
-    from cadcore.models import save_package
-    from cadcore.networks import build_network, dynunet_spec
+    from cadcore.registry.networks import build_network, dynunet_spec
+    from cadcore.registry.packages import save_package
 
     torch.manual_seed(seed)
     spec = dynunet_spec(1, 3, [4, 8, 16], [1, 2, 2])
@@ -95,8 +95,8 @@ def make_tiny_classification_package(folder: Path, seed: int = 0, **card_overrid
     """A real (untrained) ResNet-18-shaped classifier with 4–32 channels, fixed-spacing ROI of 16 voxels at 2 mm."""
     import torch
 
-    from cadcore.models import save_package
-    from cadcore.networks import build_network
+    from cadcore.registry.networks import build_network
+    from cadcore.registry.packages import save_package
 
     torch.manual_seed(seed)
     spec = {"name": "ResNet", "params": {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [4, 8, 16, 32],

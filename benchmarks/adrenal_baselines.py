@@ -1,17 +1,17 @@
 """Classical baselines on AdrenalMNIST3D: hand-crafted features + SVM / random forest (a benchmark, not a test).
 
-Extracts :mod:`cadcore.features` from every train and val sample (images are binary shape masks, so mask =
-image > 0), caches the matrices as .npz, trains both baselines on train with :func:`cadcore.baseline.train_baseline`
-and scores them on val: AUC, accuracy, sensitivity, specificity, balanced accuracy (threshold: argmax, i.e.
-p(mass) >= 0.5) and the ECE of the positive-class probability (10 equal-width bins), plus the top-label ECE that the
-CNN cards report. Two feature pipelines:
+Extracts :mod:`cadcore.classification.radiomics` from every train and val sample (images are binary shape masks, so
+mask = image > 0), caches the matrices as .npz, trains both baselines on train with
+:func:`cadcore.classification.baseline.train_baseline` and scores them on val: AUC, accuracy, sensitivity,
+specificity, balanced accuracy (threshold: argmax, i.e. p(mass) >= 0.5) and the ECE of the positive-class probability
+(10 equal-width bins), plus the top-label ECE that the CNN cards report. Two feature pipelines:
 
 * ``direct``: the arrays as they are, spacing (1, 1, 1): the same inputs as the CNN's card metrics;
-* ``roi``: each sample goes through what ``cad classify`` does (``cadcore.roi.extract_roi`` with the card's ROI spec,
-  an extent-fitted 28^3/64^3 block resampled with linear/nearest interpolation, features in ROI-voxel units by
-  :func:`cadcore.baseline.roi_feature_spacing`). The resampling changes the shape features, so a model trained on
-  ``direct`` features scores lower under ``cad classify``; the exported packages (``--export DIR``: ``adrenal-svm``,
-  ``adrenal-rf``) are trained on ``roi`` features for that reason.
+* ``roi``: each sample goes through what ``cad classify`` does (``cadcore.classification.roi.extract_roi`` with the
+  card's ROI spec, an extent-fitted 28^3/64^3 block resampled with linear/nearest interpolation, features in
+  ROI-voxel units by :func:`cadcore.classification.baseline.roi_feature_spacing`). The resampling changes the shape
+  features, so a model trained on ``direct`` features scores lower under ``cad classify``; the exported packages
+  (``--export DIR``: ``adrenal-svm``, ``adrenal-rf``) are trained on ``roi`` features for that reason.
 
     nice -n 10 .venv/bin/python benchmarks/adrenal_baselines.py [--sizes 28 64] [--pipelines direct roi]
         [--cache runs/features] [--json runs/adrenal_baselines.json] [--export runs/models] [--export-size 28]
@@ -45,7 +45,7 @@ def sha256(path: Path) -> str:
 
 def roi_spec(train_images: np.ndarray, size: int) -> dict[str, Any]:
     """The card's ``roi`` section, as ``cad train --task classify`` writes it for MedMNIST data."""
-    from cadcore.classify_data import extent_margin
+    from cadcore.classification.datasets import extent_margin
 
     return {"size": [size] * 3, "spacing": None, "fit": "extent", "margin": extent_margin(train_images > 0),
             "input": "mask", "orientation": "RAS"}
@@ -55,8 +55,8 @@ def roi_sample(array: np.ndarray, spec: dict[str, Any]) -> tuple[np.ndarray, np.
     """One sample as ``cad classify`` sees it: image + mask volumes (array axes = I, J, K, 1 mm), ROI cut by spec."""
     import SimpleITK as sitk
 
-    from cadcore.baseline import roi_feature_spacing
-    from cadcore.roi import extract_roi
+    from cadcore.classification.baseline import roi_feature_spacing
+    from cadcore.classification.roi import extract_roi
 
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.float32))
     mask = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0) > 0).astype(np.uint8))
@@ -65,7 +65,7 @@ def roi_sample(array: np.ndarray, spec: dict[str, Any]) -> tuple[np.ndarray, np.
 
 
 def split_features(archive: Any, split: str, spec: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
-    from cadcore.features import feature_matrix
+    from cadcore.classification.radiomics import feature_matrix
 
     images = archive[f"{split}_images"]
     started = time.perf_counter()
@@ -85,7 +85,7 @@ def split_features(archive: Any, split: str, spec: dict[str, Any] | None) -> tup
 
 def load_features(data: Path, size: int, cache: Path, pipeline: str) -> dict[str, Any]:
     """Feature matrices of one resolution and pipeline, from the cache when data, extractor and ROI spec match."""
-    from cadcore.features import FEATURE_NAMES, FEATURES_VERSION
+    from cadcore.classification.radiomics import FEATURE_NAMES, FEATURES_VERSION
 
     source = data / FILES[size]
     digest = sha256(source)
@@ -127,7 +127,7 @@ def positive_ece(p_positive: np.ndarray, labels: np.ndarray, bins: int = 10) -> 
 def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
-    from cadcore.calibration import expected_calibration_error
+    from cadcore.classification.calibration import expected_calibration_error
 
     predicted = probabilities.argmax(1)
     tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
@@ -146,7 +146,7 @@ def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 def export(folder: Path, classifier: Any, size: int, result: dict[str, Any], features: dict[str, Any]) -> Path:
     """One baseline package, with a card that says what it was trained on, under which licence, and how well."""
-    from cadcore.models import save_package
+    from cadcore.registry.packages import save_package
 
     kind = classifier.kind
     card = {
@@ -168,8 +168,9 @@ def export(folder: Path, classifier: Any, size: int, result: dict[str, Any], fea
             "split": "official MedMNIST train (fit and CV model selection) / val (metrics); official test held out",
             "n_train": int(len(features["train_y"])), "n_val": int(len(features["val_y"])),
             "seed": classifier.seed,
-            "feature_input": ("each sample through cadcore.roi.extract_roi with this card's roi (mask = array > 0, "
-                              "1 mm voxels), features with cadcore.baseline.roi_feature_spacing (ROI-voxel units): "
+            "feature_input": ("each sample through cadcore.classification.roi.extract_roi with this card's roi "
+                              "(mask = array > 0, 1 mm voxels), features with "
+                              "cadcore.classification.baseline.roi_feature_spacing (ROI-voxel units): "
                               "what cad classify computes"),
             "script": "benchmarks/adrenal_baselines.py",
         },
@@ -190,8 +191,8 @@ def main() -> None:
     parser.add_argument("--export-size", type=int, default=28, choices=sorted(FILES))
     args = parser.parse_args()
 
-    from cadcore.baseline import train_baseline
-    from cadcore.features import FEATURE_NAMES
+    from cadcore.classification.baseline import train_baseline
+    from cadcore.classification.radiomics import FEATURE_NAMES
 
     runs = [(size, pipeline) for size in sorted(args.sizes) for pipeline in args.pipelines]
     if args.export and (args.export_size, "roi") not in runs:

@@ -18,11 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cadcore.classify_metrics import classification_metrics
-from cadcore.cnn_predict import averaged_probabilities, fit_averaged_temperature, load_members, member_logits
-from cadcore.evaluate_classify import evaluation_set
-from cadcore.inference import pick_device
-from cadcore.models import find_model, save_package
+from cadcore.classification.ensemble import (
+    averaged_probabilities,
+    fit_averaged_temperature,
+    load_members,
+    member_logits,
+)
+from cadcore.device import pick_device
+from cadcore.evaluation.classification import evaluation_set
+from cadcore.evaluation.metrics import classification_metrics
+from cadcore.registry.packages import find_model, save_package
 
 
 def main() -> None:

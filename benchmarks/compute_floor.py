@@ -15,8 +15,8 @@ def network_flops(model: str, patch: list[int]) -> float:
     """Conv and transposed-conv FLOPs (2 per multiply-add) of one forward pass on one window."""
     import torch
 
-    from cadcore.models import find_model
-    from cadcore.segment import load_network
+    from cadcore.registry.networks import load_network
+    from cadcore.registry.packages import find_model
 
     network = load_network(find_model(model), torch.device("cpu"))
     total = [0.0]
@@ -53,10 +53,10 @@ def conv_gflops(threads: int | None) -> float:
 
 
 def compute_floor(case: dict, gflops: float) -> dict:
-    from cadcore.io import read_volume
-    from cadcore.models import find_model
-    from cadcore.preprocess import prepare
-    from cadcore.segment import count_windows
+    from cadcore.io.images import read_volume
+    from cadcore.preprocessing.working_space import prepare
+    from cadcore.registry.packages import find_model
+    from cadcore.segmentation.sliding_window import count_windows
 
     card = find_model(case["model"]).card
     patch, overlap = card["inference"]["patch_size"], card["inference"].get("overlap", 0.5)

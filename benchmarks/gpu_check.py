@@ -66,10 +66,10 @@ def segmentation_case(name: str, image_path: Path, model: str, truth_path: Path 
     import SimpleITK as sitk
     from inference import agreement
 
-    from cadcore.evaluate import dice
-    from cadcore.io import same_grid
-    from cadcore.models import find_model
-    from cadcore.segment import segment_image
+    from cadcore.evaluation.metrics import dice
+    from cadcore.io.images import same_grid
+    from cadcore.registry.packages import find_model
+    from cadcore.segmentation.predict import segment_image
 
     image, package = sitk.ReadImage(str(image_path)), find_model(model)
     row: dict[str, Any] = {"case": name, "model": package.id, "size": list(image.GetSize())}
@@ -108,8 +108,8 @@ def hippocampus_cases(folder: Path, limit: int) -> list[tuple[str, Path, Path]]:
 def classification_check(npz: Path, limit: int) -> dict:
     import SimpleITK as sitk
 
-    from cadcore.classify import classify_image
-    from cadcore.models import find_model
+    from cadcore.classification.predict import classify_image
+    from cadcore.registry.packages import find_model
 
     package = find_model("adrenal-resnet")
     archive = np.load(npz)

@@ -81,9 +81,9 @@ def build_spleen_package(cache: Path, ct: Path) -> Path:
     import SimpleITK as sitk
     import torch
 
-    from cadcore.models import save_package
-    from cadcore.networks import build_network
-    from cadcore.preprocess import prepare
+    from cadcore.preprocessing.working_space import prepare
+    from cadcore.registry.networks import build_network
+    from cadcore.registry.packages import save_package
 
     folder = cache / "spleen-random"
     if (folder / "model.json").exists():
@@ -131,10 +131,10 @@ def cases(cache: Path) -> dict[str, dict]:
 def worker_ours(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     import SimpleITK as sitk
 
-    from cadcore.inference import configure_cpu_threads
-    from cadcore.io import read_volume
-    from cadcore.models import find_model
-    from cadcore.segment import segment_image
+    from cadcore.device import configure_cpu_threads
+    from cadcore.io.images import read_volume
+    from cadcore.registry.packages import find_model
+    from cadcore.segmentation.predict import segment_image
 
     configure_cpu_threads()
     package = find_model(model)
@@ -154,19 +154,13 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from cadcore.input_grid import probabilities_to_input_grid
-    from cadcore.io import read_volume
-    from cadcore.models import find_model
-    from cadcore.postprocess import clean_labels
-    from cadcore.preprocess import (
-        WorkingImage,
-        image_interpolator,
-        needs_resampling,
-        normalise,
-        orient,
-        resample_to_spacing,
-    )
-    from cadcore.segment import load_network
+    from cadcore.io.images import read_volume
+    from cadcore.preprocessing.input_grid import probabilities_to_input_grid
+    from cadcore.preprocessing.resampling import needs_resampling, resample_to_spacing
+    from cadcore.preprocessing.working_space import WorkingImage, image_interpolator, normalise, orient
+    from cadcore.registry.networks import load_network
+    from cadcore.registry.packages import find_model
+    from cadcore.segmentation.postprocess import clean_labels
 
     package = find_model(model)
     card, pre, inference = package.card, package.card["preprocessing"], package.card["inference"]
@@ -207,8 +201,8 @@ def worker_baseline(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from cadcore.models import find_model
-    from cadcore.segment import load_network
+    from cadcore.registry.networks import load_network
+    from cadcore.registry.packages import find_model
 
     package = find_model(model)
     pre, inference = package.card["preprocessing"], package.card["inference"]

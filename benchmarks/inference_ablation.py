@@ -25,12 +25,12 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from cadcore.inference import fold_batch_norm
-from cadcore.input_grid import labels_to_input_grid, probabilities_to_input_grid
-from cadcore.models import find_model
-from cadcore.postprocess import STRUCTURE, clean_labels
-from cadcore.preprocess import normalise, orient, prepare
-from cadcore.segment import load_network
+from cadcore.preprocessing.input_grid import labels_to_input_grid, probabilities_to_input_grid
+from cadcore.preprocessing.working_space import normalise, orient, prepare
+from cadcore.registry.networks import load_network
+from cadcore.registry.packages import find_model
+from cadcore.segmentation.postprocess import STRUCTURE, clean_labels
+from cadcore.segmentation.sliding_window import fold_batch_norm
 
 BENCH = Path(__file__).resolve().parents[1] / "runs" / "bench"
 

@@ -37,7 +37,7 @@ def working_pair(spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(image, spleen mask) in the working space at ``spacing``, padded to at least one patch."""
     import SimpleITK as sitk
 
-    from cadcore.preprocess import prepare, prepare_label
+    from cadcore.preprocessing.working_space import prepare, prepare_label
 
     preprocessing = {**PREPROCESSING, "spacing": spacing}
     working = prepare(sitk.ReadImage(str(EXAMPLES / "example_ct_sm.nii.gz")), preprocessing)
@@ -52,7 +52,7 @@ def fit(image: np.ndarray, mask: np.ndarray, steps: int, seed: int) -> dict:
     import torch
     from monai.losses import DiceCELoss
 
-    from cadcore.networks import build_network
+    from cadcore.registry.networks import build_network
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -92,8 +92,8 @@ def main() -> None:
     parser.add_argument("--fast-steps", type=int, default=100)
     parser.add_argument("-o", "--output", type=Path, default=REPO / "runs" / "bench" / "spleen-trained")
     args = parser.parse_args()
-    from cadcore.inference import configure_cpu_threads
-    from cadcore.models import save_package
+    from cadcore.device import configure_cpu_threads
+    from cadcore.registry.packages import save_package
 
     configure_cpu_threads()
     started = time.perf_counter()

@@ -93,10 +93,10 @@ def time_models(packages: dict[str, Path], eval_json: Path, threads: int, repeat
     """Median seconds per case of ``segment_image`` for each model, alternating models, in this process."""
     import torch
 
-    from cadcore.data import load_dataset
-    from cadcore.io import read_volume
-    from cadcore.models import find_model
-    from cadcore.segment import segment_image
+    from cadcore.io.datasets import load_dataset
+    from cadcore.io.images import read_volume
+    from cadcore.registry.packages import find_model
+    from cadcore.segmentation.predict import segment_image
 
     torch.set_num_threads(threads)
     loaded = {name: find_model(folder) for name, folder in packages.items()}
@@ -171,7 +171,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 def ship(folder: Path, result: dict[str, Any]) -> None:
     """Copy card and weights (the weights byte for byte: the card's sha256 still holds) and add the evaluation."""
-    from cadcore.models import find_model
+    from cadcore.registry.packages import find_model
 
     SHIP.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / "model.safetensors", SHIP / "model.safetensors")

@@ -17,8 +17,8 @@ cosine schedule, fixed epochs, best epoch by validation AUC. Two architectures (
 * ``aniso``: the same network with the K stride set to 1 in the stem max-pool, layer2 and layer3 (in-plane-only
   downsampling until voxels are ~isotropic, as nnU-Net does): layer3 is 6x6x4, layer4 3x3x2.
 
-Grad-CAM (``cadcore.classify.gradcam``, i.e. ``gradcam_on_roi`` in batches; class "tumour", layers 3 and 4),
-min-max normalised per patch, is scored on tumour-positive test patches: hit rate (the peak voxel, ties broken
+Grad-CAM (``cadcore.classification.predict.gradcam``, i.e. ``gradcam_on_roi`` in batches; class "tumour", layers 3 and
+4), min-max normalised per patch, is scored on tumour-positive test patches: hit rate (the peak voxel, ties broken
 towards the patch centre, lies in the tumour), and mean Dice / IoU of the map thresholded at t, t from 0.1..0.9
 chosen by mean Dice on validation positives. Reported on all positives and on true positives (p(tumour) >= 0.5)
 only, plus the classifier's patch AUC / ACC on the test patients. Baselines, no learning: the patch centre (map =
@@ -164,7 +164,7 @@ def augment(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def build(arch: str):
-    from cadcore.networks import build_network
+    from cadcore.registry.networks import build_network
 
     network = build_network(NETWORK)
     if arch == "aniso":  # keep K (4 slices of ~6.5 mm) until layer4
@@ -193,8 +193,8 @@ def layer_grids(network, patch: tuple[int, ...] = PATCH) -> dict[str, list[int]]
 def probabilities(network, inputs: np.ndarray, batch: int = 128) -> np.ndarray:
     import torch
 
-    from cadcore.calibration import softmax
-    from cadcore.train_classify import predict_logits
+    from cadcore.classification.calibration import softmax
+    from cadcore.training.classification import predict_logits
 
     return softmax(predict_logits(network, inputs, torch.device("cpu"), batch))
 
@@ -203,7 +203,7 @@ def train(arch: str, train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np
           seed: int, budget_s: float, batch: int = 32, lr: float = 1e-3) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from cadcore.classify_metrics import auc
+    from cadcore.evaluation.metrics import auc
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -246,12 +246,13 @@ def train(arch: str, train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np
 
 
 def gradcams(network, inputs: np.ndarray, layer: str, batch: int = 16) -> np.ndarray:
-    """Grad-CAM of class 1 per patch (``cadcore.classify.gradcam``, which ``gradcam_on_roi`` wraps, in eval-mode
+    """Grad-CAM of class 1 per patch (``cadcore.classification.predict.gradcam``, which ``gradcam_on_roi`` wraps, in
+    eval-mode
     batches: the same maps, ~10x faster on CPU than batch 1), min-max per patch. Each batch runs on a copy of the
     network with frozen weights: MONAI's hooks stay on the module they wrap, and weight gradients are not needed."""
     import torch
 
-    from cadcore.classify import gradcam
+    from cadcore.classification.gradcam import gradcam
 
     maps = []
     for i in range(0, len(inputs), batch):
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from cadcore.classify_metrics import classification_metrics
+    from cadcore.evaluation.metrics import classification_metrics
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cadcore.bundle import label_color, read_bundle
 from cadcore.cli import main
+from cadcore.registry.bundles import label_color, read_bundle
 from conftest import oblique_direction
 
 # The real bundle's sliding window (Project-MONAI/model-zoo models/spleen_ct_segmentation/configs/inference.json).

@@ -19,12 +19,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import cadcore.cascade
-from cadcore.cascade import working_box_to_input
+import cadcore.segmentation.cascade
 from cadcore.cli import main
-from cadcore.models import ModelPackage, save_package
-from cadcore.networks import build_network, dynunet_spec
-from cadcore.preprocess import prepare
+from cadcore.preprocessing.working_space import prepare
+from cadcore.registry.networks import build_network, dynunet_spec
+from cadcore.registry.packages import ModelPackage, save_package
+from cadcore.segmentation.cascade import working_box_to_input
 from conftest import TINY_LABELS, oblique_direction
 
 SPEC = dynunet_spec(1, 3, [4, 8, 16], [1, 2, 2])
@@ -156,7 +156,7 @@ def test_coarse_finds_nothing_falls_back_and_no_cascade_skips(tmp_path: Path, ca
     def no_coarse(*_: Any, **__: Any) -> np.ndarray:
         raise AssertionError("--no-cascade ran the coarse network")
 
-    monkeypatch.setattr(cadcore.cascade, "predict_probabilities", no_coarse)
+    monkeypatch.setattr(cadcore.segmentation.cascade, "predict_probabilities", no_coarse)
     skipped, report = segment(capsys, volume_file, package, tmp_path / "skipped.nii.gz", "--no-cascade")
     assert report["cascade"] is None and "coarse_s" not in report["timings"]
     assert_same_grid(skipped, labels)
@@ -205,7 +205,7 @@ def test_coarse_region_bounds_fine_labels(tmp_path: Path, capsys: pytest.Capture
         probabilities[(1, *window)] = 1.0
         return probabilities
 
-    monkeypatch.setattr(cadcore.cascade, "predict_probabilities", coarse_box)
+    monkeypatch.setattr(cadcore.segmentation.cascade, "predict_probabilities", coarse_box)
     probabilities_path = tmp_path / "prob.nii.gz"
     labels, report = segment(capsys, volume_file, package, tmp_path / "seg.nii.gz",
                              "--probabilities", str(probabilities_path))
@@ -306,7 +306,7 @@ def test_box_oblique_geometry_maps_through_physical_space(oblique_image: sitk.Im
 
 def test_small_coarse_blobs_do_not_stretch_the_region():
     """Scattered coarse false positives are dropped; a second lesion at least a tenth of the largest is kept."""
-    from cadcore.cascade import main_components
+    from cadcore.segmentation.cascade import main_components
 
     foreground = np.zeros((40, 40, 20), bool)
     foreground[10:20, 10:20, 5:12] = True  # 700 voxels: the target

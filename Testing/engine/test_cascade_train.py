@@ -16,9 +16,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cadcore.cascade_train import CascadeOptions, crop_region, default_coarse_spacing, target_box
 from cadcore.cli import main
-from cadcore.models import find_model
+from cadcore.registry.packages import find_model
+from cadcore.training.cascade import crop_region, default_coarse_spacing, target_box
+from cadcore.training.config import CascadeOptions
 from conftest import make_tiny_segmentation_package, oblique_direction
 
 SPACING = (1.0, 1.0, 2.0)
@@ -162,12 +163,12 @@ def test_evaluate_split_val_scores_the_held_out_whole_volumes(cascade_package: P
 def test_resume_reuses_finished_stages(cascade_package: Path, dataset: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A finished stage is not trained again by --resume; the package is assembled the same way."""
-    import cadcore.cascade_train
+    import cadcore.training.cascade
 
     def no_training(*_: object) -> None:
         raise AssertionError("--resume retrained a finished stage")
 
-    monkeypatch.setattr(cadcore.cascade_train, "train", no_training)
+    monkeypatch.setattr(cadcore.training.cascade, "train", no_training)
     before = find_model(cascade_package).card["weights"]["sha256"]
     assert main(["train", "--cascade", "--data", str(dataset), "-o", str(cascade_package), "--resume", *TINY]) == 0
     assert find_model(cascade_package).card["weights"]["sha256"] == before

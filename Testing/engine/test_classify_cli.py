@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from cadcore.classification.roi import extract_roi, lps_to_ras
 from cadcore.cli import main
-from cadcore.roi import extract_roi, lps_to_ras
 
 REQUIRED = {"model", "classes", "probabilities", "predicted", "calibrated", "roi", "heatmap", "heatmap_peak_ras"}
 

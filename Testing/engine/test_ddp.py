@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cadcore.models import find_model
+from cadcore.registry.packages import find_model
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data" / "hippocampus"

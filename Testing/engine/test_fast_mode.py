@@ -15,11 +15,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import cadcore.segment
+import cadcore.segmentation.predict
 from cadcore.cli import main
-from cadcore.models import save_package
-from cadcore.networks import build_network, dynunet_spec
-from cadcore.preprocess import prepare
+from cadcore.preprocessing.working_space import prepare
+from cadcore.registry.networks import build_network, dynunet_spec
+from cadcore.registry.packages import save_package
 from conftest import make_tiny_segmentation_package, oblique_direction
 
 FAST = {"spacing": [2.0, 2.0, 2.0]}
@@ -42,14 +42,14 @@ def test_fast_runs_at_the_fast_spacing_and_returns_the_input_grid(tmp_path, caps
     package = make_tiny_segmentation_package(tmp_path / "tiny-fast", fast=FAST)
     source = oblique_anisotropic(tmp_path)
     seen: list[tuple[float, ...]] = []
-    real_prepare = cadcore.segment.prepare
+    real_prepare = cadcore.segmentation.predict.prepare
 
     def recording_prepare(image, preprocessing):
         working = real_prepare(image, preprocessing)
         seen.append(working.grid.GetSpacing())
         return working
 
-    monkeypatch.setattr(cadcore.segment, "prepare", recording_prepare)
+    monkeypatch.setattr(cadcore.segmentation.predict, "prepare", recording_prepare)
     output = tmp_path / "fast.seg.nrrd"
     assert main(["segment", str(source), "-m", str(package.folder), "-o", str(output), "--device", "cpu",
                  "--fast"]) == 0, capsys.readouterr().err

@@ -19,9 +19,10 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from cadcore.inference import fold_batch_norm, predict_probabilities
-from cadcore.input_grid import labels_to_input_grid, probabilities_to_input_grid
-from cadcore.preprocess import WorkingImage, bspline_resample, prepare, resample_to_spacing
+from cadcore.preprocessing.input_grid import labels_to_input_grid, probabilities_to_input_grid
+from cadcore.preprocessing.resampling import bspline_resample, resample_to_spacing
+from cadcore.preprocessing.working_space import WorkingImage, prepare
+from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabilities
 from conftest import oblique_direction
 
 

@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cadcore.baseline import BaselineClassifier, baseline_card_section, roi_feature_spacing, train_baseline
-from cadcore.errors import CadError
-from cadcore.features import (
+from cadcore.classification.baseline import (
+    BaselineClassifier,
+    baseline_card_section,
+    roi_feature_spacing,
+    train_baseline,
+)
+from cadcore.classification.radiomics import (
     DIRECTIONS,
     FEATURE_NAMES,
     N_LEVELS,
@@ -24,7 +28,9 @@ from cadcore.features import (
     feature_matrix,
     glcm_matrices,
 )
-from cadcore.models import CARD_NAME, find_model, save_package
+from cadcore.errors import CadError
+from cadcore.registry.locations import CARD_NAME
+from cadcore.registry.packages import find_model, save_package
 from conftest import SHARED_DATA, require_shared
 
 CLASSES = [{"value": 0, "name": "normal"}, {"value": 1, "name": "adrenal mass"}]

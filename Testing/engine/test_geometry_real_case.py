@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.cli import main
-from cadcore.models import SHIPPED_MODELS
+from cadcore.registry.locations import SHIPPED_MODELS
 from conftest import oblique_direction
 
 REPO = Path(__file__).resolve().parents[2]

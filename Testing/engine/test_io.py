@@ -16,8 +16,8 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io import atomic_path, read_volume, same_grid, write_image
-from cadcore.labelmaps import (
+from cadcore.io.images import atomic_path, read_volume, same_grid, write_image
+from cadcore.io.labelmaps import (
     EMPTY_TERMINOLOGY,
     label_volumes_ml,
     read_segment_metadata,

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import cadcore.models
+import cadcore.registry.locations
+import cadcore.registry.packages
 from cadcore.cli import main
-from cadcore.models import CARD_NAME, ModelPackage, find_model, sha256_of
+from cadcore.registry.locations import CARD_NAME, sha256_of
+from cadcore.registry.packages import ModelPackage, find_model
 from conftest import make_tiny_segmentation_package
 
 
@@ -185,9 +187,10 @@ def test_import_altered_weights_installs_nothing(tmp_path: Path, registry: Path,
 
 def test_real_shipped_model_wins_over_user_copy(registry: Path) -> None:
     """A user package cannot shadow a shipped one of the same id (shipped models are the vetted ones)."""
-    shipped = [p for p in cadcore.models.list_models() if cadcore.models.SHIPPED_MODELS in p.folder.parents]
+    shipped_root = cadcore.registry.locations.SHIPPED_MODELS
+    shipped = [p for p in cadcore.registry.packages.list_models() if shipped_root in p.folder.parents]
     if not shipped:
-        pytest.skip(f"no shipped model in {cadcore.models.SHIPPED_MODELS}")
+        pytest.skip(f"no shipped model in {shipped_root}")
     model_id = shipped[0].id
     make_tiny_segmentation_package(registry / model_id, id=model_id, description="user impostor")
     assert find_model(model_id).folder == shipped[0].folder
@@ -199,10 +202,10 @@ def test_shipped_folder_wins_over_user_folder(tmp_path: Path, registry: Path, mo
     shipped = make_tiny_segmentation_package(shipped_root / "same-id", description="shipped")
     make_tiny_segmentation_package(registry / "same-id", description="user")
     make_tiny_segmentation_package(registry / "user-only")
-    monkeypatch.setattr(cadcore.models, "SHIPPED_MODELS", shipped_root)
+    monkeypatch.setattr(cadcore.registry.locations, "SHIPPED_MODELS", shipped_root)
     assert find_model("same-id").folder == shipped.folder
     assert find_model("user-only").folder == registry / "user-only"
-    assert sorted(p.id for p in cadcore.models.list_models()) == ["same-id", "user-only"]
+    assert sorted(p.id for p in cadcore.registry.packages.list_models()) == ["same-id", "user-only"]
 
 
 # --- cad segment refuses a non-segmentation model -------------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.input_grid import probabilities_to_input_grid
-from cadcore.postprocess import clean_labels
-from cadcore.preprocess import enhance, normalise, prepare, prepare_label
+from cadcore.preprocessing.input_grid import probabilities_to_input_grid
+from cadcore.preprocessing.working_space import enhance, normalise, prepare, prepare_label
+from cadcore.segmentation.postprocess import clean_labels
 from conftest import oblique_direction
 
 SPACING = (0.7, 1.1, 2.5)

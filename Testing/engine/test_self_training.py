@@ -13,10 +13,11 @@ import SimpleITK as sitk
 import torch
 
 from cadcore.cli import main
-from cadcore.losses import IGNORE_LABEL, MaskedDiceCELoss
-from cadcore.models import find_model
-from cadcore.pseudo_labels import flip_sets, pseudo_label, tta_probabilities
-from cadcore.selftrain import best_round, weaker_than_teacher
+from cadcore.registry.packages import find_model
+from cadcore.segmentation.sliding_window import flip_sets, tta_probabilities
+from cadcore.training.losses import IGNORE_LABEL, MaskedDiceCELoss
+from cadcore.training.pseudo_labels import pseudo_label
+from cadcore.training.self_training import best_round, weaker_than_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data" / "hippocampus"
@@ -173,7 +174,7 @@ def test_pseudo_label_ignores_unsure_voxels():
 
 
 def test_flip_tta_prediction_is_flip_equivariant():
-    from cadcore.networks import build_network, dynunet_spec
+    from cadcore.registry.networks import build_network, dynunet_spec
 
     assert flip_sets([2, 0]) == [(), (0,), (2,), (0, 2)]
     torch.manual_seed(0)

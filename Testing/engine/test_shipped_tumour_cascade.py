@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.cli import main
-from cadcore.models import SHIPPED_MODELS, find_model
+from cadcore.registry.locations import SHIPPED_MODELS
+from cadcore.registry.packages import find_model
 from conftest import SHARED_DATA, require_shared
 
 MODEL = SHIPPED_MODELS / "brain-tumour-cascade"

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.cli import main
-from cadcore.models import find_model
+from cadcore.registry.packages import find_model
 
 TINY = ["--widths", "4,8,16,32", "--device", "cpu", "--batch-size", "8", "--seed", "1"]
 

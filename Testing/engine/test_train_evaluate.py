@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cadcore.cli import main
-from cadcore.models import find_model
+from cadcore.registry.packages import find_model
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_data" / "hippocampus"

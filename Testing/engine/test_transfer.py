@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from cadcore.cli import main
-from cadcore.models import find_model
+from cadcore.registry.packages import find_model
 from conftest import make_tiny_classification_package, make_tiny_segmentation_package
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def test_init_from_another_network_family_is_refused(tmp_path, capsys):
 
 
 def test_strides_pool_in_plane_first_on_thick_slices_and_stay_isotropic_otherwise():
-    from cadcore.networks import strides_for
+    from cadcore.registry.networks import strides_for
 
     assert strides_for([1.0, 1.0, 1.0], 4) == [1, 2, 2, 2]  # as every card written before this rule
     assert strides_for([0.7, 0.7, 1.2], 4) == [1, 2, 2, 2]  # mild anisotropy: unchanged
@@ -89,7 +89,7 @@ def test_init_onto_thick_slices_takes_the_new_strides_and_reinitialises_only_the
 
 
 def test_init_from_a_cascade_is_refused_before_training(tmp_path, capsys):
-    from cadcore.models import SHIPPED_MODELS
+    from cadcore.registry.locations import SHIPPED_MODELS
 
     if not (SHIPPED_MODELS / "brain-tumour-cascade" / "model.json").exists():
         pytest.skip("brain-tumour-cascade is not shipped")

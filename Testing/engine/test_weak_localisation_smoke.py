@@ -94,7 +94,7 @@ def test_gradcam_peak_is_the_relevant_voxel(wl):
     """cadcore's Grad-CAM must put 1 where the class evidence is (MONAI's default normaliser flips the map)."""
     import torch
 
-    from cadcore.classify import gradcam_on_roi
+    from cadcore.classification.gradcam import gradcam_on_roi
 
     class Sum(torch.nn.Module):
         def __init__(self) -> None:
@@ -118,7 +118,7 @@ def test_batched_gradcam_is_gradcam_on_roi(wl):
     """The benchmark's batched CAMs (frozen copy, eval mode) equal cadcore's one-patch gradcam_on_roi."""
     import torch
 
-    from cadcore.classify import gradcam_on_roi
+    from cadcore.classification.gradcam import gradcam_on_roi
 
     torch.manual_seed(0)
     network = wl.build("aniso").eval()

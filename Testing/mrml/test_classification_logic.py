@@ -39,9 +39,9 @@ def tiny_classifier(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_baseline(tmp_path_factory):
     """A real classical-baseline package (SVM on the engine's 33 hand-crafted features), fitted on random rows."""
-    from cadcore.baseline import BaselineClassifier
-    from cadcore.features import FEATURE_NAMES
-    from cadcore.models import save_package
+    from cadcore.classification.baseline import BaselineClassifier
+    from cadcore.classification.radiomics import FEATURE_NAMES
+    from cadcore.registry.packages import save_package
 
     rng = np.random.default_rng(0)
     features = rng.normal(size=(24, len(FEATURE_NAMES)))
@@ -178,7 +178,7 @@ def test_point_input_in_ras_list_fiducial_and_transformed_volume(mrml, case, tin
 
 def assert_feature_table(result) -> None:
     """The engine's hand-crafted ROI features, one row each, values equal to the report's."""
-    from cadcore.features import FEATURE_NAMES
+    from cadcore.classification.radiomics import FEATURE_NAMES
 
     table = result.featureTableNode.GetTable()
     assert table.GetNumberOfRows() == len(FEATURE_NAMES) == len(result.report["features"])

@@ -34,7 +34,7 @@ def test_segment_argv_all_options_exact():
 
 def test_segment_argv_is_accepted_by_the_engine_parser():
     """The list is not only what we think: the engine's own argparse accepts it with the meaning we intend."""
-    from cadcore.cli import build_parser
+    from cadcore.cli.parser import build_parser
 
     argv = segmentArgv("py", "in.nrrd", "out.nrrd", "m", device="cpu", overlap=0.5, useCascade=False,
                        probabilitiesPath="p.nrrd")
@@ -71,8 +71,8 @@ def test_classify_argv_with_a_point_and_whole_volume_exact():
 
 def test_classify_argv_is_accepted_by_the_engine_parser_with_exact_numbers():
     """Including a negative first coordinate, which argparse would take for an option as a separate token."""
-    from cadcore.classify import _triple
-    from cadcore.cli import build_parser
+    from cadcore.cli.classify import _triple
+    from cadcore.cli.parser import build_parser
 
     centre = (-0.1 + 0.2 - 41.3, 1e-7, 2.0 / 3.0)
     argv = classifyArgv("py", "in.nrrd", "r.json", "m", device="cuda", centerRAS=centre, sizeMM=(10, 20.25, 30),

@@ -23,7 +23,7 @@ def test_segment_argv_passes_fast_before_force():
 
 
 def test_fast_argv_is_accepted_by_the_engine_parser():
-    from cadcore.cli import build_parser
+    from cadcore.cli.parser import build_parser
 
     parser = build_parser()
     args = parser.parse_args(segmentArgv("py", "in.nrrd", "out.nrrd", "m", useCascade=False, fast=True)[3:])

@@ -188,7 +188,7 @@ def test_train_argv_exact_and_accepted_by_the_engine():
         "--labels", "/w/data/labels.json", "--freeze-encoder-epochs", "5", "--spacing=2.0,2.5,3.0",
         "--patch-size=16,16,32", "--modality", "MR", "--description=-tiny fine-tuned",
     ]
-    from cadcore.cli import build_parser
+    from cadcore.cli.parser import build_parser
 
     args = build_parser().parse_args(argv[3:])
     assert (args.command, args.data, args.output, args.init, args.model_id, args.epochs, args.device) == (
@@ -485,7 +485,7 @@ def test_real_engine_fine_tunes_and_the_model_is_listed(mrml, folders):
 
 def make_tiny_cascade(folder: Path) -> Path:
     """A real cascade package: the tiny DynUNet as both its coarse (4 mm) and its fine (2 mm) stage."""
-    from cadcore.models import save_package
+    from cadcore.registry.packages import save_package
 
     single = make_tiny_segmentation_package(folder.parent / "single-for-cascade", preprocessing=PREPROCESSING)
     card = {k: v for k, v in single.card.items() if k != "weights"}

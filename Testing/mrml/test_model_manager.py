@@ -92,7 +92,7 @@ def test_listing_reads_cards_shipped_first_and_skips_broken_folders(folders, pac
 
 
 def test_listing_agrees_with_the_engines_registry(tmp_path, packages, monkeypatch):
-    from cadcore.models import list_models
+    from cadcore.registry.packages import list_models
 
     user = tmp_path / "user"
     copy_package(packages["classifier"], user / "tiny-resnet")
@@ -113,7 +113,7 @@ def test_import_folder_then_verify_remove_and_the_engine_finds_it(folders, packa
     assert leftovers(user) == ["tiny-resnet"]  # no staging folder left
     assert manager.verifyModel("tiny-resnet") is True
 
-    from cadcore.models import find_model
+    from cadcore.registry.packages import find_model
 
     monkeypatch.setenv("CAD_MODELS", str(user))
     assert find_model("tiny-resnet").verify() == sha256OfFile(user / "tiny-resnet" / "model.safetensors")

@@ -96,8 +96,8 @@ def test_import_names_colours_terminology_voxels_and_geometry(mrml, case):
 
 
 def test_terminology_copy_matches_the_engine_format():
-    """The glue's copy of ``cadcore.labelmaps.terminology_entry`` must write exactly what the engine writes."""
-    from cadcore.labelmaps import terminology_entry
+    """The glue's copy of ``cadcore.io.labelmaps.terminology_entry`` must write exactly what the engine writes."""
+    from cadcore.io.labelmaps import terminology_entry
 
     full = {**HIPPOCAMPUS_TERMINOLOGY, "region": {"scheme": "SCT", "code": "24028007", "meaning": "Right"},
             "context": "My list", "region_context": "My regions"}

@@ -196,7 +196,7 @@ def test_every_file_is_packaged_and_nothing_listed_is_missing(record):
     assert packaging_problems(REPO, record) == []
     scripts = record["scripts"]
     assert "CADSegment/CADSegmentLib/SegmentationLogic.py" in scripts["CADSegment"]
-    assert f"{ENGINE}/cli.py" in scripts["CADExtension"] and f"{ENGINE}/__main__.py" in scripts["CADExtension"]
+    assert f"{ENGINE}/cli/__init__.py" in scripts["CADExtension"] and f"{ENGINE}/__main__.py" in scripts["CADExtension"]
     for module in MODULES:
         assert {f"{module}/Resources/Icons/{module}.png", f"{module}/Resources/UI/{module}.ui"} <= set(
             record["resources"][module])

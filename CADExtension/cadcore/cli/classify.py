@@ -1,0 +1,76 @@
+"""``cad classify``: parse the ROI flags, check every path before computing, write the result JSON and heatmap."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from cadcore.classification.predict import classify_image
+from cadcore.device import configure_cpu_threads
+from cadcore.errors import CadError
+from cadcore.io.images import atomic_path, check_output_path, read_image, read_volume
+from cadcore.registry.packages import find_model
+
+HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def _triple(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise CadError(f"{what} must be numbers separated by commas, got {text!r}") from exc
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise CadError(f"{what} needs 1 or 3 values, got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise CadError("output exists; pass --force to overwrite it", output)
+    if not output.parent.exists():
+        raise CadError("output folder does not exist", output.parent)
+    if args.heatmap:
+        check_output_path(args.heatmap, args.force, HEATMAP_SUFFIXES)
+    if args.mask and args.center:
+        raise CadError("give either --mask/--label or --center/--size, not both")
+    centre = _triple(args.center, "--center")
+    size = _triple(args.size, "--size")
+    package = find_model(args.model)
+    if package.task != "classification":
+        raise CadError(f"is a {package.task} model; cad classify needs a classification model", package.folder)
+    package.verify()
+    image = read_volume(args.input, getattr(args, "series", None))
+    mask = read_image(args.mask) if args.mask else None
+    configure_cpu_threads()
+    source = args.mask if args.mask else args.input
+    result = classify_image(image, package, mask, args.label, centre, size, bool(args.heatmap), args.heatmap_class,
+                            args.device, source=str(source))
+    written: list[Path] = []
+    try:
+        if result.heatmap is not None:
+            with atomic_path(args.heatmap) as tmp:
+                sitk.WriteImage(result.heatmap, str(tmp), True)
+            written.append(Path(args.heatmap))
+            result.report["heatmap"] = str(args.heatmap)
+        with atomic_path(output) as tmp:
+            tmp.write_text(json.dumps(result.report, indent=2) + "\n")
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    report = result.report
+    print(f"{report['model']}: {report['predicted']}  " + "  ".join(
+        f"{name} {p:.3f}" for name, p in report["probabilities"].items()))
+    if report["heatmap"]:
+        peak = ", ".join(f"{v:.1f}" for v in report["heatmap_peak_ras"])
+        print(f"heatmap: {report['heatmap']} (peak at RAS {peak} mm)")
+    print(f"result: {output}")
+    return 0

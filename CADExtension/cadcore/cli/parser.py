@@ -1,0 +1,149 @@
+"""The ``cad`` command line: every subcommand, flag and default help text, in one parser.
+
+Only the CLI sees ``argparse``: each handler in this package turns the parsed flags into library calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cadcore import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; make its message one line too."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"cad: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cad", description="CADExtension engine: segment, classify, train and evaluate models.")
+    parser.add_argument("--version", action="version", version=f"cad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    seg = sub.add_parser("segment", help="segment a volume file or DICOM folder")
+    seg.add_argument("input", help="volume (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM folder")
+    seg.add_argument("-m", "--model", required=True, help="registry id, model package folder or MONAI bundle folder")
+    seg.add_argument("-o", "--output", required=True, help="labelmap to write (.nii.gz, .nrrd, .seg.nrrd, .mha)")
+    seg.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    seg.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: model card)")
+    seg.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    seg.add_argument("--probabilities", default=None, help="also write per-class probabilities (4D .nii.gz/.nrrd)")
+    seg.add_argument("--series", default=None, help="DICOM series UID (default: the series with most slices)")
+    seg.add_argument("--png", default=None, help="also write a PNG of the labels over three orthogonal slices")
+    seg.add_argument("--no-cascade", action="store_true", help="skip a cascade model's coarse stage")
+    seg.add_argument("--fast", action="store_true",
+                     help="run at the model card's low fast resolution (CPU-only laptops); labels on the input grid")
+    seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+    tr = sub.add_parser("train", help="train a model and export a package")
+    tr.add_argument("--task", default="segment", choices=["segment", "classify"])
+    tr.add_argument("--data", required=True,
+                    help="segment: dataset.json or images/+labels/ folder; classify: MedMNIST .npz or CSV")
+    tr.add_argument("-o", "--output", required=True, help="model package folder to create")
+    tr.add_argument("--id", dest="model_id", default="", help="model id (default: the output folder's name)")
+    tr.add_argument("--epochs", type=int, default=None, help="default 100 (segment), 60 (classify)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--val-every", type=int, default=5)
+    tr.add_argument("--batch-size", type=int, default=None, help="default 2 (segment), 32 (classify)")
+    tr.add_argument("--patch-size", type=_ints, default=[40, 56, 40], help="I,J,K voxels")
+    tr.add_argument("--filters", type=_ints, default=[16, 32, 64, 128], help="channels per U-Net level")
+    tr.add_argument("--lr", dest="learning_rate", type=float, default=None, help="default 2e-3 / 1e-3")
+    tr.add_argument("--spacing", type=_floats, default=None, help="working spacing in mm (default: as stored)")
+    tr.add_argument("--modality", default="MR", help="MR (percentile clip + z-score) or CT (window + scale)")
+    tr.add_argument("--mirror-axes", type=_ints, default=[0], help="axes safe to mirror (I=0 is left-right)")
+    tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
+    tr.add_argument("--description", default="")
+    tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning; a "
+                    "cascade needs --cascade: each stage starts from its own)")
+    tr.add_argument("--freeze-encoder-epochs", type=int, default=0, help="with --init: encoder frozen this long")
+    tr.add_argument("--pretrained-lr-factor", type=float, default=0.1,
+                    help="with --init: learning-rate factor for pretrained layers")
+    tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
+    tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
+    ca = tr.add_argument_group("cascade (--cascade): coarse network finds the target, fine network segments its ROI")
+    ca.add_argument("--cascade", action="store_true",
+                    help="train a coarse-to-fine cascade; --spacing/--patch-size/--filters describe the fine stage")
+    ca.add_argument("--coarse-spacing", type=_floats, default=None,
+                    help="coarse stage mm (default: 4x the finest fine axis, never finer than the data)")
+    ca.add_argument("--coarse-patch-size", type=_ints, default=None,
+                    help="coarse patch I,J,K (default: the median volume at the coarse spacing)")
+    ca.add_argument("--coarse-filters", type=_ints, default=None, help="coarse U-Net channels (default: --filters)")
+    ca.add_argument("--coarse-epochs", type=int, default=None, help="coarse stage epochs (default: --epochs)")
+    ca.add_argument("--roi-margin", type=float, default=None, help="mm around the target's box (default 10)")
+    ca.add_argument("--roi-jitter", type=float, default=None,
+                    help="training crops: each side's margin times U(1-j, 1+j) (default 0.5)")
+    st = tr.add_argument_group("self-training (--unlabelled): teacher → pseudo-labels → student, K rounds")
+    st.add_argument("--unlabelled", default=None,
+                    help="folder of unlabelled volumes, or a text file with one volume path per line")
+    st.add_argument("--rounds", type=int, default=None, help="pseudo-label/student rounds (default 1)")
+    st.add_argument("--confidence", type=float, default=None,
+                    help="pseudo-label voxels whose top class probability is lower are ignored (default 0.9)")
+    st.add_argument("--student-epochs", type=int, default=None, help="epochs per student (default: --epochs)")
+    st.add_argument("--student-init", choices=["scratch", "teacher"], default=None,
+                    help="each student starts from scratch (or --init's weights; default) or from the teacher's")
+    st.add_argument("--student-augmentation", type=float, default=None, metavar="FACTOR",
+                    help="the student's rotation and scaling ranges, times the teacher's (default 1; 0 to 3)")
+    st.add_argument("--no-pseudo-tta", dest="pseudo_tta", action="store_false",
+                    help="pseudo-label without averaging over flips along --mirror-axes")
+    cl = tr.add_argument_group("classification (--task classify)")
+    cl.add_argument("--network", default="resnet18", choices=["resnet18", "densenet121"])
+    cl.add_argument("--widths", type=_ints, default=[32, 64, 128, 256], help="ResNet channels per stage")
+    cl.add_argument("--baseline", default=None, choices=["svm", "rf"], help="train the classical baseline instead")
+    cl.add_argument("--classes", type=lambda t: t.split(","), default=[], dest="class_names",
+                    help="class names, comma-separated, in label order")
+    cl.add_argument("--patience", type=int, default=15, help="early stopping on validation AUC")
+    cl.add_argument("--tta", action="store_true", help="predict with flip test-time augmentation (card setting)")
+    cl.add_argument("--roi-size", type=_ints, default=[28, 28, 28])
+    cl.add_argument("--roi-spacing", type=_floats, default=None, help="mm; default: fit the lesion extent")
+    cl.add_argument("--roi-input", default="image", choices=["image", "mask", "masked_image"])
+
+    ev = sub.add_parser("evaluate", help="score a model on a dataset (Dice, HD95)")
+    ev.add_argument("-m", "--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--split", default="val", choices=["val", "test", "all"],
+                    help="val: the cases the model card lists as held out; test: a .npz test split")
+    ev.add_argument("-o", "--output", required=True, help="report JSON")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--fast", action="store_true", help="segmentation: score the card's fast resolution")
+    ev.add_argument("--force", action="store_true")
+
+    cf = sub.add_parser("classify", help="classify a lesion, ROI or volume (probabilities + Grad-CAM)")
+    cf.add_argument("input", help="volume file or DICOM folder")
+    cf.add_argument("-m", "--model", required=True)
+    cf.add_argument("-o", "--output", required=True, help="result JSON")
+    cf.add_argument("--mask", default=None, help="labelmap/segmentation file on the input's grid")
+    cf.add_argument("--label", type=int, default=None, help="lesion label value in --mask (default: the largest)")
+    cf.add_argument("--center", default=None, help="ROI centre X,Y,Z in RAS mm")
+    cf.add_argument("--size", default=None, help="ROI box edge(s) in mm (extent-fitted models)")
+    cf.add_argument("--heatmap", default=None, help="write the Grad-CAM heatmap here (input grid)")
+    cf.add_argument("--heatmap-class", type=int, default=None, help="class index to explain (default: predicted)")
+    cf.add_argument("--series", default=None)
+    cf.add_argument("--device", default="auto")
+    cf.add_argument("--force", action="store_true")
+
+    mo = sub.add_parser("models", help="list, show, verify or import model packages")
+    mo_sub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
+    mo_sub.add_parser("list", help="every registered model")
+    show = mo_sub.add_parser("show", help="a model card")
+    show.add_argument("model")
+    verify = mo_sub.add_parser("verify", help="check weights against the card's sha256")
+    verify.add_argument("model")
+    imp = mo_sub.add_parser("import", help="copy a package or MONAI bundle into the user model folder")
+    imp.add_argument("source")
+    imp.add_argument("--force", action="store_true")
+    return parser

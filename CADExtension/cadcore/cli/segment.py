@@ -1,0 +1,86 @@
+"""``cad segment``: check every output path and the model before reading the image, then write all outputs or none."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cadcore.device import configure_cpu_threads
+from cadcore.errors import CadError
+from cadcore.io.images import atomic_path, check_output_path, read_volume
+from cadcore.progress import StagedProgress
+from cadcore.registry import find_model_or_bundle
+from cadcore.registry.bundles import BundleModel
+from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities
+from cadcore.segmentation.predict import check_interpolation, fast_mode, segment_image
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate everything first, compute, then write the outputs (labelmap, sidecar, probabilities)."""
+    from cadcore.io.labelmaps import write_labelmap
+
+    started = time.perf_counter()
+    output = check_output_path(args.output, args.force)
+    sidecar_path = Path(f"{output}.json")
+    if sidecar_path.exists() and not args.force:
+        raise CadError("output sidecar exists; pass --force to overwrite it", sidecar_path)
+    if args.probabilities:
+        check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
+    if args.png:
+        check_output_path(args.png, args.force, (".png",))
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise CadError(f"--overlap must be in [0, 1), got {args.overlap}")
+    package = find_model_or_bundle(args.model)
+    if isinstance(package, BundleModel) and args.probabilities:
+        raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns labels)",
+                       package.folder)
+    if package.task != "segmentation":
+        raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
+    if getattr(args, "fast", False):
+        if isinstance(package, BundleModel):
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
+        fast_mode(package)  # a card without a fast resolution fails before any reading or computing
+    if isinstance(package, ModelPackage):
+        check_interpolation(package)
+    package.verify()
+    image = read_volume(args.input, args.series)
+    configure_cpu_threads()
+    progress = StagedProgress({"preprocess": 1, "network": 8, "postprocess": 1, "write": 0.5})
+    written: list[Path] = []
+    try:
+        result = segment_image(image, package, args.device, args.overlap, args.batch_size,
+                               keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
+                               progress=progress, fast=getattr(args, "fast", False))
+        report = sidecar(package, result, image, time.perf_counter() - started, {
+            "input": str(args.input), "output": str(args.output),
+            "probabilities": str(args.probabilities) if args.probabilities else None,
+            "overlay_png": str(args.png) if args.png else None})
+        written.append(write_labelmap(result.labels, output, package.labels))
+        if args.probabilities:
+            write_probabilities(result.probabilities, image, Path(args.probabilities))
+            written.append(Path(args.probabilities))
+        if args.png:
+            from cadcore.io.overlay import render_overlay
+
+            written.append(render_overlay(image, result.labels, package.labels, args.png,
+                                          f"{package.id} on {Path(args.input).name}"))
+        with atomic_path(sidecar_path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        progress.update("write", 1.0)
+    except BaseException:
+        for path in written:  # all outputs or none: a sidecar never describes a missing file, nor the reverse
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        progress.close()
+    print(f"segmentation: {output}")
+    print(f"sidecar:      {sidecar_path}")
+    if args.png:
+        print(f"overlay PNG:  {args.png}")
+    for label in report["labels"]:
+        print(f"  {label['value']:>3}  {label['name']:<32} {label['volume_ml']:8.3f} mL")
+    return 0

@@ -1,0 +1,117 @@
+"""Build the network a model card describes, from MONAI's implementations.
+
+Cards name a MONAI class and its keyword arguments, so any architecture MONAI ships can be described in JSON without
+code; only the classes listed here may be built (a card cannot make us import arbitrary code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cadcore.errors import CadError
+from cadcore.registry.packages import ModelPackage
+
+SEGMENTATION_NETWORKS = ("UNet", "DynUNet", "SegResNet", "BasicUNet")
+CLASSIFICATION_NETWORKS = ("ResNet", "DenseNet121", "DenseNet169")
+
+
+def network_family(spec: dict[str, Any]) -> str:
+    return str(spec.get("name", ""))
+
+
+def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate ``spec = {"name": <MONAI class>, "params": {...}}``."""
+    import monai.networks.nets as nets
+
+    name = network_family(spec)
+    if name not in SEGMENTATION_NETWORKS + CLASSIFICATION_NETWORKS:
+        raise CadError(f"unsupported network {name!r} in model card")
+    params = dict(spec.get("params", {}))
+    if name == "ResNet":
+        from monai.networks.nets.resnet import ResNetBlock
+
+        params.setdefault("block", ResNetBlock)
+    try:
+        return getattr(nets, name)(**params)
+    except (TypeError, ValueError) as exc:
+        raise CadError(f"network parameters do not fit {name}: {exc}") from exc
+
+
+def dynunet_spec(in_channels: int, out_channels: int, filters: list[int], strides: list[Any]) -> dict[str, Any]:
+    """A DynUNet (nnU-Net-style) spec: kernel 3 everywhere, transposed-conv upsampling, instance norm."""
+    return {
+        "name": "DynUNet",
+        "params": {
+            "spatial_dims": 3,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "kernel_size": [3] * len(filters),
+            "strides": strides,
+            "upsample_kernel_size": strides[1:],
+            "filters": filters,
+            "norm_name": "instance",
+            "res_block": False,
+        },
+    }
+
+
+def strides_for(spacing: list[float] | None, levels: int) -> list[Any]:
+    """Per-level strides that keep voxels close to isotropic (nnU-Net's rule): an axis is halved at a level only
+    while its current spacing is at most twice the finest one, so 0.86 x 0.86 x 6.5 mm slices are first pooled
+    in-plane ([2, 2, 1] twice) and only then through-plane. Near-isotropic data (or no spacing) gets stride 2 on
+    every axis, as before, written as plain integers so existing cards stay byte-identical."""
+    if not spacing or max(spacing) <= 2 * min(spacing):
+        return [1] + [2] * (levels - 1)
+    current = [float(v) for v in spacing]
+    strides: list[Any] = [1]
+    for _ in range(levels - 1):
+        finest = min(current)
+        step = [2 if value <= 2 * finest else 1 for value in current]
+        current = [value * s for value, s in zip(current, step)]
+        strides.append(step)
+    return strides
+
+
+def divisor_of(spec: dict[str, Any]) -> list[int]:
+    """How a patch edge must be divisible for the network's downsampling (product of strides per axis)."""
+    params = spec.get("params", {})
+    strides = params.get("strides") or [1]
+    total = [1, 1, 1]
+    for stride in strides:
+        values = stride if isinstance(stride, (list, tuple)) else [stride] * 3
+        total = [t * int(s) for t, s in zip(total, values)]
+    return total
+
+
+FAST_PREFIX = "fast."
+
+
+def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str, Any] | None = None):
+    network = build_network(spec or package.card["network"])
+    state = package.load_state_dict()
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    else:  # the main network; a card's own fast network is stored beside it under ``fast.``
+        state = {k: v for k, v in state.items() if not k.startswith(FAST_PREFIX)}
+    load_weights(network, state, package.weights_path)
+    return network.to(device).eval()
+
+
+def load_weights(network: Any, state: dict[str, Any], source: str | Path = "") -> None:
+    """Load weights strictly, except for keys that are aliases of loaded tensors inside ``network``."""
+    own = network.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CadError(f"weights do not fit the network (unexpected: {', '.join(unexpected[:3])}…)", source or None)
+    loaded = {(own[name].untyped_storage().data_ptr(), own[name].storage_offset()) for name in state}
+    missing = [name for name in own if name not in state and
+               (own[name].untyped_storage().data_ptr(), own[name].storage_offset()) not in loaded]
+    if missing:
+        raise CadError(f"weights do not fit the network (missing: {', '.join(missing[:3])}…)", source or None)
+    try:
+        network.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CadError(f"weights do not fit the network ({str(exc).splitlines()[0]})", source or None) from exc

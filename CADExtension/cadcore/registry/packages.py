@@ -1,0 +1,159 @@
+"""Model packages (``model.json`` + ``model.safetensors``) and the registry that finds them.
+
+A package is a folder. ``model.json`` is the model card: task, network spec, labels (names, colours, terminology),
+preprocessing (orientation, spacing, normalisation), inference settings, training data and metrics, and the sha256 of
+the weights. Weights are safetensors, never pickles, and their hash is checked before they are loaded.
+
+Registry search order: packages shipped inside cadcore (``cadcore/models/<id>``), then the user folder
+(``$CAD_MODELS``, default ``~/.cadextension/models``). A path to a package folder works anywhere an id does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cadcore.errors import CadError
+from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, registry_folders, sha256_of
+
+REQUIRED_FIELDS = ("id", "task", "network", "version")
+TASKS = ("segmentation", "classification")
+
+
+@dataclass
+class ModelPackage:
+    """A model card and where its files are."""
+
+    folder: Path
+    card: dict[str, Any] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.card["id"])
+
+    @property
+    def task(self) -> str:
+        return str(self.card["task"])
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.card.get("weights", {}).get("file", WEIGHTS_NAME)
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        """Foreground labels: ``[{"value", "name", "color", "terminology"?}]`` (background is implicit)."""
+        return list(self.card.get("labels", []))
+
+    def label_names(self) -> dict[int, str]:
+        return {int(label["value"]): str(label["name"]) for label in self.labels}
+
+    def verify(self) -> str:
+        """Check the weights exist and match the card's sha256; return the hash."""
+        expected = self.card.get("weights", {}).get("sha256")
+        if not self.weights_path.exists():
+            raise CadError("model weights file is missing", self.weights_path)
+        actual = sha256_of(self.weights_path)
+        if not expected:
+            raise CadError("model card has no weights sha256; refusing unverified weights", self.folder / CARD_NAME)
+        if actual != expected:
+            raise CadError(
+                f"weights sha256 mismatch (card {expected[:12]}…, file {actual[:12]}…); the file is corrupt or altered",
+                self.weights_path,
+            )
+        return actual
+
+    def load_state_dict(self) -> dict[str, Any]:
+        """Verified weights as a state dict (safetensors: no code runs while loading)."""
+        from safetensors.torch import load_file
+
+        self.verify()
+        try:
+            return load_file(str(self.weights_path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CadError(f"cannot read weights ({exc})", self.weights_path) from exc
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "version": self.card.get("version"),
+            "task": self.task,
+            "modality": self.card.get("modality"),
+            "description": self.card.get("description", ""),
+            "labels": {str(k): v for k, v in self.label_names().items()},
+            "path": str(self.folder),
+        }
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    card_path = folder / CARD_NAME
+    if not card_path.is_file():
+        raise CadError(f"not a model package (no {CARD_NAME})", folder)
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CadError(f"cannot parse model card ({exc})", card_path) from exc
+    missing = [name for name in REQUIRED_FIELDS if name not in card]
+    if missing:
+        raise CadError(f"model card lacks required fields: {', '.join(missing)}", card_path)
+    if card["task"] not in TASKS:
+        raise CadError(f"unknown task {card['task']!r} (expected one of {', '.join(TASKS)})", card_path)
+    return card
+
+
+def list_models() -> list[ModelPackage]:
+    """Every package in the registry; the first of a given id wins (shipped before user)."""
+    found: dict[str, ModelPackage] = {}
+    for root in registry_folders():
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
+            try:
+                package = ModelPackage(folder, read_card(folder))
+            except CadError:
+                continue
+            found.setdefault(package.id, package)
+    return list(found.values())
+
+
+def find_model(model: str | Path) -> ModelPackage:
+    """Resolve a registry id or a package folder path."""
+    path = Path(model)
+    if path.is_dir():
+        return ModelPackage(path, read_card(path))
+    for package in list_models():
+        if package.id == str(model):
+            return package
+    known = ", ".join(sorted(p.id for p in list_models())) or "none"
+    raise CadError(f"unknown model (not a package folder nor a registered id; registered: {known})", model)
+
+
+def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any]) -> ModelPackage:
+    """Write weights and card (with the weights' sha256) atomically into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_weights = folder / f".{WEIGHTS_NAME}.tmp"
+    save_file(unique_tensors(state_dict), str(tmp_weights))
+    os.replace(tmp_weights, folder / WEIGHTS_NAME)
+    card = dict(card)
+    card["weights"] = {"file": WEIGHTS_NAME, "sha256": sha256_of(folder / WEIGHTS_NAME), "format": "safetensors"}
+    tmp_card = folder / f".{CARD_NAME}.tmp"
+    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp_card, folder / CARD_NAME)
+    return ModelPackage(folder, card)
+
+
+def unique_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """One entry per tensor storage: some MONAI networks (DynUNet) register the same weights under two names.
+
+    safetensors refuses aliased tensors, and cloning them would double the file; :func:`load_weights` restores the
+    aliases from the network itself.
+    """
+    by_storage: dict[tuple[int, int], list[str]] = {}
+    for name, tensor in state_dict.items():
+        by_storage.setdefault((tensor.untyped_storage().data_ptr(), tensor.storage_offset()), []).append(name)
+    keep = {min(names, key=lambda n: ("skip_layers." in n, n)) for names in by_storage.values()}
+    return {name: state_dict[name].detach().cpu().contiguous().clone() for name in state_dict if name in keep}

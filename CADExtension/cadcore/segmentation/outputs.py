@@ -1,0 +1,58 @@
+"""What ``cad segment`` writes besides the labelmap: the per-class probability image and the JSON sidecar.
+
+The sidecar describes the result for the Slicer module and for scripts (model id and version, labels with volumes in
+mL, the input's geometry, the working spacing, cascade and fast-mode facts, timings); it is built from plain values,
+never from the command line's parsed arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from cadcore.io.images import atomic_path
+from cadcore.registry.bundles import BundleModel
+from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.predict import SegmentationResult
+
+PROBABILITY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
+
+
+def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    """(C, I, J, K) → a vector image (one component per class) with the reference's geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0)), isVector=True)
+    image.CopyInformation(reference)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
+
+
+def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, image: sitk.Image, seconds: float,
+            paths: dict[str, str | None]) -> dict[str, Any]:
+    """The sidecar JSON; ``paths`` names what was read and written (``input``, ``output``, ``probabilities``,
+    ``overlay_png``; None for an output not asked for)."""
+    from cadcore.io.labelmaps import label_volumes_ml
+
+    volumes = label_volumes_ml(result.labels, package.labels)
+    array = sitk.GetArrayViewFromImage(result.labels)
+    return {
+        "model": package.id,  # the registry id, so callers (the Slicer module) can find the model again
+        "model_name": package.name if isinstance(package, BundleModel) else package.card.get("name", package.id),
+        "model_version": package.card.get("version"),
+        **{key: paths.get(key) for key in ("input", "output", "probabilities", "overlay_png")},
+        "labels": [
+            {**{k: label[k] for k in ("value", "name", "color") if k in label},
+             "terminology": label.get("terminology"),
+             "voxels": int((array == int(label["value"])).sum()),
+             "volume_ml": round(volumes.get(int(label["value"]), 0.0), 4)}
+            for label in package.labels
+        ],
+        "geometry": {"size": list(image.GetSize()), "spacing": list(image.GetSpacing()),
+                     "origin": list(image.GetOrigin()), "direction": list(image.GetDirection())},
+        "cascade": result.cascade,
+        "fast": result.fast,
+        "working_spacing": result.working_spacing,
+        "timings": {**result.timings, "total_s": round(seconds, 3)},
+    }

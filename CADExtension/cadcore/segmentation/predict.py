@@ -1,0 +1,164 @@
+"""``cad segment``: a volume in, a labelled segmentation on the input's exact grid out.
+
+Pipeline: read and check the input → working space (orientation, spacing, normalisation) → sliding-window U-Net
+(Gaussian blending) → probabilities back onto the input grid → argmax → post-processing → labelmap + JSON sidecar.
+A card with a ``cascade`` section runs a coarse network first and the fine network only on the region it finds.
+A card with a ``fast`` section names a low working resolution (``spacing``; optionally its own ``network`` stored
+under the ``fast.`` weight prefix, and ``inference`` settings) that ``--fast`` runs for CPU-only laptops; the labels
+still come back on the input's exact grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from cadcore.device import pick_device
+from cadcore.errors import CadError
+from cadcore.preprocessing.input_grid import labels_on_input_grid, labels_to_input_grid, probabilities_to_input_grid
+from cadcore.preprocessing.working_space import image_interpolator, prepare
+from cadcore.progress import StagedProgress
+from cadcore.registry.bundles import BundleModel
+from cadcore.registry.networks import FAST_PREFIX, load_network
+from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.postprocess import clean_labels
+from cadcore.segmentation.sliding_window import count_windows, fold_batch_norm, predict_probabilities
+
+
+@dataclass
+class SegmentationResult:
+    labels: sitk.Image  # uint8, the input's exact grid
+    probabilities: np.ndarray | None  # (C, I, J, K) float32 on the input grid, when asked for
+    timings: dict[str, float] = field(default_factory=dict)
+    cascade: dict[str, Any] | None = None
+    working_spacing: list[float] | None = None  # the network's voxel size in mm (None: the input's own)
+    fast: bool = False
+
+
+def fast_mode(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any] | None, str | None, dict[str, Any]]:
+    """``--fast``: (preprocessing at the fast spacing, its own network spec or None, weight prefix, inference)."""
+    card = package.card
+    fast = card.get("fast")
+    if not isinstance(fast, dict) or not fast.get("spacing"):
+        raise CadError(f"model {package.id} names no fast resolution (model card 'fast' section); run without --fast",
+                       package.folder)
+    spacing = fast["spacing"]
+    if len(spacing) != 3 or any(not isinstance(v, (int, float)) or v <= 0 for v in spacing):
+        raise CadError(f"model card fast.spacing must be three positive numbers, got {spacing!r}", package.folder)
+    preprocessing = {**card["preprocessing"], "spacing": [float(v) for v in spacing]}
+    inference = {**card.get("inference", {}), **fast.get("inference", {})}
+    if "network" in fast:
+        return preprocessing, fast["network"], FAST_PREFIX, inference
+    return preprocessing, None, None, inference
+
+
+def check_interpolation(package: ModelPackage) -> None:
+    """An unknown ``preprocessing.interpolation`` fails with the card's path before anything is read."""
+    try:
+        image_interpolator(package.card["preprocessing"])
+    except CadError as exc:
+        raise CadError(str(exc), package.folder / "model.json") from exc
+
+
+def segment_image(
+    image: sitk.Image,
+    package: ModelPackage | BundleModel,
+    device: str = "auto",
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    keep_probabilities: bool = False,
+    use_cascade: bool = True,
+    progress: StagedProgress | None = None,
+    fast: bool = False,
+) -> SegmentationResult:
+    """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly."""
+    if isinstance(package, BundleModel):  # a MONAI bundle runs its own transforms and inferer
+        if fast:
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
+        from cadcore.segmentation.bundle_inference import run_bundle
+
+        labels, timings = run_bundle(image, package, pick_device(device), overlap, sw_batch_size,
+                                     progress.update if progress else None)
+        return SegmentationResult(labels, None, timings)
+    if package.task != "segmentation":
+        raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
+    torch_device = pick_device(device)
+    card = package.card
+    preprocessing = card["preprocessing"]
+    inference = dict(card.get("inference", {}))
+    prefix = "fine." if "cascade" in card else ""
+    spec = None
+    if fast:
+        preprocessing, spec, fast_prefix, inference = fast_mode(package)
+        prefix = fast_prefix or prefix
+    overlap = inference.get("overlap", 0.5) if overlap is None else overlap
+    sw_batch_size = sw_batch_size or inference.get("sw_batch_size", 2)
+    timings: dict[str, float] = {}
+    cascade_info = None
+
+    if "cascade" in card and use_cascade:
+        from cadcore.segmentation.cascade import locate_roi
+
+        started = time.perf_counter()
+        roi, cascade_info = locate_roi(image, package, torch_device, sw_batch_size)
+        timings["coarse_s"] = round(time.perf_counter() - started, 3)
+        region = roi if roi is not None else None
+    else:
+        region = None
+    target = image if region is None else sitk.RegionOfInterest(image, region[1], region[0])
+
+    started = time.perf_counter()
+    working = prepare(target, preprocessing)
+    timings["preprocess_s"] = round(time.perf_counter() - started, 3)
+    if progress:
+        progress.update("preprocess", 1.0)
+
+    started = time.perf_counter()
+    network = load_network(package, torch_device, prefix, spec)
+    if torch_device.type == "cpu":
+        fold_batch_norm(network)
+    patch = inference["patch_size"]
+    n_windows = max(1, math.ceil(count_windows(working.array.shape, patch, overlap) / sw_batch_size))
+    done = [0]
+
+    def on_window(_: float) -> None:
+        done[0] += 1
+        if progress:
+            progress.update("network", done[0] / n_windows)
+
+    probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
+                                          inference.get("mode", "gaussian"), progress=on_window,
+                                          channels_last=torch_device.type == "cpu")
+    timings["network_s"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    if keep_probabilities:
+        on_grid = probabilities_to_input_grid(probabilities, working)
+        labels = on_grid.argmax(0).astype(np.uint8)
+    else:  # labels without a full-resolution float map per class (the same labels, far less time and memory)
+        labels = labels_to_input_grid(probabilities, working)
+    del probabilities
+    labels = clean_labels(labels, card.get("postprocessing", {}))
+    if region is not None:
+        full_labels = np.zeros(image.GetSize(), dtype=np.uint8)
+        index, size = region
+        window = tuple(slice(i, i + s) for i, s in zip(index, size))
+        full_labels[window] = labels
+        labels = full_labels
+        if keep_probabilities:
+            full = np.zeros((on_grid.shape[0], *image.GetSize()), dtype=np.float32)
+            full[0] = 1.0
+            full[(slice(None), *window)] = on_grid
+            on_grid = full
+    timings["postprocess_s"] = round(time.perf_counter() - started, 3)
+    if progress:
+        progress.update("postprocess", 1.0)
+    return SegmentationResult(labels_on_input_grid(labels, image), on_grid.astype(np.float32) if keep_probabilities
+                              else None, timings, cascade_info,
+                              [round(v, 6) for v in working.grid.GetSpacing()] if working.resampled else None, fast)

@@ -1,0 +1,308 @@
+"""``cad train``: supervised 3D U-Net training that ends in a model package.
+
+Deterministic split from the seed, patches with augmentation, Dice + cross-entropy, AdamW with warm-up and cosine
+decay, validation Dice per label every N epochs, best checkpoint kept, ``--resume``, a CSV log, a PNG of the curves.
+Ctrl-C saves the last checkpoint and still exports the best model so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cadcore.device import pick_device
+from cadcore.errors import CadError
+from cadcore.io.datasets import Case, Dataset, load_dataset, split_cases
+from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
+from cadcore.registry.packages import ModelPackage, save_package
+from cadcore.segmentation.sliding_window import predict_probabilities
+from cadcore.training.config import TrainConfig
+from cadcore.training.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
+from cadcore.training.losses import MaskedDiceCELoss
+from cadcore.training.patches import PatchDataset, PreparedCase, augmentation, prepare_cases
+from cadcore.training.report import plot_curves, total_training_seconds, write_log
+
+DEFAULT_COLORS = [[0.85, 0.35, 0.25], [0.25, 0.6, 0.85], [0.35, 0.75, 0.35], [0.9, 0.8, 0.2], [0.7, 0.4, 0.8]]
+
+
+def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
+    normalization = (
+        {"kind": "ct", "window": config.ct_window} if config.modality.upper() == "CT"
+        else {"kind": "mr", "percentiles": [0.5, 99.5]}
+    )
+    return {"orientation": config.orientation, "spacing": config.spacing, "normalization": normalization}
+
+
+def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
+    spec = dynunet_spec(1, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
+    check_patch(config.patch_size, spec)
+    return spec
+
+
+def check_patch(patch_size: list[int], spec: dict[str, Any], whose: str = "") -> None:
+    """Refuse, before any training, a patch the network's downsampling cannot halve cleanly."""
+    if any(size % div for size, div in zip(patch_size, divisor_of(spec))):
+        raise CadError(f"patch size {patch_size} must be divisible by {divisor_of(spec)}{whose}")
+
+
+def oriented_header(path, orientation: str | None, extent: bool = False) -> np.ndarray:
+    """A volume's voxel spacing (or, with ``extent``, its physical extent) in mm along the working axes, read from
+    the header only: a 2-voxel probe with that spacing and the file's direction is oriented like the data."""
+    import SimpleITK as sitk
+
+    from cadcore.preprocessing.working_space import orient
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    spacing = [float(s) * (n if extent else 1) for n, s in zip(reader.GetSize(), reader.GetSpacing())]
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    probe.SetSpacing(spacing)
+    probe.SetDirection(reader.GetDirection())
+    return np.array(orient(probe, orientation).GetSpacing())
+
+
+def median_spacing(cases, orientation: str | None) -> list[float]:
+    """The training images' median voxel spacing in the working orientation (headers only), so the card always
+    names the resolution the network learnt and inference resamples other inputs to it."""
+    spacings = [oriented_header(case.image, orientation) for case in cases]
+    return [round(float(v), 4) for v in np.median(np.array(spacings), axis=0)]
+
+
+def lr_factor(epoch: float, config: TrainConfig) -> float:
+    if epoch < config.warmup_epochs:
+        return (epoch + 1) / (config.warmup_epochs + 1)
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[int], patch: list[int],
+             device: torch.device, ranks: Ranks | None = None) -> dict[int, float]:
+    """Mean Dice per label over validation cases (working space, no post-processing); under DDP each rank scores
+    its share of the cases and the sums are reduced."""
+    ranks = ranks or Ranks()
+    sums = np.zeros(len(labels) + 1)
+    for case in cases[ranks.rank::ranks.world]:
+        prediction = predict_probabilities(network, case.image, patch, device, overlap=0.5).argmax(0)
+        truth = case.label[0]
+        for index, value in enumerate(labels):
+            p, t = prediction == value, truth == value
+            denominator = p.sum() + t.sum()
+            sums[index] += 1.0 if denominator == 0 else 2.0 * float((p & t).sum()) / float(denominator)
+        sums[-1] += 1
+    sums = summed(sums, ranks)
+    return {value: float(sums[index] / max(1.0, sums[-1])) for index, value in enumerate(labels)}
+
+
+def split_for(config: TrainConfig, dataset: Dataset) -> tuple[list[Case], list[Case]]:
+    """(training, validation) cases: the dataset's own ``validation`` list when it has one, else a seeded split."""
+    cases = sorted(dataset.cases, key=lambda c: c.id)[: config.max_cases] if config.max_cases else dataset.cases
+    if dataset.validation:  # the dataset names its split (by patient, or labelled vs pseudo-labelled)
+        return cases, dataset.validation
+    return split_cases(cases, config.seed, config.val_fraction)
+
+
+def train(config: TrainConfig) -> ModelPackage:
+    """Train and export a package into ``config.output``; returns it."""
+    output = Path(config.output)
+    if (output / "model.json").exists() and not (config.resume or config.force):
+        raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
+                       output)
+    dataset = load_dataset(config.data)
+    train_cases, val_cases = split_for(config, dataset)
+    label_values = sorted(dataset.label_names) or [1]
+    label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
+    if not config.spacing:
+        config.spacing = median_spacing(train_cases, config.orientation)
+    preprocessing = preprocessing_for(config)
+    parent = None
+    if config.init:
+        from cadcore.training.transfer import parent_spec
+
+        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing, config.init_stage)
+        check_patch(config.patch_size, spec, " (the --init network)")
+    else:
+        spec = network_for(config, len(label_values) + 1)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    ranks, device = start(pick_device(config.device))
+
+    allowed = set(label_values)
+    bar = config.progress_prefix
+    train_prepared = prepare_cases(train_cases, preprocessing, allowed, f"{bar}loading training cases")
+    val_prepared = prepare_cases(val_cases, preprocessing, allowed, f"{bar}loading validation cases")
+
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    set_determinism(config.seed)
+    network = build_network(spec).to(device)
+    init_report = None
+    parameters: Any = network.parameters()
+    if parent is not None:
+        from cadcore.training.transfer import load_pretrained, parameter_groups
+
+        init_report = load_pretrained(network, parent, config.init_stage)
+        parameters = parameter_groups(network, init_report, config.learning_rate, config.pretrained_lr_factor)
+        if ranks.main:
+            output.mkdir(parents=True, exist_ok=True)
+            (output / "init_report.json").write_text(json.dumps(init_report, indent=2) + "\n")
+        fresh = init_report["reinitialised"]
+        tqdm.write(f"--init {parent.id}: {init_report['loaded']} tensors loaded, {len(fresh)} re-initialised "
+                   f"({', '.join(fresh[:4])})")
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
+    partial = any(case.pseudo for case in train_cases)  # pseudo-labels: skip their ignored voxels
+    loss_fn = MaskedDiceCELoss() if partial else DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    crop_key = "foreground" if partial else "label"
+    patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes,
+                                                          config.augmentation_strength, crop_key=crop_key),
+                           foreground=partial)
+    shard = sampler(patches, ranks, config.seed)
+    loader = torch.utils.data.DataLoader(
+        patches, batch_size=config.batch_size, shuffle=shard is None, sampler=shard,
+        drop_last=len(train_prepared) > config.batch_size * ranks.world,
+        generator=torch.Generator().manual_seed(config.seed + ranks.rank),
+    )
+    model = wrap(network, ranks, device)
+
+    ckpt_dir = output / "training"
+    if ranks.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {"epoch": 0, "best_mean_dice": -1.0, "best_epoch": -1, "history": []}
+    best_weights: dict[str, torch.Tensor] | None = None
+    if config.resume and (ckpt_dir / "last.pt").exists():
+        checkpoint = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        network.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = json.loads(checkpoint["state_json"])
+        if (ckpt_dir / "best.pt").exists():
+            best_weights = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+
+    def save_last() -> None:
+        if not ranks.main:
+            return
+        torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state_json": json.dumps(state)}, ckpt_dir / ".last.pt")
+        (ckpt_dir / ".last.pt").replace(ckpt_dir / "last.pt")
+
+    started = time.time()
+    progress = tqdm(range(state["epoch"], config.epochs), desc=f"{bar}training", unit="epoch",
+                    initial=state["epoch"], total=config.epochs)
+    try:
+        for epoch in progress:
+            if parent is not None and config.freeze_encoder_epochs:
+                from cadcore.training.transfer import set_encoder_frozen
+
+                set_encoder_frozen(network, epoch < config.freeze_encoder_epochs)
+            network.train()
+            if shard is not None:
+                shard.set_epoch(epoch)
+            losses = []
+            for batch in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(batch["image"].to(device)), batch["label"].to(device))
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            scheduler.step()
+            loss_sum = summed(np.array([float(np.sum(losses)), len(losses)]), ranks)
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum[0] / max(1.0, loss_sum[1])),
+                                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
+            if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
+                dice = validate(network, val_prepared, label_values, config.patch_size, device, ranks)
+                row.update({f"dice_{v}": d for v, d in dice.items()})
+                row["dice_mean"] = float(np.mean(list(dice.values())))
+                if row["dice_mean"] > state["best_mean_dice"]:
+                    state["best_mean_dice"], state["best_epoch"] = row["dice_mean"], epoch + 1
+                    best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+                    if ranks.main:
+                        torch.save(best_weights, ckpt_dir / "best.pt")
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            latest = next((r["dice_mean"] for r in reversed(state["history"]) if "dice_mean" in r), float("nan"))
+            progress.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{latest:.3f}",
+                                 best=f"{state['best_mean_dice']:.3f}")
+            save_last()
+            if ranks.main:
+                write_log(output, state["history"])
+    except KeyboardInterrupt:
+        save_last()
+        tqdm.write(f"interrupted at epoch {state['epoch']}: last checkpoint saved in {ckpt_dir}")
+    rank_digests = gathered(weights_digest(network), ranks)  # DDP: every rank must hold the same weights
+    finish(ranks)
+    if not ranks.main:
+        return None  # type: ignore[return-value]
+    if best_weights is not None:
+        network.load_state_dict(best_weights)  # export through the network: its aliased weights are stored once
+    best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
+                      time.time() - started)
+    if init_report is not None:
+        card["training"]["parent"] = {k: init_report[k] for k in ("parent", "parent_version", "parent_sha256",
+                                                                  "parent_stage") if k in init_report}
+        card["training"]["init"] = {"loaded_tensors": init_report["loaded"],
+                                    "reinitialised": init_report["reinitialised"],
+                                    "freeze_encoder_epochs": config.freeze_encoder_epochs,
+                                    "pretrained_lr_factor": config.pretrained_lr_factor}
+    package = save_package(output, card, best_weights)
+    plot_curves(output, state["history"], label_values)
+    summary = {**state, "config": asdict(config), "world_size": ranks.world, "rank_weight_sha256": rank_digests}
+    (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return package
+
+
+def label_metadata(config: TrainConfig, dataset, label_values: list[int]) -> list[dict[str, Any]]:
+    """Names, colours and terminology for the card: from ``--labels FILE`` when given, else the dataset's names."""
+    if config.labels:
+        try:
+            given = {int(item["value"]): item for item in json.loads(Path(config.labels).read_text())}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CadError(f"cannot read label descriptions ({exc})", config.labels) from exc
+        missing = [v for v in label_values if v not in given]
+        if missing:
+            raise CadError(f"label descriptions lack values {missing}", config.labels)
+        return [given[v] for v in label_values]
+    names = dataset.label_names
+    return [{"value": v, "name": names.get(v, f"label {v}"), "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]}
+            for i, v in enumerate(label_values)]
+
+
+def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
+               seconds: float) -> dict[str, Any]:
+    return {
+        "format_version": 1,
+        "id": config.model_id or Path(config.output).name,
+        "version": config.version,
+        "task": "segmentation",
+        "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",
+        "modality": config.modality.upper(),
+        "network": spec,
+        "labels": label_metadata(config, dataset, label_values),
+        "preprocessing": preprocessing,
+        "inference": {"patch_size": config.patch_size, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2},
+        "postprocessing": {"largest_component": True, "fill_holes": True, "min_size_voxels": 10},
+        "training": {
+            "data": dataset.name or str(dataset.root),
+            "licence": dataset.licence,
+            "n_train": len(train_cases),
+            "n_val": len(val_cases),
+            "seed": config.seed,
+            "split": {"val_fraction": config.val_fraction, "val": [c.id for c in val_cases]},
+            "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"],
+            "seconds": round(seconds),
+            "seconds_all_runs": round(total_training_seconds(state["history"])),
+            "config": {k: v for k, v in asdict(config).items() if k not in ("data", "output")},
+        },
+        "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
+    }

@@ -17,7 +17,7 @@ cosine schedule, fixed epochs, best epoch by validation AUC. Two architectures (
 * ``aniso``: the same network with the K stride set to 1 in the stem max-pool, layer2 and layer3 (in-plane-only
   downsampling until voxels are ~isotropic, as nnU-Net does): layer3 is 6x6x4, layer4 3x3x2.
 
-Grad-CAM (``cadcore.classification.predict.gradcam``, i.e. ``gradcam_on_roi`` in batches; class "tumour", layers 3 and
+Grad-CAM (``cadcore.classification.gradcam.gradcam``, i.e. ``gradcam_on_roi`` in batches; class "tumour", layers 3 and
 4), min-max normalised per patch, is scored on tumour-positive test patches: hit rate (the peak voxel, ties broken
 towards the patch centre, lies in the tumour), and mean Dice / IoU of the map thresholded at t, t from 0.1..0.9
 chosen by mean Dice on validation positives. Reported on all positives and on true positives (p(tumour) >= 0.5)
@@ -246,10 +246,9 @@ def train(arch: str, train_set: tuple[np.ndarray, np.ndarray], val_set: tuple[np
 
 
 def gradcams(network, inputs: np.ndarray, layer: str, batch: int = 16) -> np.ndarray:
-    """Grad-CAM of class 1 per patch (``cadcore.classification.predict.gradcam``, which ``gradcam_on_roi`` wraps, in
-    eval-mode
-    batches: the same maps, ~10x faster on CPU than batch 1), min-max per patch. Each batch runs on a copy of the
-    network with frozen weights: MONAI's hooks stay on the module they wrap, and weight gradients are not needed."""
+    """Grad-CAM of class 1 per patch (``cadcore.classification.gradcam.gradcam``, which ``gradcam_on_roi`` wraps, in
+    eval-mode batches: the same maps, ~10x faster on CPU than batch 1), min-max per patch. Each batch runs on a copy of
+    the network with frozen weights: MONAI's hooks stay on the module they wrap, and weight gradients are not needed."""
     import torch
 
     from cadcore.classification.gradcam import gradcam

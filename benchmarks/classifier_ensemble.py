@@ -43,10 +43,10 @@ def main() -> None:
                         help="correct class-balanced training back to the training class frequencies")
     args = parser.parse_args()
     packages = [find_model(member) for member in args.members]
-    first = packages[0].card
+    first = packages[0].card.raw
     for package in packages[1:]:
         for key in ("network", "classes", "roi"):
-            if package.card[key] != first[key]:
+            if package.card.raw[key] != first[key]:
                 raise SystemExit(f"{package.folder}: {key} differs from {packages[0].folder}")
     device = pick_device("cpu")
     tta = not args.no_tta
@@ -71,8 +71,8 @@ def main() -> None:
              for i, package in enumerate(packages) for k, v in package.load_state_dict().items()}
     card = copy.deepcopy(first)
     card.update(id=args.id, ensemble={"members": [f"m{i}" for i in range(len(packages))],
-                                      "sources": [p.card["id"] for p in packages],
-                                      "seeds": [p.card["training"]["seed"] for p in packages]})
+                                      "sources": [p.card.raw["id"] for p in packages],
+                                      "seeds": [p.card.raw["training"]["seed"] for p in packages]})
     if tta:
         card["inference"] = {"tta": "flips"}
     card["calibration"] = {"method": "temperature scaling of the averaged prediction on validation data",
@@ -80,9 +80,9 @@ def main() -> None:
                            "ece_after": after["ece"], **({"prior": prior, "prior_from": "training class frequencies"}
                                                          if prior else {})}
     card["metrics"] = {"validation": after, "members_plain_validation": single,
-                       "command": "benchmarks/classifier_ensemble.py " + " ".join(p.card["id"] for p in packages)}
-    card["training"]["members"] = [{"id": p.card["id"], "best_epoch": p.card["metrics"].get("best_epoch"),
-                                    "seconds": p.card["training"].get("seconds")} for p in packages]
+                       "command": "benchmarks/classifier_ensemble.py " + " ".join(p.card.raw["id"] for p in packages)}
+    card["training"]["members"] = [{"id": p.card.raw["id"], "best_epoch": p.card.raw["metrics"].get("best_epoch"),
+                                    "seconds": p.card.raw["training"].get("seconds")} for p in packages]
     package = save_package(args.output, card, state)
     keys = ("auc", "acc", "sensitivity", "specificity", "balanced_accuracy", "ece")
     print(json.dumps({"package": str(package.folder), "temperature": temperature,

@@ -58,7 +58,7 @@ def compute_floor(case: dict, gflops: float) -> dict:
     from cadcore.registry.packages import find_model
     from cadcore.segmentation.sliding_window import count_windows
 
-    card = find_model(case["model"]).card
+    card = find_model(case["model"]).card.raw
     patch, overlap = card["inference"]["patch_size"], card["inference"].get("overlap", 0.5)
     shape = prepare(read_volume(case["image"]), card["preprocessing"]).array.shape
     windows = count_windows(shape, patch, overlap)

@@ -163,7 +163,7 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     from cadcore.segmentation.postprocess import clean_labels
 
     package = find_model(model)
-    card, pre, inference = package.card, package.card["preprocessing"], package.card["inference"]
+    card, pre, inference = package.card.raw, package.card.raw["preprocessing"], package.card.raw["inference"]
     started = time.perf_counter()
     image = read_volume(image_path)
     oriented = orient(image, pre.get("orientation"))
@@ -205,7 +205,7 @@ def worker_baseline(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     from cadcore.registry.packages import find_model
 
     package = find_model(model)
-    pre, inference = package.card["preprocessing"], package.card["inference"]
+    pre, inference = package.card.raw["preprocessing"], package.card.raw["inference"]
     norm = pre["normalization"]
     if norm["kind"] == "ct":
         intensity = [mt.ScaleIntensityRanged("image", *norm["window"], 0.0, 1.0, clip=True)]

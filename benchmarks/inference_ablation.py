@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     package = find_model(BENCH / "spleen-random")
-    pre = package.card["preprocessing"]
+    pre = package.card.raw["preprocessing"]
     image = sitk.ReadImage(str(BENCH / "ct_512x512x300.nii.gz"))
     oriented = orient(image, "RAS")
     results: dict = {"load_before": os.getloadavg(), "threads": threads}

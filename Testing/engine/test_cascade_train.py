@@ -90,7 +90,7 @@ def cascade_package(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_package_holds_both_stages_and_verifies(cascade_package: Path, capsys: pytest.CaptureFixture[str]) -> None:
     package = find_model(cascade_package)
-    card = package.card
+    card = package.card.raw
     assert card["id"] == "ball-cascade" and card["task"] == "segmentation"
     assert card["preprocessing"]["spacing"] == [1.0, 1.0, 2.0]
     assert card["inference"]["patch_size"] == [16, 16, 8]
@@ -169,9 +169,9 @@ def test_resume_reuses_finished_stages(cascade_package: Path, dataset: Path, cap
         raise AssertionError("--resume retrained a finished stage")
 
     monkeypatch.setattr(cadcore.training.cascade, "train", no_training)
-    before = find_model(cascade_package).card["weights"]["sha256"]
+    before = find_model(cascade_package).card.raw["weights"]["sha256"]
     assert main(["train", "--cascade", "--data", str(dataset), "-o", str(cascade_package), "--resume", *TINY]) == 0
-    assert find_model(cascade_package).card["weights"]["sha256"] == before
+    assert find_model(cascade_package).card.raw["weights"]["sha256"] == before
     capsys.readouterr()
     assert main(["train", "--cascade", "--data", str(dataset), "-o", str(cascade_package), *TINY]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -185,7 +185,7 @@ def test_init_starts_the_fine_stage_only(dataset: Path, tmp_path: Path) -> None:
     assert main(["train", "--cascade", "--data", str(dataset), "-o", str(output), *TINY, "--epochs", "1",
                  "--coarse-epochs", "1", "--coarse-filters", "8,16,32", "--coarse-patch-size", "12,12,8",
                  "--init", str(parent.folder)]) == 0
-    card = find_model(output).card
+    card = find_model(output).card.raw
     assert card["training"]["stages"]["fine"]["parent"]["parent"] == "parent"
     assert "parent" not in card["training"]["stages"]["coarse"]
     assert card["network"]["params"]["filters"] == [4, 8, 16] and card["network"]["params"]["out_channels"] == 2
@@ -215,7 +215,7 @@ def test_init_from_a_cascade_starts_each_stage_from_its_own_stage(cascade_packag
                  *without_coarse_settings(TINY), "--epochs", "1", "--coarse-epochs", "1", "--lr", "0",
                  "--init", str(cascade_package)]) == 0
     parent, child = find_model(cascade_package), find_model(output)
-    card = child.card
+    card = child.card.raw
     assert card["training"]["parent"]["parent"] == "ball-cascade" and "parent_stage" not in card["training"]["parent"]
     stages = card["training"]["stages"]
     assert stages["coarse"]["parent"]["parent_stage"] == "coarse" and stages["fine"]["parent"]["parent_stage"] == "fine"

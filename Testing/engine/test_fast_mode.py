@@ -17,6 +17,7 @@ import torch
 
 import cadcore.segmentation.predict
 from cadcore.cli import main
+from cadcore.errors import CadError
 from cadcore.preprocessing.working_space import prepare
 from cadcore.registry.networks import build_network, dynunet_spec
 from cadcore.registry.packages import save_package
@@ -72,7 +73,7 @@ def test_fast_uses_the_cards_own_fast_network(tmp_path, capsys):
     fast["output_block.conv.conv.weight"].zero_()
     fast["output_block.conv.conv.bias"].copy_(torch.tensor([-50.0, -50.0, 50.0]))  # label 2 everywhere
     template = make_tiny_segmentation_package(tmp_path / "template")
-    card = {**template.card, "id": "tiny-two-nets",
+    card = {**template.card.raw, "id": "tiny-two-nets",
             "fast": {**FAST, "network": spec, "inference": {"patch_size": [16, 16, 16]}}}
     package = save_package(tmp_path / "tiny-two-nets", card, {**full, **{f"fast.{k}": v for k, v in fast.items()}})
     source = oblique_anisotropic(tmp_path)
@@ -144,10 +145,14 @@ def test_card_linear_interpolation_gives_monai_spacingds_array(tmp_path, directi
 
 
 def test_unknown_interpolation_is_a_one_line_error(tmp_path, capsys):
-    package = make_tiny_segmentation_package(
-        tmp_path / "tiny-cubic", preprocessing={"orientation": "RAS", "spacing": [2.0, 2.0, 2.0],
-                                                "interpolation": "cubic", "normalization": {"kind": "mr"}})
+    package = make_tiny_segmentation_package(tmp_path / "tiny-cubic")
+    card = json.loads((package.folder / "model.json").read_text())
+    card["preprocessing"]["interpolation"] = "cubic"  # a hand-edited card: the engine never writes one
+    (package.folder / "model.json").write_text(json.dumps(card))
     code = main(["segment", str(oblique_anisotropic(tmp_path)), "-m", str(package.folder), "-o",
                  str(tmp_path / "o.nii.gz"), "--device", "cpu"])
     err = capsys.readouterr().err
-    assert code == 2 and "interpolation" in err and err.count("\n") == 1
+    assert code == 2 and "'preprocessing.interpolation'" in err and err.count("\n") == 1
+    assert str(package.folder / "model.json") in err and not (tmp_path / "o.nii.gz").exists()
+    with pytest.raises(CadError, match="interpolation"):  # nor can training save such a card
+        make_tiny_segmentation_package(tmp_path / "tiny-cubic-2", preprocessing={**card["preprocessing"]})

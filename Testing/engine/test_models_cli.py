@@ -89,7 +89,7 @@ def test_show_prints_card_json(registry: Path, capsys: pytest.CaptureFixture[str
     package = make_tiny_segmentation_package(registry / "tiny-show")
     code, out, err = run_cad(capsys, "models", "show", "tiny-show")
     assert code == 0, err
-    assert json.loads(out) == package.card
+    assert json.loads(out) == package.card.raw
 
 
 def test_verify_ok_prints_sha256(registry: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,8 +132,8 @@ def test_import_copies_and_resolves_by_id(tmp_path: Path, registry: Path, capsys
     assert "tiny-import" in out and str(target) in out
     found = find_model("tiny-import")
     assert found.folder == target
-    assert found.card == source.card
-    assert found.verify() == source.card["weights"]["sha256"]
+    assert found.card.raw == source.card.raw
+    assert found.verify() == source.card.raw["weights"]["sha256"]
 
 
 def test_import_twice_needs_force(tmp_path: Path, registry: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -65,7 +65,7 @@ def self_trained(tmp_path_factory) -> Path:
 def test_self_training_exports_a_package_with_its_rounds(self_trained):
     package = find_model(self_trained)
     package.verify()
-    card = package.card
+    card = package.card.raw
     assert card["id"] == "tiny-self" and card["task"] == "segmentation"
     section = card["training"]["self_training"]
     assert section["rounds"] == 2 and section["confidence_threshold"] == 0.9 and section["flip_tta_axes"] == [0]
@@ -82,8 +82,8 @@ def test_self_training_exports_a_package_with_its_rounds(self_trained):
 
 
 def test_students_keep_the_teachers_validation_cases(self_trained):
-    teacher = find_model(self_trained / "self_training" / "round_0").card
-    final = find_model(self_trained).card
+    teacher = find_model(self_trained / "self_training" / "round_0").card.raw
+    final = find_model(self_trained).card.raw
     assert final["training"]["split"]["val"] == teacher["training"]["split"]["val"]
     spec = json.loads((self_trained / "self_training" / "pseudo_1" / "dataset.json").read_text())
     assert [Path(e["image"]).name[:-7] for e in spec["validation"]] == teacher["training"]["split"]["val"]
@@ -106,12 +106,12 @@ def test_a_student_weaker_than_its_teacher_is_reported(tmp_path):
 
 
 def test_resume_skips_finished_rounds(self_trained, tmp_path):
-    before = find_model(self_trained).card["training"]["self_training"]["per_round"]
+    before = find_model(self_trained).card.raw["training"]["self_training"]["per_round"]
     data = labelled_dataset(tmp_path / "data")
     unlabelled = self_trained.parent / "unlabelled"
     assert main(["train", "--data", str(data), "-o", str(self_trained), "--unlabelled", str(unlabelled),
                  "--rounds", "2", "--resume", *TINY]) == 0
-    after = find_model(self_trained).card["training"]["self_training"]["per_round"]
+    after = find_model(self_trained).card.raw["training"]["self_training"]["per_round"]
     assert [r["weights_sha256"] for r in after] == [r["weights_sha256"] for r in before]
 
 
@@ -120,11 +120,11 @@ def test_resume_with_new_pseudo_labels_restarts_the_students(self_trained, tmp_p
 
     copy = tmp_path / "copy"
     shutil.copytree(self_trained, copy)
-    before = find_model(copy).card["training"]["self_training"]["per_round"]
+    before = find_model(copy).card.raw["training"]["self_training"]["per_round"]
     assert main(["train", "--data", str(labelled_dataset(tmp_path / "data")), "-o", str(copy), "--unlabelled",
                  str(self_trained.parent / "unlabelled"), "--rounds", "1", "--confidence", "0.2", "--resume",
                  *TINY]) == 0
-    after = find_model(copy).card["training"]["self_training"]["per_round"]
+    after = find_model(copy).card.raw["training"]["self_training"]["per_round"]
     assert after[0]["weights_sha256"] == before[0]["weights_sha256"]  # the finished teacher is kept
     assert after[1]["weights_sha256"] != before[1]["weights_sha256"]  # its student retrained on the new labels
     assert after[1]["kept_voxel_fraction"] >= before[1]["kept_voxel_fraction"]
@@ -145,11 +145,11 @@ def test_a_student_from_the_teacher_starts_with_its_weights(self_trained, tmp_pa
     student = find_model(output / "self_training" / "round_1")
     for name, tensor in student.load_state_dict().items():
         assert torch.equal(tensor, teacher.load_state_dict()[name]) and torch.equal(tensor, parent[name]), name
-    assert student.card["training"]["parent"]["parent"] == teacher.id
-    assert teacher.card["training"]["config"]["augmentation_strength"] == 1.0
-    assert student.card["training"]["config"]["augmentation_strength"] == 2.0
-    card = find_model(output).card["training"]
-    assert card["parent"] == teacher.card["training"]["parent"] and card["parent"]["parent"] == "tiny-self"
+    assert student.card.raw["training"]["parent"]["parent"] == teacher.id
+    assert teacher.card.raw["training"]["config"]["augmentation_strength"] == 1.0
+    assert student.card.raw["training"]["config"]["augmentation_strength"] == 2.0
+    card = find_model(output).card.raw["training"]
+    assert card["parent"] == teacher.card.raw["training"]["parent"] and card["parent"]["parent"] == "tiny-self"
     assert card["self_training"]["student_init"].startswith("the previous round's model")
     assert card["self_training"]["student_augmentation"] == 2.0
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not (MODEL / "model.json").exists(), reason="bra
 def test_package_is_complete_and_small():
     package = find_model("brain-tumour-cascade")
     package.verify()  # sha256 of the weights
-    card = package.card
+    card = package.card.raw
     assert (MODEL / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
     assert card["task"] == "segmentation" and {"coarse", "margin_mm"} <= set(card["cascade"])
     tumour = next(label for label in card["labels"] if label["value"] == 1)

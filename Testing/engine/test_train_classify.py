@@ -52,7 +52,7 @@ def cnn(tmp_path_factory, npz) -> Path:
 
 
 def test_cnn_package_has_calibration_and_metrics(cnn):
-    card = find_model(cnn).card
+    card = find_model(cnn).card.raw
     assert card["task"] == "classification" and card["network"]["name"] == "ResNet"
     assert [c["name"] for c in card["classes"]] == ["ball", "bar"]
     assert card["roi"]["input"] == "mask" and card["roi"]["fit"] == "extent"
@@ -67,7 +67,7 @@ def test_baselines_train_evaluate_and_classify(tmp_path, capsys, npz, kind):
     output = tmp_path / f"shape-{kind}"
     assert main(["train", "--task", "classify", "--baseline", kind, "--data", str(npz), "-o", str(output),
                  "--classes", "ball,bar", "--seed", "1"]) == 0
-    card = find_model(output).card
+    card = find_model(output).card.raw
     assert card["network"]["name"] == "baseline" and card["network"]["params"]["kind"] == kind
     assert card["metrics"]["validation"]["auc"] > 0.8  # balls vs bars is easy for shape features
     report_path = tmp_path / "report.json"

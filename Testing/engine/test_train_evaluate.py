@@ -28,7 +28,7 @@ def trained(tmp_path_factory) -> Path:
 def test_train_exports_a_loadable_package(trained):
     package = find_model(trained)
     package.verify()
-    card = package.card
+    card = package.card.raw
     assert card["task"] == "segmentation" and card["id"] == "tiny-hippo"
     assert [label["value"] for label in card["labels"]] == [1, 2]
     assert card["training"]["n_train"] == 2 and len(card["training"]["split"]["val"]) == 1
@@ -43,7 +43,7 @@ def test_train_exports_a_loadable_package(trained):
 def test_split_is_deterministic_from_seed(tmp_path, trained):
     again = tmp_path / "again"
     assert main(["train", "--data", str(SAMPLES), "-o", str(again), "--epochs", "1", "--seed", "3", *TINY]) == 0
-    assert find_model(again).card["training"]["split"] == find_model(trained).card["training"]["split"]
+    assert find_model(again).card.raw["training"]["split"] == find_model(trained).card.raw["training"]["split"]
 
 
 def test_resume_continues_from_last_checkpoint(tmp_path):
@@ -65,7 +65,7 @@ def test_evaluate_report_has_contract_fields(tmp_path, capsys, trained):
     for row in report["per_label"].values():
         assert {"name", "dice_mean", "hd95_mean"} <= set(row)
         assert 0.0 <= row["dice_mean"] <= 1.0
-    assert report["cases"][0]["id"] in find_model(trained).card["training"]["split"]["val"]
+    assert report["cases"][0]["id"] in find_model(trained).card.raw["training"]["split"]["val"]
 
 
 def test_evaluate_split_all_and_refuses_overwrite(tmp_path, capsys, trained):
@@ -133,7 +133,7 @@ def test_dataset_json_validation_list_is_the_split(tmp_path, capsys):
     data = _explicit_split_dataset(tmp_path, [cases[0]], cases[1:])
     output = tmp_path / "m"
     assert main(["train", "--data", str(data), "-o", str(output), "--epochs", "1", *TINY]) == 0
-    card = find_model(output).card
+    card = find_model(output).card.raw
     assert card["training"]["split"]["val"] == [cases[0]] and card["training"]["n_train"] == len(cases) - 1
     report = tmp_path / "r.json"
     assert main(["evaluate", "-m", str(output), "--data", str(data), "--split", "val", "-o", str(report),

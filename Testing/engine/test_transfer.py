@@ -24,10 +24,10 @@ def test_init_loads_matching_layers_and_records_the_parent(tmp_path, capsys):
     output = tmp_path / "child"
     assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--init", str(parent.folder),
                  "--freeze-encoder-epochs", "1", *TINY]) == 0
-    card = find_model(output).card
+    card = find_model(output).card.raw
     assert card["training"]["parent"]["parent"] == "parent"
-    assert card["training"]["parent"]["parent_sha256"] == parent.card["weights"]["sha256"]
-    assert card["network"]["params"]["filters"] == parent.card["network"]["params"]["filters"]
+    assert card["training"]["parent"]["parent_sha256"] == parent.card.raw["weights"]["sha256"]
+    assert card["network"]["params"]["filters"] == parent.card.raw["network"]["params"]["filters"]
     report = json.loads((output / "init_report.json").read_text())
     assert report["loaded"] > 0 and report["reinitialised"] == []  # same label count: everything loads
     # the encoder was frozen for the only epoch: its weights are still the parent's
@@ -53,7 +53,7 @@ def test_init_with_another_label_set_reinitialises_the_output(tmp_path):
     assert main(["train", "--data", str(data), "-o", str(output), "--init", str(parent.folder), *TINY]) == 0
     report = json.loads((output / "init_report.json").read_text())
     assert set(report["reinitialised"]) == {"output_block.conv.conv.weight", "output_block.conv.conv.bias"}
-    assert find_model(output).card["network"]["params"]["out_channels"] == 2
+    assert find_model(output).card.raw["network"]["params"]["out_channels"] == 2
 
 
 def test_init_from_another_network_family_is_refused(tmp_path, capsys):
@@ -76,11 +76,11 @@ def test_strides_pool_in_plane_first_on_thick_slices_and_stay_isotropic_otherwis
 
 def test_init_onto_thick_slices_takes_the_new_strides_and_reinitialises_only_the_upsampling(tmp_path):
     parent = make_tiny_segmentation_package(tmp_path / "parent", seed=7)
-    assert parent.card["network"]["params"]["strides"] == [1, 2, 2]
+    assert parent.card.raw["network"]["params"]["strides"] == [1, 2, 2]
     output = tmp_path / "child"
     args = [arg if arg != "2,2,2" else "1,1,4" for arg in TINY]  # the same cases resampled to 4 mm slices
     assert main(["train", "--data", str(SAMPLES), "-o", str(output), "--init", str(parent.folder), *args]) == 0
-    params = find_model(output).card["network"]["params"]
+    params = find_model(output).card.raw["network"]["params"]
     assert params["strides"] == [1, [2, 2, 1], [2, 2, 2]] and params["upsample_kernel_size"] == params["strides"][1:]
     report = json.loads((output / "init_report.json").read_text())
     assert report["shape_mismatch"] and all("transp_conv" in name for name in report["shape_mismatch"])

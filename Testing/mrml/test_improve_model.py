@@ -488,7 +488,7 @@ def make_tiny_cascade(folder: Path) -> Path:
     from cadcore.registry.packages import save_package
 
     single = make_tiny_segmentation_package(folder.parent / "single-for-cascade", preprocessing=PREPROCESSING)
-    card = {k: v for k, v in single.card.items() if k != "weights"}
+    card = {k: v for k, v in single.card.to_dict().items() if k != "weights"}
     card["id"] = folder.name
     card["cascade"] = {"coarse": {"network": card["network"], "preprocessing": {**PREPROCESSING, "spacing": [4.0] * 3},
                                   "inference": {"patch_size": [16, 16, 16], "overlap": 0.25}},

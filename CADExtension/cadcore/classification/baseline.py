@@ -20,7 +20,7 @@ than silently giving other numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,9 +200,9 @@ class BaselineClassifier:
     @classmethod
     def from_package(cls, package: ModelPackage) -> BaselineClassifier:
         """Re-fit the baseline from a verified package (sha256 checked by ``load_state_dict``) and check the refit."""
-        network = package.card.get("network", {})
+        network = package.card.network
         params = dict(network.get("params", {}))
-        if network.get("name") != "baseline":
+        if not package.card.is_baseline:
             raise CadError(f"not a baseline package (network {network.get('name')!r})", package.folder)
         kind = _check_kind(str(params.get("kind")))
         state = package.load_state_dict()
@@ -218,7 +218,7 @@ class BaselineClassifier:
         classifier = cls.fit(kind, dict(params.get("hyperparameters", {})), state["train_features"].numpy(),
                              state["train_labels"].numpy(), names, int(params.get("random_state", 0)),
                              params.get("model_selection"))
-        card_classes = sorted(int(c["value"]) for c in package.card.get("classes", []))
+        card_classes = sorted(c.value for c in package.card.classes)
         if card_classes and card_classes != classifier.classes.tolist():
             raise CadError(f"card classes {card_classes} differ from the training labels "
                            f"{classifier.classes.tolist()}", package.folder)
@@ -236,13 +236,13 @@ class BaselineClassifier:
         probabilities = self.predict_proba(self.train_features[rows]) if len(rows) == len(reference) else None
         if not same_scaling or probabilities is None or probabilities.shape != reference.shape or not np.allclose(
                 probabilities, reference, rtol=0, atol=REPRODUCE_ATOL):
-            trained = package.card["network"]["params"].get("framework", {}).get("scikit-learn", "unknown")
+            trained = package.card.network.get("params", {}).get("framework", {}).get("scikit-learn", "unknown")
             raise CadError(f"refitting the baseline does not reproduce the trained model (trained with scikit-learn "
                            f"{trained}, installed {sklearn.__version__}); retrain it or install that version",
                            package.folder)
 
 
-def roi_feature_spacing(roi_spec: dict[str, Any], grid_spacing: Sequence[float]) -> tuple[float, float, float]:
+def roi_feature_spacing(roi_spec: Mapping[str, Any], grid_spacing: Sequence[float]) -> tuple[float, float, float]:
     """The spacing to compute baseline features with on a ``cad classify`` ROI (training must use the same rule).
 
     An extent-fitted ROI (``fit: extent``, MedMNIST style) scales every lesion to fill the block, so its features are

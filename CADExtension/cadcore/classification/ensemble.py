@@ -2,35 +2,28 @@
 
 Each member sees the input and its 7 axis flips (the same flips training used as augmentation); probabilities are
 the mean of the temperature-scaled softmax over members × flips. On AdrenalMNIST3D's validation set, flip averaging
-raised one ResNet-18's AUC from 0.853 to 0.874 (benchmarks/README or the model card have the run).
+raised one ResNet-18's AUC from 0.853 to 0.874 (docs/benchmarks.md and the model card have the run).
 Card keys: ``inference.tta`` ("flips" or absent) and ``ensemble.members`` (weight-key prefixes, e.g. ["m0", "m1"]).
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 
 from cadcore.classification.calibration import softmax
-from cadcore.registry.networks import build_network, load_weights
+from cadcore.registry.card import Calibration
+from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.sliding_window import flip_sets
 
-FLIPS: list[tuple[int, ...]] = [f for r in range(4) for f in itertools.combinations((2, 3, 4), r)]
+FLIPS: list[tuple[int, ...]] = flip_sets([2, 3, 4])  # every combination of the three spatial axes of (N, C, I, J, K)
 
 
 def load_members(package: ModelPackage, device: torch.device) -> list[torch.nn.Module]:
     """The package's network(s), weights verified, in eval mode on ``device``."""
     state = package.load_state_dict()
-    prefixes = package.card.get("ensemble", {}).get("members") or [""]
-    members = []
-    for prefix in prefixes:
-        network = build_network(package.card["network"])
-        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")} if prefix else state
-        load_weights(network, part, package.weights_path)
-        members.append(network.to(device).eval())
-    return members
+    return [load_network(package, stage, device, state) for stage in package.card.member_stages()]
 
 
 @torch.inference_mode()
@@ -72,7 +65,12 @@ def fit_averaged_temperature(logit_stack: np.ndarray, labels: np.ndarray, prior:
 def cnn_probabilities(package: ModelPackage, inputs: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated, uncalibrated) probabilities (N, C) as the card prescribes (members, TTA, temperature)."""
     members = load_members(package, device)
-    stack = member_logits(members, inputs, device, package.card.get("inference", {}).get("tta") == "flips")
-    calibration = package.card.get("calibration", {})
-    temperature = float(calibration.get("temperature", 1.0))
-    return averaged_probabilities(stack, temperature, calibration.get("prior")), averaged_probabilities(stack)
+    stack = member_logits(members, inputs, device, package.card.inference.tta == "flips")
+    return calibrated_probabilities(stack, package.card.calibration)
+
+
+def calibrated_probabilities(logit_stack: np.ndarray, calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated, uncalibrated) probabilities (N, C): the card's temperature and class prior, and neither."""
+    prior = list(calibration.prior) if calibration.prior else None
+    return (averaged_probabilities(logit_stack, calibration.temperature, prior),
+            averaged_probabilities(logit_stack))

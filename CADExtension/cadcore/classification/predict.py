@@ -30,22 +30,13 @@ class ClassificationResult:
     heatmap: sitk.Image | None  # float32 on the input grid
 
 
-def class_names(package: ModelPackage) -> list[str]:
-    classes = package.card.get("classes") or []
-    return [str(c["name"]) for c in sorted(classes, key=lambda c: int(c["value"]))]
-
-
-def is_baseline(package: ModelPackage) -> bool:
-    return package.card["network"].get("name") == "baseline"
-
-
 def roi_features(package: ModelPackage, roi: Roi) -> dict[str, float]:
     """Hand-crafted features of the ROI (lesion mask, or the whole ROI), shown beside the CNN's answer."""
     from cadcore.classification.baseline import roi_feature_spacing
     from cadcore.classification.radiomics import extract_features
 
     mask = roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool)
-    values = extract_features(roi.image, mask, roi_feature_spacing(package.card.get("roi", {}), roi.grid.GetSpacing()))
+    values = extract_features(roi.image, mask, roi_feature_spacing(package.card.roi, roi.grid.GetSpacing()))
     return {name: round(float(value), 6) for name, value in values.items()}
 
 
@@ -54,8 +45,7 @@ def _baseline_logits(package: ModelPackage, roi: Roi) -> np.ndarray:
     from cadcore.classification.radiomics import extract_features
 
     mask = roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool)
-    features = extract_features(roi.image, mask, roi_feature_spacing(package.card.get("roi", {}),
-                                                                     roi.grid.GetSpacing()))
+    features = extract_features(roi.image, mask, roi_feature_spacing(package.card.roi, roi.grid.GetSpacing()))
     classifier = BaselineClassifier.from_package(package)
     probabilities = classifier.predict_proba(classifier.vector(features)[None])[0]
     return np.log(np.clip(probabilities, 1e-12, 1.0))
@@ -68,35 +58,31 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
     if package.task != "classification":
         raise CadError(f"is a {package.task} model; cad classify needs a classification model", package.folder)
     card = package.card
-    names = class_names(package)
-    roi = extract_roi(image, card.get("roi", {}), mask, label, centre_ras, size_mm, source)
+    names = card.class_names()
+    roi = extract_roi(image, card.roi, mask, label, centre_ras, size_mm, source)
     started = time.perf_counter()
-    temperature = float(card.get("calibration", {}).get("temperature", 1.0))
+    temperature = card.calibration.temperature
     features = roi_features(package, roi)
     heatmap_image = None
     peak_ras = None
-    if is_baseline(package):
+    if card.is_baseline:
         uncalibrated = softmax(_baseline_logits(package, roi))
         probabilities, temperature = uncalibrated, 1.0
     else:
-        from cadcore.classification.ensemble import averaged_probabilities, load_members, member_logits
+        from cadcore.classification.ensemble import calibrated_probabilities, load_members, member_logits
 
         torch_device = pick_device(device)
         members = load_members(package, torch_device)
-        inputs = network_input(roi, card.get("roi", {}), card.get("preprocessing", {}).get(
-            "normalization", {"kind": "none"}))[None]
-        stack = member_logits(members, inputs, torch_device, card.get("inference", {}).get("tta") == "flips")
-        prior = card.get("calibration", {}).get("prior")
-        probabilities = averaged_probabilities(stack, temperature, prior)[0]
-        uncalibrated = averaged_probabilities(stack)[0]
+        inputs = network_input(roi, card.roi, card.preprocessing.get("normalization", {"kind": "none"}))[None]
+        stack = member_logits(members, inputs, torch_device, card.inference.tta == "flips")
+        probabilities, uncalibrated = (p[0] for p in calibrated_probabilities(stack, card.calibration))
     predicted = int(np.argmax(probabilities))
-    if heatmap and not is_baseline(package):
+    if heatmap and not card.is_baseline:
         target = predicted if target_class is None else target_class
         if not 0 <= target < len(names):
             raise CadError(f"--heatmap-class {target} is not a class of this model (0..{len(names) - 1})")
         x = torch.from_numpy(inputs).to(torch_device)
-        layer = card.get("gradcam", {}).get("target_layer", "layer4")
-        cam = np.mean([gradcam_on_roi(network, x, target, layer) for network in members], axis=0)
+        cam = np.mean([gradcam_on_roi(network, x, target, card.gradcam_layer) for network in members], axis=0)
         heatmap_image = sitk.Resample(from_array(cam, roi.grid), image, sitk.Transform(), sitk.sitkLinear, 0.0,
                                       sitk.sitkFloat32)
         # the peak is taken on the input grid: a padded part of the ROI is not anatomy
@@ -105,7 +91,7 @@ def classify_image(image: sitk.Image, package: ModelPackage, mask: sitk.Image | 
         peak_ras = lps_to_ras(image.TransformIndexToPhysicalPoint([int(i) for i in peak_kji[::-1]]))
     report = {
         "model": package.id,
-        "model_version": card.get("version"),
+        "model_version": card.version,
         "classes": names,
         "probabilities": {name: round(float(p), 6) for name, p in zip(names, probabilities)},
         "probabilities_uncalibrated": {name: round(float(p), 6) for name, p in zip(names, uncalibrated)},

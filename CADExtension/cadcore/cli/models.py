@@ -16,12 +16,12 @@ def run(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         for package in [*list_models(), *list_bundles()]:
             summary = package.summary()
-            kind = "  (MONAI bundle)" if summary.get("format") == "bundle" else ""
-            print(f"{summary['id']:<28} {summary['version'] or '':<8} {summary['task']:<14} {summary['modality'] or ''}"
-                  f"{kind}  {summary['path']}")
+            kind = "  (MONAI bundle)" if summary.format == "bundle" else ""
+            print(f"{summary.id:<28} {summary.version or '':<8} {summary.task:<14} {summary.modality or ''}"
+                  f"{kind}  {summary.path}")
         return 0
     if args.models_command == "show":
-        print(json.dumps(find_model_or_bundle(args.model).card, indent=2))
+        print(json.dumps(find_model_or_bundle(args.model).as_json(), indent=2))
         return 0
     if args.models_command == "verify":
         package = find_model_or_bundle(args.model)

@@ -13,9 +13,8 @@ from cadcore.io.images import atomic_path, check_output_path, read_volume
 from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel
-from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities
-from cadcore.segmentation.predict import check_interpolation, fast_mode, segment_image
+from cadcore.segmentation.predict import segment_image
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,13 +38,11 @@ def run(args: argparse.Namespace) -> int:
                        package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
-    if getattr(args, "fast", False):
+    if args.fast:
         if isinstance(package, BundleModel):
             raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
                            package.folder)
-        fast_mode(package)  # a card without a fast resolution fails before any reading or computing
-    if isinstance(package, ModelPackage):
-        check_interpolation(package)
+        package.card.fast_stage()  # a card without a fast resolution fails before any reading or computing
     package.verify()
     image = read_volume(args.input, args.series)
     configure_cpu_threads()
@@ -54,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
                                keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
-                               progress=progress, fast=getattr(args, "fast", False))
+                               progress=progress, fast=args.fast)
         report = sidecar(package, result, image, time.perf_counter() - started, {
             "input": str(args.input), "output": str(args.output),
             "probabilities": str(args.probabilities) if args.probabilities else None,

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from cadcore.classification.datasets import ClassificationSet, load_csv, load_npz_split, subset, through_roi
-from cadcore.classification.predict import class_names, is_baseline
 from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import classification_metrics
@@ -28,22 +27,22 @@ def evaluation_set(package: ModelPackage, data: str, split: str) -> Classificati
                                      parts[0].ids + parts[1].ids)
         else:
             data = load_npz_split(path, split)
-        roi_spec = package.card.get("roi", {})
+        roi_spec = dict(package.card.roi)
         return through_roi(data, roi_spec) if roi_spec.get("fit") == "extent" else data
     if split == "test":
         raise CadError("--split test needs a .npz with test arrays; for CSV data use val or all", path)
     card = package.card
-    full = load_csv(path, dict(card.get("roi", {})), card.get("preprocessing", {}).get("normalization", {}))
+    full = load_csv(path, dict(card.roi), card.preprocessing.get("normalization", {}))
     if split == "all":
         return full
-    held_out = set((card.get("training", {}).get("split") or {}).get("val") or [])
+    held_out = set(card.validation_ids)
     if not held_out:
         raise CadError("model card lists no validation samples; use --split all", path)
     return subset(full, np.array([i for i, sample in enumerate(full.ids) if sample in held_out]))
 
 
 def probabilities_for(package: ModelPackage, data: ClassificationSet, device: str) -> np.ndarray:
-    if is_baseline(package):
+    if package.card.is_baseline:
         from cadcore.classification.baseline import BaselineClassifier
         from cadcore.classification.radiomics import feature_matrix
 
@@ -56,7 +55,7 @@ def probabilities_for(package: ModelPackage, data: ClassificationSet, device: st
 
 def evaluate_classifier(package: ModelPackage, data: str, split: str, device: str, roc_path: Path) -> dict[str, Any]:
     dataset = evaluation_set(package, data, split)
-    names = class_names(package)
+    names = package.card.class_names()
     probabilities = probabilities_for(package, dataset, device)
     if probabilities.shape[1] != len(names) or dataset.labels.max() >= len(names):
         raise CadError(f"data has labels outside the model's {len(names)} classes", data)
@@ -64,7 +63,7 @@ def evaluate_classifier(package: ModelPackage, data: str, split: str, device: st
     plot_roc(probabilities, dataset.labels, names, roc_path, f"{package.id} ({split})")
     return {
         "model": package.id,
-        "model_version": package.card.get("version"),
+        "model_version": package.version,
         "dataset": str(data),
         "split": split,
         "classes": names,

@@ -53,13 +53,10 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; this evaluation scores segmentation models", package.folder)
     if fast:
-        from cadcore.segmentation.predict import fast_mode
-
-        fast_mode(package)  # no fast resolution: fail before scoring anything
+        package.card.fast_stage()  # no fast resolution: fail before scoring anything
     package.verify()
     dataset = load_dataset(data)
-    val_ids = package.card.get("training", {}).get("split", {}).get("val")
-    cases = select_split(dataset, split, val_ids)
+    cases = select_split(dataset, split, package.card.validation_ids)
     names = package.label_names()
     started = time.perf_counter()
     results = []
@@ -79,7 +76,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
     per_label = summarise(results, names)
     return {
         "model": package.id,
-        "model_version": package.card.get("version"),
+        "model_version": package.version,
         "dataset": str(dataset.root),
         "split": split,
         "fast": fast,

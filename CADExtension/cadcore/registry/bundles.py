@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cadcore.errors import CadError
+from cadcore.registry.card import ModelSummary
 from cadcore.registry.locations import CARD_NAME, registry_folders, sha256_of, user_models_dir
 
 CONFIG_FILE = Path("configs") / "inference.json"
@@ -96,19 +97,25 @@ class BundleModel:
         return labels
 
     @property
-    def card(self) -> dict[str, Any]:
-        """A card-like summary (``cad models show``, the sidecar's ``model_version``), with the full metadata."""
-        modality = self.metadata.get("network_data_format", {}).get("inputs", {}).get(self.input_key, {})
+    def version(self) -> str | None:
+        version = self.metadata.get("version")
+        return None if version is None else str(version)
+
+    @property
+    def modality(self) -> str | None:
+        inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
+        return inputs.get(self.input_key, {}).get("modality")
+
+    def as_json(self) -> dict[str, Any]:
+        """A card-like summary for ``cad models show``, with the full metadata."""
         return {"id": self.id, "name": self.name, "version": self.metadata.get("version"), "task": self.task,
-                "format": "MONAI bundle", "modality": modality.get("modality"),
+                "format": "MONAI bundle", "modality": self.modality,
                 "description": self.metadata.get("description", ""), "labels": self.labels,
                 "metadata": self.metadata}
 
-    def summary(self) -> dict[str, Any]:
-        card = self.card
-        return {"id": self.id, "version": card["version"], "task": self.task, "modality": card["modality"],
-                "description": card["description"], "labels": {str(lb["value"]): lb["name"] for lb in self.labels},
-                "path": str(self.folder), "format": self.format}
+    def summary(self) -> ModelSummary:
+        return ModelSummary(self.id, self.version, self.task, self.modality, self.metadata.get("description", ""),
+                            {str(lb["value"]): lb["name"] for lb in self.labels}, str(self.folder), self.format)
 
     def verify(self) -> str:
         """Every file present, every package the config names installed, the weights a plain state dict (loaded

@@ -6,23 +6,25 @@ code; only the classes listed here may be built (a card cannot make us import ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cadcore.errors import CadError
+from cadcore.registry.card import Stage
 from cadcore.registry.packages import ModelPackage
 
 SEGMENTATION_NETWORKS = ("UNet", "DynUNet", "SegResNet", "BasicUNet")
 CLASSIFICATION_NETWORKS = ("ResNet", "DenseNet121", "DenseNet169")
 
 
-def network_family(spec: dict[str, Any]) -> str:
+def network_family(spec: Mapping[str, Any]) -> str:
     return str(spec.get("name", ""))
 
 
-def build_network(spec: dict[str, Any]) -> torch.nn.Module:
+def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
     """Instantiate ``spec = {"name": <MONAI class>, "params": {...}}``."""
     import monai.networks.nets as nets
 
@@ -75,7 +77,7 @@ def strides_for(spacing: list[float] | None, levels: int) -> list[Any]:
     return strides
 
 
-def divisor_of(spec: dict[str, Any]) -> list[int]:
+def divisor_of(spec: Mapping[str, Any]) -> list[int]:
     """How a patch edge must be divisible for the network's downsampling (product of strides per axis)."""
     params = spec.get("params", {})
     strides = params.get("strides") or [1]
@@ -86,17 +88,12 @@ def divisor_of(spec: dict[str, Any]) -> list[int]:
     return total
 
 
-FAST_PREFIX = "fast."
-
-
-def load_network(package: ModelPackage, device, prefix: str = "", spec: dict[str, Any] | None = None):
-    network = build_network(spec or package.card["network"])
-    state = package.load_state_dict()
-    if prefix:
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    else:  # the main network; a card's own fast network is stored beside it under ``fast.``
-        state = {k: v for k, v in state.items() if not k.startswith(FAST_PREFIX)}
-    load_weights(network, state, package.weights_path)
+def load_network(package: ModelPackage, stage: Stage, device: Any = "cpu", state: dict[str, Any] | None = None):
+    """``stage``'s network with its verified weights, in eval mode on ``device`` (``state``: the package's weights
+    already read, when several stages are loaded)."""
+    network = build_network(stage.network)
+    load_weights(network, stage.weights_of(state if state is not None else package.load_state_dict()),
+                 package.weights_path)
     return network.to(device).eval()
 
 

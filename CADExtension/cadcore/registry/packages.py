@@ -17,42 +17,53 @@ from pathlib import Path
 from typing import Any
 
 from cadcore.errors import CadError
+from cadcore.registry.card import ModelCard, ModelSummary
 from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, registry_folders, sha256_of
 
-REQUIRED_FIELDS = ("id", "task", "network", "version")
-TASKS = ("segmentation", "classification")
 
-
-@dataclass
+@dataclass(frozen=True)
 class ModelPackage:
     """A model card and where its files are."""
 
     folder: Path
-    card: dict[str, Any] = field(repr=False)
+    card: ModelCard = field(repr=False)
 
     @property
     def id(self) -> str:
-        return str(self.card["id"])
+        return self.card.id
 
     @property
     def task(self) -> str:
-        return str(self.card["task"])
+        return self.card.task
+
+    @property
+    def name(self) -> str:
+        """The card's display name (its id when it has none)."""
+        return self.card.name or self.card.id
+
+    @property
+    def version(self) -> str:
+        return self.card.version
 
     @property
     def weights_path(self) -> Path:
-        return self.folder / self.card.get("weights", {}).get("file", WEIGHTS_NAME)
+        return self.folder / self.card.weights.file
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``cad models show`` prints: the card as written."""
+        return self.card.to_dict()
 
     @property
     def labels(self) -> list[dict[str, Any]]:
         """Foreground labels: ``[{"value", "name", "color", "terminology"?}]`` (background is implicit)."""
-        return list(self.card.get("labels", []))
+        return self.card.label_dicts()
 
     def label_names(self) -> dict[int, str]:
-        return {int(label["value"]): str(label["name"]) for label in self.labels}
+        return self.card.label_names()
 
     def verify(self) -> str:
         """Check the weights exist and match the card's sha256; return the hash."""
-        expected = self.card.get("weights", {}).get("sha256")
+        expected = self.card.weights.sha256
         if not self.weights_path.exists():
             raise CadError("model weights file is missing", self.weights_path)
         actual = sha256_of(self.weights_path)
@@ -75,32 +86,21 @@ class ModelPackage:
         except Exception as exc:  # safetensors raises its own error types
             raise CadError(f"cannot read weights ({exc})", self.weights_path) from exc
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "version": self.card.get("version"),
-            "task": self.task,
-            "modality": self.card.get("modality"),
-            "description": self.card.get("description", ""),
-            "labels": {str(k): v for k, v in self.label_names().items()},
-            "path": str(self.folder),
-        }
+    def summary(self) -> ModelSummary:
+        return ModelSummary(self.id, self.card.version, self.task, self.card.modality, self.card.description,
+                            {str(k): v for k, v in self.label_names().items()}, str(self.folder))
 
 
-def read_card(folder: Path) -> dict[str, Any]:
+def read_card(folder: Path) -> ModelCard:
+    """The validated card of a package folder; every error names ``model.json`` (and the field)."""
     card_path = folder / CARD_NAME
     if not card_path.is_file():
         raise CadError(f"not a model package (no {CARD_NAME})", folder)
     try:
-        card = json.loads(card_path.read_text())
+        data = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CadError(f"cannot parse model card ({exc})", card_path) from exc
-    missing = [name for name in REQUIRED_FIELDS if name not in card]
-    if missing:
-        raise CadError(f"model card lacks required fields: {', '.join(missing)}", card_path)
-    if card["task"] not in TASKS:
-        raise CadError(f"unknown task {card['task']!r} (expected one of {', '.join(TASKS)})", card_path)
-    return card
+    return ModelCard.parse(data, card_path)
 
 
 def list_models() -> list[ModelPackage]:
@@ -131,9 +131,11 @@ def find_model(model: str | Path) -> ModelPackage:
 
 
 def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any]) -> ModelPackage:
-    """Write weights and card (with the weights' sha256) atomically into ``folder``."""
+    """Write weights and card (with the weights' sha256) atomically into ``folder``; the card is validated first,
+    so no package is written that the engine would refuse to read."""
     from safetensors.torch import save_file
 
+    ModelCard.parse(card, folder / CARD_NAME)
     folder.mkdir(parents=True, exist_ok=True)
     tmp_weights = folder / f".{WEIGHTS_NAME}.tmp"
     save_file(unique_tensors(state_dict), str(tmp_weights))
@@ -143,7 +145,7 @@ def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any])
     tmp_card = folder / f".{CARD_NAME}.tmp"
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, folder / CARD_NAME)
-    return ModelPackage(folder, card)
+    return ModelPackage(folder, ModelCard.parse(card, folder / CARD_NAME))
 
 
 def unique_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -29,15 +29,15 @@ def locate_roi(image: sitk.Image, package: ModelPackage, device, sw_batch_size: 
     """Run the coarse stage; return the input-voxel region to refine (or None) and what happened."""
     from cadcore.registry.networks import load_network
 
-    coarse = package.card["cascade"]["coarse"]
+    cascade = package.card.cascade
+    assert cascade is not None, "locate_roi needs a cascade package"
+    coarse = cascade.coarse
     started = time.perf_counter()
-    working = prepare(image, coarse["preprocessing"])
-    network = load_network(package, device, prefix="coarse.", spec=coarse["network"])
-    inference = coarse.get("inference", {})
-    probabilities = predict_probabilities(network, working.array, inference["patch_size"], device,
-                                          inference.get("overlap", 0.25), sw_batch_size)
-    foreground = main_components(probabilities.argmax(0) > 0,
-                                 float(package.card["cascade"].get("min_component_fraction", 0.1)))
+    working = prepare(image, coarse.preprocessing)
+    network = load_network(package, coarse, device)
+    probabilities = predict_probabilities(network, working.array, list(coarse.inference.patch_size or ()), device,
+                                          coarse.inference.overlap, sw_batch_size)
+    foreground = main_components(probabilities.argmax(0) > 0, cascade.min_component_fraction)
     info: dict[str, Any] = {"used": True, "coarse_seconds": round(time.perf_counter() - started, 3)}
     if not foreground.any():
         info.update(used=False, fallback="coarse stage found no foreground; the fine network ran on the whole volume")
@@ -45,7 +45,7 @@ def locate_roi(image: sitk.Image, package: ModelPackage, device, sw_batch_size: 
     offset = [s.start for s in working.crop] if working.crop else [0, 0, 0]
     hits = np.argwhere(foreground)
     low, high = hits.min(0) + offset, hits.max(0) + offset
-    region = working_box_to_input(low, high, working.grid, image, float(package.card["cascade"].get("margin_mm", 10)))
+    region = working_box_to_input(low, high, working.grid, image, cascade.margin_mm)
     info["roi_index"], info["roi_size"] = region
     info["roi_fraction"] = round(float(np.prod(region[1])) / float(np.prod(image.GetSize())), 4)
     return region, info

@@ -39,8 +39,8 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
     array = sitk.GetArrayViewFromImage(result.labels)
     return {
         "model": package.id,  # the registry id, so callers (the Slicer module) can find the model again
-        "model_name": package.name if isinstance(package, BundleModel) else package.card.get("name", package.id),
-        "model_version": package.card.get("version"),
+        "model_name": package.name,
+        "model_version": package.version,
         **{key: paths.get(key) for key in ("input", "output", "probabilities", "overlay_png")},
         "labels": [
             {**{k: label[k] for k in ("value", "name", "color") if k in label},

@@ -21,10 +21,10 @@ import SimpleITK as sitk
 from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.preprocessing.input_grid import labels_on_input_grid, labels_to_input_grid, probabilities_to_input_grid
-from cadcore.preprocessing.working_space import image_interpolator, prepare
+from cadcore.preprocessing.working_space import prepare
 from cadcore.progress import StagedProgress
 from cadcore.registry.bundles import BundleModel
-from cadcore.registry.networks import FAST_PREFIX, load_network
+from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.postprocess import clean_labels
 from cadcore.segmentation.sliding_window import count_windows, fold_batch_norm, predict_probabilities
@@ -38,31 +38,6 @@ class SegmentationResult:
     cascade: dict[str, Any] | None = None
     working_spacing: list[float] | None = None  # the network's voxel size in mm (None: the input's own)
     fast: bool = False
-
-
-def fast_mode(package: ModelPackage) -> tuple[dict[str, Any], dict[str, Any] | None, str | None, dict[str, Any]]:
-    """``--fast``: (preprocessing at the fast spacing, its own network spec or None, weight prefix, inference)."""
-    card = package.card
-    fast = card.get("fast")
-    if not isinstance(fast, dict) or not fast.get("spacing"):
-        raise CadError(f"model {package.id} names no fast resolution (model card 'fast' section); run without --fast",
-                       package.folder)
-    spacing = fast["spacing"]
-    if len(spacing) != 3 or any(not isinstance(v, (int, float)) or v <= 0 for v in spacing):
-        raise CadError(f"model card fast.spacing must be three positive numbers, got {spacing!r}", package.folder)
-    preprocessing = {**card["preprocessing"], "spacing": [float(v) for v in spacing]}
-    inference = {**card.get("inference", {}), **fast.get("inference", {})}
-    if "network" in fast:
-        return preprocessing, fast["network"], FAST_PREFIX, inference
-    return preprocessing, None, None, inference
-
-
-def check_interpolation(package: ModelPackage) -> None:
-    """An unknown ``preprocessing.interpolation`` fails with the card's path before anything is read."""
-    try:
-        image_interpolator(package.card["preprocessing"])
-    except CadError as exc:
-        raise CadError(str(exc), package.folder / "model.json") from exc
 
 
 def segment_image(
@@ -90,19 +65,13 @@ def segment_image(
         raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
     torch_device = pick_device(device)
     card = package.card
-    preprocessing = card["preprocessing"]
-    inference = dict(card.get("inference", {}))
-    prefix = "fine." if "cascade" in card else ""
-    spec = None
-    if fast:
-        preprocessing, spec, fast_prefix, inference = fast_mode(package)
-        prefix = fast_prefix or prefix
-    overlap = inference.get("overlap", 0.5) if overlap is None else overlap
-    sw_batch_size = sw_batch_size or inference.get("sw_batch_size", 2)
+    stage = card.fast_stage() if fast else card.main_stage
+    overlap = stage.inference.overlap if overlap is None else overlap
+    sw_batch_size = sw_batch_size or stage.inference.sw_batch_size
     timings: dict[str, float] = {}
     cascade_info = None
 
-    if "cascade" in card and use_cascade:
+    if card.cascade is not None and use_cascade:
         from cadcore.segmentation.cascade import locate_roi
 
         started = time.perf_counter()
@@ -114,16 +83,16 @@ def segment_image(
     target = image if region is None else sitk.RegionOfInterest(image, region[1], region[0])
 
     started = time.perf_counter()
-    working = prepare(target, preprocessing)
+    working = prepare(target, stage.preprocessing)
     timings["preprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("preprocess", 1.0)
 
     started = time.perf_counter()
-    network = load_network(package, torch_device, prefix, spec)
+    network = load_network(package, stage, torch_device)
     if torch_device.type == "cpu":
         fold_batch_norm(network)
-    patch = inference["patch_size"]
+    patch = list(stage.inference.patch_size or ())
     n_windows = max(1, math.ceil(count_windows(working.array.shape, patch, overlap) / sw_batch_size))
     done = [0]
 
@@ -133,7 +102,7 @@ def segment_image(
             progress.update("network", done[0] / n_windows)
 
     probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
-                                          inference.get("mode", "gaussian"), progress=on_window,
+                                          stage.inference.mode, progress=on_window,
                                           channels_last=torch_device.type == "cpu")
     timings["network_s"] = round(time.perf_counter() - started, 3)
 
@@ -144,7 +113,7 @@ def segment_image(
     else:  # labels without a full-resolution float map per class (the same labels, far less time and memory)
         labels = labels_to_input_grid(probabilities, working)
     del probabilities
-    labels = clean_labels(labels, card.get("postprocessing", {}))
+    labels = clean_labels(labels, card.postprocessing)
     if region is not None:
         full_labels = np.zeros(image.GetSize(), dtype=np.uint8)
         index, size = region

@@ -33,7 +33,6 @@ from the same stage of the parent, at the parent's coarse spacing and patch unle
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -220,7 +219,7 @@ def finished(folder: Path, epochs: int) -> ModelPackage | None:
     if not (folder / CARD_NAME).is_file():
         return None
     package = find_model(folder)
-    return package if package.card.get("training", {}).get("epochs") == epochs else None
+    return package if package.card.trained_epochs == epochs else None
 
 
 def run_stage(config: TrainConfig, name: str) -> ModelPackage:
@@ -228,7 +227,7 @@ def run_stage(config: TrainConfig, name: str) -> ModelPackage:
     if config.resume and (package := finished(Path(config.output), config.epochs)):
         return package
     package = train(config)
-    done = package.card["training"]["epochs"]
+    done = package.card.trained_epochs or 0
     if done < config.epochs:
         raise CadError(f"training interrupted in the {name} stage at epoch {done}/{config.epochs}; its checkpoint is "
                        "kept: run the same command with --resume to continue", config.output)
@@ -244,9 +243,10 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     if not 0 <= options.roi_jitter < 1:
         raise CadError(f"--roi-jitter must be in [0, 1), got {options.roi_jitter}")
     parent = cascade_parent(config.init)
+    parent_coarse = parent.card.cascade.coarse if parent and parent.card.cascade else None
     fine_spacing = config.spacing or median_spacing(train_cases, config.orientation)
-    coarse_spacing = options.coarse_spacing or (parent.card["cascade"]["coarse"]["preprocessing"]["spacing"]
-                                                if parent else default_coarse_spacing(fine_spacing))
+    coarse_spacing = options.coarse_spacing or (parent_coarse.preprocessing["spacing"]
+                                                if parent_coarse else default_coarse_spacing(fine_spacing))
     for name, spacing in (("--spacing", fine_spacing), ("--coarse-spacing", coarse_spacing)):
         if len(spacing) != 3 or min(spacing) <= 0:
             raise CadError(f"{name} needs three positive values in mm, got {spacing}")
@@ -254,7 +254,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     fine = replace(config, spacing=list(fine_spacing), max_cases=None, model_id=f"{base}-fine",
                    init_stage="fine" if parent else None, description="fine stage of a cascade (ROI crops)",
                    progress_prefix="fine stage, ")
-    coarse_network = parent.card["cascade"]["coarse"]["network"]["params"] if parent else {}
+    coarse_network = parent_coarse.network["params"] if parent_coarse else {}
     if coarse_network and options.coarse_filters and list(options.coarse_filters) != coarse_network.get("filters"):
         raise CadError(f"--coarse-filters {options.coarse_filters} differ from the --init cascade's coarse network "
                        f"({coarse_network.get('filters')}), whose weights the coarse stage starts from")
@@ -268,7 +268,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     if len(coarse.filters) < 3:  # DynUNet's minimum
         raise CadError(f"--coarse-filters needs at least three levels, got {coarse.filters}")
     divisor = divisor_of(dynunet_spec(1, n_classes, coarse.filters, strides_for(coarse.spacing, len(coarse.filters))))
-    parent_patch = parent.card["cascade"]["coarse"]["inference"]["patch_size"] if parent else None
+    parent_patch = parent_coarse.inference.patch_size if parent_coarse else None
     coarse.patch_size = list(options.coarse_patch_size or parent_patch
                              or default_coarse_patch(train_cases, coarse, divisor))
     for name, stage in (("--coarse-patch-size", coarse), ("--patch-size", fine)):
@@ -291,23 +291,23 @@ def cascade_parent(init: str | None) -> ModelPackage | None:
     if not init:
         return None
     parent = find_model(init)
-    return parent if "cascade" in parent.card else None
+    return parent if parent.card.cascade is not None else None
 
 
 def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPackage, fine: ModelPackage,
                   val_cases: list[Case]) -> dict[str, Any]:
     """The fine stage's card (network, preprocessing, inference, labels) plus the ``cascade`` section."""
-    card = copy.deepcopy(fine.card)
+    card, fine_card, coarse_card = fine.card.to_dict(), fine.card.to_dict(), coarse.card.to_dict()
     card.pop("weights", None)
     card["id"] = config.model_id or Path(config.output).name
     card["description"] = config.description or (
-        f"Cascaded 3D U-Net (coarse {coarse.card['preprocessing']['spacing']} mm, fine "
-        f"{fine.card['preprocessing']['spacing']} mm) trained with cad train --cascade on {card['training']['data']}")
-    coarse_inference = {**coarse.card["inference"], "overlap": 0.25}  # it only has to find the target
-    card["cascade"] = {"coarse": {"network": coarse.card["network"], "preprocessing": coarse.card["preprocessing"],
+        f"Cascaded 3D U-Net (coarse {coarse_card['preprocessing']['spacing']} mm, fine "
+        f"{fine_card['preprocessing']['spacing']} mm) trained with cad train --cascade on {card['training']['data']}")
+    coarse_inference = {**coarse_card["inference"], "overlap": 0.25}  # it only has to find the target
+    card["cascade"] = {"coarse": {"network": coarse_card["network"], "preprocessing": coarse_card["preprocessing"],
                                   "inference": coarse_inference},
                        "margin_mm": options.roi_margin}
-    fine_training, coarse_training = fine.card["training"], coarse.card["training"]
+    fine_training, coarse_training = fine_card["training"], coarse_card["training"]
     card["training"] = {
         **{k: fine_training[k] for k in ("data", "licence", "n_train", "n_val", "seed")},
         **({"parent": {k: v for k, v in fine_training["parent"].items() if k != "parent_stage"}}
@@ -321,9 +321,9 @@ def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPac
         "stages": {"coarse": coarse_training, "fine": fine_training},
     }
     card["metrics"] = {
-        "validation_dice_working_space": fine.card["metrics"]["validation_dice_working_space"],
+        "validation_dice_working_space": fine_card["metrics"]["validation_dice_working_space"],
         "validation_dice_note": "fine stage on validation ROI crops (exact margin); coarse stage on whole volumes",
-        "coarse_validation_dice_working_space": coarse.card["metrics"]["validation_dice_working_space"],
+        "coarse_validation_dice_working_space": coarse_card["metrics"]["validation_dice_working_space"],
     }
     return card
 

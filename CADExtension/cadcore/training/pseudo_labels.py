@@ -52,17 +52,17 @@ def label_volumes(teacher: ModelPackage, volumes: list[Path], folder: Path, thre
 
     folder.mkdir(parents=True, exist_ok=True)
     card = teacher.card
-    network = load_network(teacher, device)
-    patch = card["inference"]["patch_size"]
+    stage = card.main_stage
+    network = load_network(teacher, stage, device)
+    patch = list(stage.inference.patch_size or ())
     totals = {"voxels": 0, "kept": 0, "foreground": 0, "foreground_kept": 0}
     files: dict[str, str] = {}
     for path in tqdm(volumes, desc=desc, unit="volume"):
         image = read_volume(path)
-        working = prepare(image, card["preprocessing"])
-        probabilities = tta_probabilities(network, working.array, patch, device, mirror_axes,
-                                          card["inference"].get("overlap", 0.5))
+        working = prepare(image, stage.preprocessing)
+        probabilities = tta_probabilities(network, working.array, patch, device, mirror_axes, stage.inference.overlap)
         on_grid = probabilities_to_input_grid(probabilities, working)
-        labels, counts = pseudo_label(on_grid, threshold, card.get("postprocessing"))
+        labels, counts = pseudo_label(on_grid, threshold, card.postprocessing)
         for key, value in counts.items():
             totals[key] += value
         target = folder / f"{case_id(path)}.nii.gz"

@@ -143,7 +143,7 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
     rounds.append(round_record(0, teacher, len(train_cases)))
     if interrupted(teacher, config.epochs):
         return teacher
-    spacing = teacher.card["preprocessing"]["spacing"]  # every round works at the teacher's resolution
+    spacing = teacher.card.preprocessing["spacing"]  # every round works at the teacher's resolution
     for index in range(1, options.rounds + 1):
         try:
             pseudo, reused = pseudo_round(teacher, volumes, work / f"pseudo_{index}", options.confidence, tta_axes,
@@ -165,12 +165,12 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
         student = run_round(student_config)
         record = round_record(index, student, len(train_cases) + len(volumes))
         record.update({k: pseudo[k] for k in ("kept_voxel_fraction", "kept_foreground_fraction")})
-        record["teacher"] = {"id": teacher.id, "sha256": teacher.card["weights"]["sha256"]}
+        record["teacher"] = {"id": teacher.id, "sha256": teacher.card.weights.sha256}
         rounds.append(record)
         if interrupted(student, student_epochs):
             return student
         teacher = student
-    card = dict(teacher.card)
+    card = teacher.card.to_dict()
     card["id"] = final_id
     card["description"] = config.description or (
         f"3D U-Net self-trained (teacher on {len(train_cases)} labelled cases, {options.rounds} round(s) of "
@@ -178,8 +178,8 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
     card["training"] = {**card["training"], "config": {**card["training"]["config"], "model_id": final_id}}
     for key in ("parent", "init"):  # the package's parent is the teacher's (--init), never a round of this run
         card["training"].pop(key, None)
-        if key in first_teacher.card["training"]:
-            card["training"][key] = first_teacher.card["training"][key]
+        if key in first_teacher.card.training:
+            card["training"][key] = first_teacher.card.to_dict()["training"][key]
     card["training"]["self_training"] = {
         "rounds": options.rounds, "confidence_threshold": options.confidence, "flip_tta_axes": tta_axes,
         "ignore_label": IGNORE_LABEL, "student_init": student_init(config, options),
@@ -211,14 +211,14 @@ def run_round(config: TrainConfig) -> ModelPackage:
     folder = Path(config.output)
     if config.resume and (folder / CARD_NAME).exists():
         package = find_model(folder)
-        if package.card["training"]["epochs"] >= config.epochs:
+        if (package.card.trained_epochs or 0) >= config.epochs:
             return package
     return train(config)
 
 
 def interrupted(package: ModelPackage, epochs: int) -> bool:
     """train() turns Ctrl-C into an early export; the card's epoch count tells whether that happened."""
-    if package.card["training"]["epochs"] >= epochs:
+    if (package.card.trained_epochs or 0) >= epochs:
         return False
     tqdm.write(f"self-training stopped: {package.folder} holds that round's best model so far and its checkpoint; "
                "run the same command with --resume to continue")
@@ -246,8 +246,8 @@ def weaker_than_teacher(rounds: list[dict[str, Any]], teacher_folder: Path) -> s
 
 def round_record(index: int, package: ModelPackage, n_train: int) -> dict[str, Any]:
     return {"round": index, "role": "teacher (labelled only)" if index == 0 else "student",
-            "model": package.id, "weights_sha256": package.card["weights"]["sha256"], "n_train": n_train,
-            "validation_dice": package.card["metrics"]["validation_dice_working_space"]}
+            "model": package.id, "weights_sha256": package.card.weights.sha256, "n_train": n_train,
+            "validation_dice": package.card.metrics["validation_dice_working_space"]}
 
 
 def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confidence: float, tta_axes: list[int],
@@ -258,7 +258,7 @@ def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confi
     from cadcore.device import pick_device
     from cadcore.training.pseudo_labels import label_volumes
 
-    key = {"teacher_sha256": teacher.card["weights"]["sha256"], "confidence": confidence, "flip_tta_axes": tta_axes,
+    key = {"teacher_sha256": teacher.card.weights.sha256, "confidence": confidence, "flip_tta_axes": tta_axes,
            "volumes": [str(p) for p in volumes]}
     summary_path = folder / "summary.json"
     if config.resume and summary_path.exists() and (folder / "dataset.json").exists():

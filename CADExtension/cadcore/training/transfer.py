@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cadcore.errors import CadError
+from cadcore.registry.card import Stage
 from cadcore.registry.networks import network_family, strides_for
 from cadcore.registry.packages import ModelPackage, find_model
 
@@ -26,15 +27,16 @@ ENCODER_PREFIXES = ("input_block", "downsamples", "bottleneck", "model.0", "conv
 CASCADE_STAGES = ("coarse", "fine")
 
 
-def stage_network(parent: ModelPackage, stage: str | None) -> dict[str, Any]:
-    """The network spec of a package, or of one stage of a cascade (whose weights are stored as ``coarse.*`` and
-    ``fine.*``, so a whole cascade can only seed a cascade, stage by stage)."""
-    if "cascade" not in parent.card:
-        return parent.card["network"]
+def parent_stage(parent: ModelPackage, stage: str | None) -> Stage:
+    """The stage of ``parent`` a training starts from: its network, or one stage of a cascade (whose weights are
+    stored as ``coarse.*`` and ``fine.*``, so a whole cascade can only seed a cascade, stage by stage)."""
+    cascade = parent.card.cascade
+    if cascade is None:
+        return parent.card.main_stage
     if stage not in CASCADE_STAGES:
         raise CadError("--init model is a coarse-to-fine cascade: fine-tune it with --cascade (each stage starts "
                        "from its own stage's weights), or --init from a single-stage model", parent.folder)
-    return parent.card["cascade"]["coarse"]["network"] if stage == "coarse" else parent.card["network"]
+    return cascade.coarse if stage == "coarse" else parent.card.main_stage
 
 
 def parent_spec(init: str, family: str, n_classes: int, spacing: list[float] | None = None,
@@ -42,7 +44,7 @@ def parent_spec(init: str, family: str, n_classes: int, spacing: list[float] | N
     """The parent package and its (``stage``'s, for a cascade) network spec with ``n_classes`` outputs (and, given
     the working ``spacing``, a DynUNet's strides for it); refuses another network family."""
     parent = find_model(init)
-    network = stage_network(parent, stage)
+    network = parent_stage(parent, stage).network
     parent_family = network_family(network)
     if parent.task != "segmentation" or parent_family != family:
         raise CadError(f"--init model is a {parent.task} {parent_family} network; this training builds a "
@@ -60,19 +62,15 @@ def parent_spec(init: str, family: str, n_classes: int, spacing: list[float] | N
 def load_pretrained(network: torch.nn.Module, parent: ModelPackage, stage: str | None = None) -> dict[str, Any]:
     """Load every parameter whose name and shape match (of ``stage``'s weights, for a cascade); return the report
     of what was loaded and what was not."""
-    state = parent.load_state_dict()
-    if "cascade" in parent.card:
-        prefix = f"{stage}."
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = parent_stage(parent, stage).weights_of(parent.load_state_dict())
     own = network.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     mismatched = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
     network.load_state_dict(loaded, strict=False)
     storage = {own[k].untyped_storage().data_ptr() for k in loaded}
     fresh = sorted(k for k in own if k not in loaded and own[k].untyped_storage().data_ptr() not in storage)
-    return {"parent": parent.id, "parent_version": parent.card.get("version"),
-            "parent_sha256": parent.card.get("weights", {}).get("sha256"),
-            **({"parent_stage": stage} if "cascade" in parent.card else {}), "loaded": len(loaded),
+    return {"parent": parent.id, "parent_version": parent.version, "parent_sha256": parent.card.weights.sha256,
+            **({"parent_stage": stage} if parent.card.cascade is not None else {}), "loaded": len(loaded),
             "reinitialised": fresh, "shape_mismatch": mismatched}
 
 

@@ -152,15 +152,17 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error("CADClassify: cannot list models: %s", exc)
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
             return
-        self._models = {info["id"]: info for info in models}
+        self._models = {info.id: info for info in models}
         CADExtension.populateModelSelector(self.ui.modelSelector, models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
+        from CADExtensionLib.model_summary import modelDescription
+
         import CADExtension
 
         modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
-        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(self._models.get(modelId), modelId)
+        self.ui.modelDescriptionLabel.text = modelDescription(self._models.get(modelId), modelId)
 
     def _updateLesionWidgets(self, checked=None) -> None:
         self.ui.lesionSegmentSelector.enabled = self.ui.lesionSegmentRadioButton.checked
@@ -347,7 +349,7 @@ class CADClassifyTest(ScriptedLoadableModuleTest):
         logic = CADClassifyLogic()
         for lesion in ({"segmentationNode": segmentation, "segmentId": segmentId}, markupsArguments(point),
                        markupsArguments(roi)):
-            result = logic.run(volume, model=models[0]["id"], device="cpu", **lesion)
+            result = logic.run(volume, model=models[0].id, device="cpu", **lesion)
             values = list(result.probabilities.values())
             self.assertAlmostEqual(sum(values), 1.0, places=3)
             self.assertTrue(all(0.0 <= p <= 1.0 for p in values))

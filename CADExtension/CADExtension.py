@@ -46,60 +46,16 @@ class CADExtension(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", lambda: CADExtensionLogic().applySettings())
 
 
-def _field(entry, name, default=None):
-    """``name`` of a registry entry that may be a dict, a dataclass or an object with a ``card`` dict."""
-    if isinstance(entry, dict):
-        value = entry.get(name)
-        card = entry.get("card")
-    else:
-        value = getattr(entry, name, None)
-        card = getattr(entry, "card", None)
-    if value is None and isinstance(card, dict):
-        value = card.get(name)
-    return default if value is None else value
-
-
-def modelInfo(entry) -> dict:
-    """A registry entry (whatever ``ModelManagerLogic.listModels`` returns per model) as a plain dict."""
-    labels = _field(entry, "labels", [])
-    if isinstance(labels, dict):  # {"1": "anterior", ...}
-        names = [str(labels[key]) for key in sorted(labels, key=lambda k: int(k) if str(k).isdigit() else 0)]
-    else:
-        names = [str(label.get("name", "")) if isinstance(label, dict) else str(label) for label in labels]
-    classes = _field(entry, "classes", [])
-    classNames = [str(c.get("name", "")) if isinstance(c, dict) else str(c) for c in classes]
-    modelId = str(_field(entry, "id", ""))
-    text = {key: str(_field(entry, key, "")) for key in ("task", "description", "modality", "version")}
-    return {"id": modelId, "title": str(_field(entry, "title", modelId)), **text,
-            "path": str(_field(entry, "path", _field(entry, "folder", ""))), "labels": names, "classes": classNames,
-            "shipped": bool(_field(entry, "shipped", False)), "bundle": bool(_field(entry, "bundle", False)),
-            "fast": _field(entry, "fast")}  # the card's low-resolution mode (cad segment --fast), or None
-
-
-def modelDescription(info: dict | None, modelId: str | None = None) -> str:
-    """The text of a panel's model description label (``modelId``: the selected id, when it has no info)."""
-    if not info and modelId:
-        return _("{model} is not installed. Import it with \"Manage models\".").format(model=modelId)
-    if not info:
-        return _("No model selected. Import one with \"Manage models\".")
-    lines = [info["description"] or info["title"]]
-    if info["modality"]:
-        lines.append(_("Modality: {modality}").format(modality=info["modality"]))
-    if info["labels"]:
-        lines.append(_("Labels: {names}").format(names=", ".join(info["labels"])))
-    if info["classes"]:
-        lines.append(_("Classes: {names}").format(names=", ".join(info["classes"])))
-    return "\n".join(lines)
-
-
 def populateModelSelector(comboBox, models: list) -> None:
-    """Fill ``comboBox`` with ``models`` (dicts from :func:`modelInfo`), keeping the current id when still listed."""
+    """Fill ``comboBox`` with ``models`` (``ModelSummary`` objects), keeping the current id when still listed."""
     currentId = comboBox.itemData(comboBox.currentIndex, MODEL_ID_ROLE) if comboBox.currentIndex >= 0 else None
     wasBlocked = comboBox.blockSignals(True)  # no parameter-node churn while the list is rebuilt
     comboBox.clear()
+    from CADExtensionLib.model_summary import modelDescription
+
     for info in models:
-        comboBox.addItem(info["title"] if info["title"] == info["id"] else f"{info['title']} ({info['id']})")
-        comboBox.setItemData(comboBox.count - 1, info["id"], MODEL_ID_ROLE)
+        comboBox.addItem(info.displayName)
+        comboBox.setItemData(comboBox.count - 1, info.id, MODEL_ID_ROLE)
         comboBox.setItemData(comboBox.count - 1, modelDescription(info), qt.Qt.ToolTipRole)
     index = comboBox.findData(currentId, MODEL_ID_ROLE) if currentId else -1
     if currentId and index < 0:  # the selected model is gone: keep showing it rather than switch models silently
@@ -189,14 +145,16 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         return item.text() if item else None
 
     def refreshModels(self):
+        from CADExtensionLib.model_summary import modelDescription
+
         with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
             models = self.logic.listModels()
             table = self.ui.modelsTableWidget
             table.setRowCount(len(models))
             for row, info in enumerate(models):
-                location = _("shipped") if info["shipped"] else info["path"]
-                kind = _("MONAI bundle (segmentation)") if info["bundle"] else info["task"]
-                for column, text in enumerate((info["id"], kind, info["modality"], info["version"], location)):
+                location = _("shipped") if info.shipped else info.path
+                kind = _("MONAI bundle (segmentation)") if info.bundle else info.task
+                for column, text in enumerate((info.id, kind, info.modality, info.version, location)):
                     item = qt.QTableWidgetItem(text)
                     item.setToolTip(modelDescription(info))
                     table.setItem(row, column, item)
@@ -213,9 +171,8 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
-            result = self.logic.importModel(path)
-            modelId = result if isinstance(result, str) else modelInfo(result)["id"]
-            self.ui.modelStatusLabel.text = _("Imported {model}.").format(model=modelId or path)
+            modelId = self.logic.importModel(path).id
+            self.ui.modelStatusLabel.text = _("Imported {model}.").format(model=modelId)
         self.refreshModels()
 
     def onVerify(self):
@@ -260,7 +217,7 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
     """Settings, model registry and dependencies, usable without the GUI::
 
         logic = CADExtensionLogic()
-        [m["id"] for m in logic.listModels(task="segmentation")]
+        [m.id for m in logic.listModels(task="segmentation")]
         logic.ensureDependencies(askConfirmation=False)
     """
 
@@ -295,11 +252,12 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
         return ModelManagerLogic(modelsFolder=self.modelsFolder())
 
     def listModels(self, task: str | None = None) -> list:
-        """Every model (dicts from :func:`modelInfo`); with ``task``, only the models the engine can run for it."""
-        models = [modelInfo(entry) for entry in self._models().listModels()]
-        return [m for m in models if task is None or m["task"] == task]
+        """Every model (``CADExtensionLib.ModelSummary`` objects); with ``task``, only the models the engine can run
+        for it."""
+        return [m for m in self._models().listModels() if task is None or m.task == task]
 
     def importModel(self, path: str):
+        """Install a package folder, its .zip or a MONAI bundle folder; returns the new model's ``ModelSummary``."""
         return self._models().importModel(path)
 
     def removeModel(self, modelId: str):
@@ -378,12 +336,13 @@ class CADExtensionTest(ScriptedLoadableModuleTest):
 
         if not os.path.isfile(os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")):
             self.skipTest("the hippocampus-unet model is not shipped in this build")
-        models = {m["id"]: m for m in CADExtensionLogic().listModels(task="segmentation")}
+        models = {m.id: m for m in CADExtensionLogic().listModels(task="segmentation")}
         self.assertIn("hippocampus-unet", models)
-        self.assertTrue(models["hippocampus-unet"]["labels"])
+        self.assertTrue(models["hippocampus-unet"].labels)
         self.assertTrue(CADExtensionLogic().verifyModel("hippocampus-unet"))
 
     def test_ModelSelectorConnector(self):
+        from CADExtensionLib.model_summary import ModelSummary
         from slicer.parameterNodeWrapper import parameterNodeWrapper
 
         @parameterNodeWrapper
@@ -391,7 +350,8 @@ class CADExtensionTest(ScriptedLoadableModuleTest):
             model: str = ""
 
         comboBox = ctk.ctkComboBox()
-        populateModelSelector(comboBox, [modelInfo({"id": "a", "title": "A"}), modelInfo({"id": "b"})])
+        a, b = (ModelSummary(id=i, task="segmentation", path="", title=t) for i, t in (("a", "A"), ("b", "")))
+        populateModelSelector(comboBox, [a, b])
         parameters = _Parameters(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
         tag = parameters.connectParametersToGui({"model": comboBox})
         self.assertEqual(comboBox.currentIndex, -1)  # the empty parameter was written to the GUI
@@ -402,6 +362,6 @@ class CADExtensionTest(ScriptedLoadableModuleTest):
         parameters.model = "missing"  # e.g. a scene saved with a model not installed here: shown, not dropped
         self.assertIn("missing", comboBox.currentText)
         self.assertEqual(parameters.model, "missing")
-        populateModelSelector(comboBox, [modelInfo({"id": "b"})])  # a refresh keeps the selection
+        populateModelSelector(comboBox, [b])  # a refresh keeps the selection
         self.assertEqual(parameters.model, "missing")
         parameters.disconnectGui(tag)

@@ -176,18 +176,19 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error("CADSegment: cannot list models: %s", exc)
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
             return
-        self._models = {info["id"]: info for info in models}
+        self._models = {info.id: info for info in models}
         CADExtension.populateModelSelector(self.ui.modelSelector, models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
+        from CADExtensionLib.model_summary import modelDescription
         from CADSegmentLib import fastOption
 
         import CADExtension
 
         modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
         info = self._models.get(modelId)
-        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(info, modelId)
+        self.ui.modelDescriptionLabel.text = modelDescription(info, modelId)
         enabled, tooltip = fastOption(info)  # disabled, saying why, when the card names no fast resolution
         self.ui.fastCheckBox.enabled = enabled
         self.ui.fastCheckBox.toolTip = tooltip
@@ -414,8 +415,8 @@ class CADSegmentTest(ScriptedLoadableModuleTest):
         try:
             logic = ImproveModelLogic(modelsFolder=folder)
             result = logic.run("hippocampus-unet", pairs=pairs, newModelId="hippocampus-test", epochs=2, device="cpu")
-            listed = {entry["id"]: entry for entry in ModelManagerLogic(modelsFolder=folder).listModels()}
-            self.assertEqual(listed["hippocampus-test"]["labels"], listed["hippocampus-unet"]["labels"])
+            listed = {entry.id: entry for entry in ModelManagerLogic(modelsFolder=folder).listModels()}
+            self.assertEqual(listed["hippocampus-test"].labels, listed["hippocampus-unet"].labels)
             self.assertTrue(result.curvesPath is not None and result.curvesPath.is_file())
             pairs[1][1].GetSegmentation().GetNthSegment(0).SetName("not a label")
             with self.assertRaisesRegex(ValueError, "match no label of model 'hippocampus-unet'"):

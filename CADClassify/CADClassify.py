@@ -69,7 +69,7 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        import CADExtension  # noqa: F401 (registers the model selector's parameter-node connector)
+        import CADExtensionWidgets  # noqa: F401 (registers the model selector's parameter-node connector)
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADClassify.ui"))
         self.layout.addWidget(uiWidget)
@@ -144,6 +144,8 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def refreshModels(self) -> None:
+        from CADExtensionWidgets import populateModelSelector
+
         import CADExtension
 
         try:
@@ -153,15 +155,14 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
             return
         self._models = {info.id: info for info in models}
-        CADExtension.populateModelSelector(self.ui.modelSelector, models)
+        populateModelSelector(self.ui.modelSelector, models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
         from CADExtensionLib.model_summary import modelDescription
+        from CADExtensionWidgets import selectedModelId
 
-        import CADExtension
-
-        modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
+        modelId = selectedModelId(self.ui.modelSelector)
         self.ui.modelDescriptionLabel.text = modelDescription(self._models.get(modelId), modelId)
 
     def _updateLesionWidgets(self, checked=None) -> None:

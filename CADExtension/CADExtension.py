@@ -1,9 +1,8 @@
 """CADExtension: the hidden core module of the CADExtension extension.
 
 It owns what CADSegment and CADClassify share: the model manager (list, import, verify, remove), the settings (default
-device, models folder) and the dependency installer, plus two helpers for their panels: ``populateModelSelector`` and
-the ``ModelSelectorConnector`` that binds a model ``ctkComboBox`` to a ``str`` parameter (Slicer's own QComboBox
-connector needs a fixed ``Choice`` list; the model list comes from the registry at run time).
+device, models folder) and the dependency installer. Their panels' model selector (``populateModelSelector`` and the
+``ModelSelectorConnector`` parameter-node connector) is in ``CADExtensionWidgets`` beside this file.
 
 Layer 3 (Slicer module): imports qt/ctk/slicer; torch, MONAI and cadcore never (the engine runs in a subprocess).
 The real work is in ``CADExtensionLib`` (imported inside functions, so this file loads even when a Lib is missing).
@@ -17,7 +16,6 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,7 +26,6 @@ from slicer.ScriptedLoadableModule import (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_SETTING = "CADExtension/device"
 MODELS_FOLDER_SETTING = "CADExtension/modelsFolder"
-MODEL_ID_ROLE = qt.Qt.UserRole
 
 
 class CADExtension(ScriptedLoadableModule):
@@ -44,68 +41,6 @@ class CADExtension(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
         self.parent.hidden = True  # a helper module: reached from CADSegment/CADClassify, not the module list
         slicer.app.connect("startupCompleted()", lambda: CADExtensionLogic().applySettings())
-
-
-def populateModelSelector(comboBox, models: list) -> None:
-    """Fill ``comboBox`` with ``models`` (``ModelSummary`` objects), keeping the current id when still listed."""
-    currentId = comboBox.itemData(comboBox.currentIndex, MODEL_ID_ROLE) if comboBox.currentIndex >= 0 else None
-    wasBlocked = comboBox.blockSignals(True)  # no parameter-node churn while the list is rebuilt
-    comboBox.clear()
-    from CADExtensionLib.model_summary import modelDescription
-
-    for info in models:
-        comboBox.addItem(info.displayName)
-        comboBox.setItemData(comboBox.count - 1, info.id, MODEL_ID_ROLE)
-        comboBox.setItemData(comboBox.count - 1, modelDescription(info), qt.Qt.ToolTipRole)
-    index = comboBox.findData(currentId, MODEL_ID_ROLE) if currentId else -1
-    if currentId and index < 0:  # the selected model is gone: keep showing it rather than switch models silently
-        index = _addUninstalledModel(comboBox, currentId)
-    comboBox.currentIndex = -1
-    comboBox.blockSignals(wasBlocked)
-    # from -1 to the kept (or first) model: currentIndexChanged fires, so the parameter node and description follow
-    comboBox.currentIndex = index if index >= 0 else (0 if comboBox.count else -1)
-
-
-def _addUninstalledModel(comboBox, modelId: str) -> int:
-    comboBox.addItem(_("{model} (not installed)").format(model=modelId))
-    comboBox.setItemData(comboBox.count - 1, modelId, MODEL_ID_ROLE)
-    return comboBox.count - 1
-
-
-@parameterNodeGuiConnector
-class ModelSelectorConnector(GuiConnector):
-    """Binds a ``ctkComboBox`` whose items carry model ids (``MODEL_ID_ROLE``) to a ``str`` parameter."""
-
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return type(widget) == ctk.ctkComboBox and unannotatedType(datatype) == str  # noqa: E721 (exact type)
-
-    @staticmethod
-    def create(widget, datatype):
-        return ModelSelectorConnector(widget) if ModelSelectorConnector.canRepresent(widget, datatype) else None
-
-    def __init__(self, widget):
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
-
-    def read(self) -> str:
-        index = self._widget.currentIndex
-        return str(self._widget.itemData(index, MODEL_ID_ROLE) or "") if index >= 0 else ""
-
-    def write(self, value: str) -> None:
-        index = self._widget.findData(value, MODEL_ID_ROLE) if value else -1
-        if value and index < 0:  # a model saved in the scene but not installed here: show it, do not drop it
-            index = _addUninstalledModel(self._widget, value)
-        self._widget.currentIndex = index
 
 
 class CADExtensionWidget(ScriptedLoadableModuleWidget):
@@ -343,6 +278,7 @@ class CADExtensionTest(ScriptedLoadableModuleTest):
 
     def test_ModelSelectorConnector(self):
         from CADExtensionLib.model_summary import ModelSummary
+        from CADExtensionWidgets import populateModelSelector
         from slicer.parameterNodeWrapper import parameterNodeWrapper
 
         @parameterNodeWrapper

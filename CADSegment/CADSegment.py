@@ -90,9 +90,8 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        import CADExtensionWidgets  # noqa: F401 (registers the model selector's parameter-node connector)
         from CADSegmentWidgets import ImproveModelSection
-
-        import CADExtension  # noqa: F401 (registers the model selector's parameter-node connector)
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADSegment.ui"))
         self.layout.addWidget(uiWidget)
@@ -168,6 +167,8 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def refreshModels(self) -> None:
+        from CADExtensionWidgets import populateModelSelector
+
         import CADExtension
 
         try:
@@ -177,16 +178,15 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
             return
         self._models = {info.id: info for info in models}
-        CADExtension.populateModelSelector(self.ui.modelSelector, models)
+        populateModelSelector(self.ui.modelSelector, models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
         from CADExtensionLib.model_summary import modelDescription
+        from CADExtensionWidgets import selectedModelId
         from CADSegmentLib import fastOption
 
-        import CADExtension
-
-        modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
+        modelId = selectedModelId(self.ui.modelSelector)
         info = self._models.get(modelId)
         self.ui.modelDescriptionLabel.text = modelDescription(info, modelId)
         enabled, tooltip = fastOption(info)  # disabled, saying why, when the card names no fast resolution

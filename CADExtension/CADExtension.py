@@ -11,7 +11,6 @@ The real work is in ``CADExtensionLib`` (imported inside functions, so this file
 import logging
 import os
 
-import ctk
 import qt
 import slicer
 from slicer.i18n import tr as _
@@ -232,72 +231,11 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
 
 
 class CADExtensionTest(ScriptedLoadableModuleTest):
-    """In-Slicer tests (not run in CI): ``slicer.testing.runUnitTest([path], "CADExtension")`` or Reload and Test."""
+    """What Slicer runs as this module's self-test: Reload and Test and ``slicer.selfTests["CADExtension"]`` look for
+    ``CADExtensionTest`` in the module file. The tests are in ``Testing/Python/CADExtensionModuleTest.py``;
+    not run in CI."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    def runTest(self, **kwargs) -> None:
+        from CADExtensionLib.selftests import runModuleTest
 
-    def runTest(self):
-        self.setUp()
-        self.test_SettingsRoundTrip()
-        self.test_RegistryListsShippedModel()
-        self.test_ModelSelectorConnector()
-
-    def test_SettingsRoundTrip(self):
-        settings, logic = qt.QSettings(), CADExtensionLogic()
-        saved = {key: settings.value(key) for key in (DEVICE_SETTING, MODELS_FOLDER_SETTING)}
-        savedEnvironment = os.environ.get("CAD_MODELS")
-        try:
-            logic.setDefaultDevice("cpu")
-            self.assertEqual(logic.defaultDevice(), "cpu")
-            with self.assertRaises(ValueError):
-                logic.setDefaultDevice("tpu")
-            folder = os.path.join(slicer.app.temporaryPath, "CADExtensionTestModels")
-            logic.setModelsFolder(folder)
-            self.assertEqual((logic.modelsFolder(), os.environ.get("CAD_MODELS")), (folder, folder))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    settings.remove(key)
-                else:
-                    settings.setValue(key, value)
-            if savedEnvironment is None:
-                os.environ.pop("CAD_MODELS", None)
-            else:
-                os.environ["CAD_MODELS"] = savedEnvironment
-
-    def test_RegistryListsShippedModel(self):
-        from CADExtensionLib.command import engineFolder
-
-        if not os.path.isfile(os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")):
-            self.skipTest("the hippocampus-unet model is not shipped in this build")
-        models = {m.id: m for m in CADExtensionLogic().listModels(task="segmentation")}
-        self.assertIn("hippocampus-unet", models)
-        self.assertTrue(models["hippocampus-unet"].labels)
-        self.assertTrue(CADExtensionLogic().verifyModel("hippocampus-unet"))
-
-    def test_ModelSelectorConnector(self):
-        from CADExtensionLib.model_summary import ModelSummary
-        from CADExtensionWidgets import populateModelSelector
-        from slicer.parameterNodeWrapper import parameterNodeWrapper
-
-        @parameterNodeWrapper
-        class _Parameters:
-            model: str = ""
-
-        comboBox = ctk.ctkComboBox()
-        a, b = (ModelSummary(id=i, task="segmentation", path="", title=t) for i, t in (("a", "A"), ("b", "")))
-        populateModelSelector(comboBox, [a, b])
-        parameters = _Parameters(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
-        tag = parameters.connectParametersToGui({"model": comboBox})
-        self.assertEqual(comboBox.currentIndex, -1)  # the empty parameter was written to the GUI
-        comboBox.currentIndex = 1
-        self.assertEqual(parameters.model, "b")
-        parameters.model = "a"
-        self.assertEqual(comboBox.currentText, "A (a)")
-        parameters.model = "missing"  # e.g. a scene saved with a model not installed here: shown, not dropped
-        self.assertIn("missing", comboBox.currentText)
-        self.assertEqual(parameters.model, "missing")
-        populateModelSelector(comboBox, [b])  # a refresh keeps the selection
-        self.assertEqual(parameters.model, "missing")
-        parameters.disconnectGui(tag)
+        runModuleTest(__file__, "CADExtensionModuleTest", getattr(self, "messageDelay", None), **kwargs)

@@ -11,7 +11,6 @@ cadcore. Scripted use (no GUI)::
 """
 
 import logging
-import os
 from typing import Annotated, Optional, Union
 
 import qt
@@ -69,7 +68,7 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        import CADExtension  # noqa: F401 (registers the model selector's parameter-node connector)
+        import CADExtensionWidgets  # noqa: F401 (registers the model selector's parameter-node connector)
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADClassify.ui"))
         self.layout.addWidget(uiWidget)
@@ -144,6 +143,8 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._onParameterNodeModified()
 
     def refreshModels(self) -> None:
+        from CADExtensionWidgets import populateModelSelector
+
         import CADExtension
 
         try:
@@ -152,15 +153,16 @@ class CADClassifyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error("CADClassify: cannot list models: %s", exc)
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)
             return
-        self._models = {info["id"]: info for info in models}
-        CADExtension.populateModelSelector(self.ui.modelSelector, models)
+        self._models = {info.id: info for info in models}
+        populateModelSelector(self.ui.modelSelector, models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
-        import CADExtension
+        from CADExtensionLib.model_summary import modelDescription
+        from CADExtensionWidgets import selectedModelId
 
-        modelId = self.ui.modelSelector.itemData(self.ui.modelSelector.currentIndex, CADExtension.MODEL_ID_ROLE)
-        self.ui.modelDescriptionLabel.text = CADExtension.modelDescription(self._models.get(modelId), modelId)
+        modelId = selectedModelId(self.ui.modelSelector)
+        self.ui.modelDescriptionLabel.text = modelDescription(self._models.get(modelId), modelId)
 
     def _updateLesionWidgets(self, checked=None) -> None:
         self.ui.lesionSegmentSelector.enabled = self.ui.lesionSegmentRadioButton.checked
@@ -310,49 +312,11 @@ class CADClassifyLogic(ScriptedLoadableModuleLogic):
 
 
 class CADClassifyTest(ScriptedLoadableModuleTest):
-    """In-Slicer tests, NOT run in CI. They check the wiring (inputs → engine → tables, heatmap), not accuracy: the
-    sample case is a hippocampus MR, whatever the installed classification model was trained on."""
+    """What Slicer runs as this module's self-test: Reload and Test and ``slicer.selfTests["CADClassify"]`` look for
+    ``CADClassifyTest`` in the module file. The tests are in ``Testing/Python/CADClassifyModuleTest.py``;
+    not run in CI."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    def runTest(self, **kwargs) -> None:
+        from CADExtensionLib.selftests import runModuleTest
 
-    def runTest(self):
-        self.setUp()
-        self.test_ClassifySegmentPointAndROI()
-
-    def test_ClassifySegmentPointAndROI(self):
-        import CADExtension
-
-        models = CADExtension.CADExtensionLogic().listModels(task="classification")
-        if not models:
-            self.skipTest("no classification model is installed")
-        self.assertTrue(CADExtension.CADExtensionLogic().ensureDependencies(askConfirmation=False))
-        folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample_data", "hippocampus")
-        image, label = (os.path.join(folder, sub, "hippocampus_015.nii.gz") for sub in ("imagesTr", "labelsTr"))
-        if not (os.path.isfile(image) and os.path.isfile(label)):
-            self.skipTest(f"sample data not found under {folder}")
-        volume = slicer.util.loadVolume(image)
-        labelNode = slicer.util.loadLabelVolume(label)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelNode, segmentation)
-        segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
-        bounds = [0.0] * 6
-        segmentation.GetSegmentation().GetSegment(segmentId).GetBounds(bounds)
-        center = [(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2]
-        point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
-        point.AddControlPoint(center)
-        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-        roi.SetCenter(center)
-        roi.SetSize(bounds[1] - bounds[0] + 10, bounds[3] - bounds[2] + 10, bounds[5] - bounds[4] + 10)
-        logic = CADClassifyLogic()
-        for lesion in ({"segmentationNode": segmentation, "segmentId": segmentId}, markupsArguments(point),
-                       markupsArguments(roi)):
-            result = logic.run(volume, model=models[0]["id"], device="cpu", **lesion)
-            values = list(result.probabilities.values())
-            self.assertAlmostEqual(sum(values), 1.0, places=3)
-            self.assertTrue(all(0.0 <= p <= 1.0 for p in values))
-            self.assertEqual(result.predicted, max(result.probabilities, key=result.probabilities.get))
-            self.assertEqual(result.tableNode.GetNumberOfRows(), len(values))
-            if result.heatmapNode is not None:
-                self.assertEqual(result.heatmapNode.GetImageData().GetDimensions(),
-                                 volume.GetImageData().GetDimensions())
+        runModuleTest(__file__, "CADClassifyModuleTest", getattr(self, "messageDelay", None), **kwargs)

@@ -1,9 +1,8 @@
 """CADExtension: the hidden core module of the CADExtension extension.
 
 It owns what CADSegment and CADClassify share: the model manager (list, import, verify, remove), the settings (default
-device, models folder) and the dependency installer, plus two helpers for their panels: ``populateModelSelector`` and
-the ``ModelSelectorConnector`` that binds a model ``ctkComboBox`` to a ``str`` parameter (Slicer's own QComboBox
-connector needs a fixed ``Choice`` list; the model list comes from the registry at run time).
+device, models folder) and the dependency installer. Their panels' model selector (``populateModelSelector`` and the
+``ModelSelectorConnector`` parameter-node connector) is in ``CADExtensionWidgets`` beside this file.
 
 Layer 3 (Slicer module): imports qt/ctk/slicer; torch, MONAI and cadcore never (the engine runs in a subprocess).
 The real work is in ``CADExtensionLib`` (imported inside functions, so this file loads even when a Lib is missing).
@@ -12,12 +11,10 @@ The real work is in ``CADExtensionLib`` (imported inside functions, so this file
 import logging
 import os
 
-import ctk
 import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import GuiConnector, parameterNodeGuiConnector, unannotatedType
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,7 +25,6 @@ from slicer.ScriptedLoadableModule import (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_SETTING = "CADExtension/device"
 MODELS_FOLDER_SETTING = "CADExtension/modelsFolder"
-MODEL_ID_ROLE = qt.Qt.UserRole
 
 
 class CADExtension(ScriptedLoadableModule):
@@ -44,112 +40,6 @@ class CADExtension(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
         self.parent.hidden = True  # a helper module: reached from CADSegment/CADClassify, not the module list
         slicer.app.connect("startupCompleted()", lambda: CADExtensionLogic().applySettings())
-
-
-def _field(entry, name, default=None):
-    """``name`` of a registry entry that may be a dict, a dataclass or an object with a ``card`` dict."""
-    if isinstance(entry, dict):
-        value = entry.get(name)
-        card = entry.get("card")
-    else:
-        value = getattr(entry, name, None)
-        card = getattr(entry, "card", None)
-    if value is None and isinstance(card, dict):
-        value = card.get(name)
-    return default if value is None else value
-
-
-def modelInfo(entry) -> dict:
-    """A registry entry (whatever ``ModelManagerLogic.listModels`` returns per model) as a plain dict."""
-    labels = _field(entry, "labels", [])
-    if isinstance(labels, dict):  # {"1": "anterior", ...}
-        names = [str(labels[key]) for key in sorted(labels, key=lambda k: int(k) if str(k).isdigit() else 0)]
-    else:
-        names = [str(label.get("name", "")) if isinstance(label, dict) else str(label) for label in labels]
-    classes = _field(entry, "classes", [])
-    classNames = [str(c.get("name", "")) if isinstance(c, dict) else str(c) for c in classes]
-    modelId = str(_field(entry, "id", ""))
-    text = {key: str(_field(entry, key, "")) for key in ("task", "description", "modality", "version")}
-    return {"id": modelId, "title": str(_field(entry, "title", modelId)), **text,
-            "path": str(_field(entry, "path", _field(entry, "folder", ""))), "labels": names, "classes": classNames,
-            "shipped": bool(_field(entry, "shipped", False)), "bundle": bool(_field(entry, "bundle", False)),
-            "fast": _field(entry, "fast")}  # the card's low-resolution mode (cad segment --fast), or None
-
-
-def modelDescription(info: dict | None, modelId: str | None = None) -> str:
-    """The text of a panel's model description label (``modelId``: the selected id, when it has no info)."""
-    if not info and modelId:
-        return _("{model} is not installed. Import it with \"Manage models\".").format(model=modelId)
-    if not info:
-        return _("No model selected. Import one with \"Manage models\".")
-    lines = [info["description"] or info["title"]]
-    if info["modality"]:
-        lines.append(_("Modality: {modality}").format(modality=info["modality"]))
-    if info["labels"]:
-        lines.append(_("Labels: {names}").format(names=", ".join(info["labels"])))
-    if info["classes"]:
-        lines.append(_("Classes: {names}").format(names=", ".join(info["classes"])))
-    return "\n".join(lines)
-
-
-def populateModelSelector(comboBox, models: list) -> None:
-    """Fill ``comboBox`` with ``models`` (dicts from :func:`modelInfo`), keeping the current id when still listed."""
-    currentId = comboBox.itemData(comboBox.currentIndex, MODEL_ID_ROLE) if comboBox.currentIndex >= 0 else None
-    wasBlocked = comboBox.blockSignals(True)  # no parameter-node churn while the list is rebuilt
-    comboBox.clear()
-    for info in models:
-        comboBox.addItem(info["title"] if info["title"] == info["id"] else f"{info['title']} ({info['id']})")
-        comboBox.setItemData(comboBox.count - 1, info["id"], MODEL_ID_ROLE)
-        comboBox.setItemData(comboBox.count - 1, modelDescription(info), qt.Qt.ToolTipRole)
-    index = comboBox.findData(currentId, MODEL_ID_ROLE) if currentId else -1
-    if currentId and index < 0:  # the selected model is gone: keep showing it rather than switch models silently
-        index = _addUninstalledModel(comboBox, currentId)
-    comboBox.currentIndex = -1
-    comboBox.blockSignals(wasBlocked)
-    # from -1 to the kept (or first) model: currentIndexChanged fires, so the parameter node and description follow
-    comboBox.currentIndex = index if index >= 0 else (0 if comboBox.count else -1)
-
-
-def _addUninstalledModel(comboBox, modelId: str) -> int:
-    comboBox.addItem(_("{model} (not installed)").format(model=modelId))
-    comboBox.setItemData(comboBox.count - 1, modelId, MODEL_ID_ROLE)
-    return comboBox.count - 1
-
-
-@parameterNodeGuiConnector
-class ModelSelectorConnector(GuiConnector):
-    """Binds a ``ctkComboBox`` whose items carry model ids (``MODEL_ID_ROLE``) to a ``str`` parameter."""
-
-    @staticmethod
-    def canRepresent(widget, datatype) -> bool:
-        return type(widget) == ctk.ctkComboBox and unannotatedType(datatype) == str  # noqa: E721 (exact type)
-
-    @staticmethod
-    def create(widget, datatype):
-        return ModelSelectorConnector(widget) if ModelSelectorConnector.canRepresent(widget, datatype) else None
-
-    def __init__(self, widget):
-        super().__init__()
-        self._widget = widget
-
-    def _connect(self):
-        self._widget.currentIndexChanged.connect(self.changed)
-
-    def _disconnect(self):
-        self._widget.currentIndexChanged.disconnect(self.changed)
-
-    def widget(self):
-        return self._widget
-
-    def read(self) -> str:
-        index = self._widget.currentIndex
-        return str(self._widget.itemData(index, MODEL_ID_ROLE) or "") if index >= 0 else ""
-
-    def write(self, value: str) -> None:
-        index = self._widget.findData(value, MODEL_ID_ROLE) if value else -1
-        if value and index < 0:  # a model saved in the scene but not installed here: show it, do not drop it
-            index = _addUninstalledModel(self._widget, value)
-        self._widget.currentIndex = index
 
 
 class CADExtensionWidget(ScriptedLoadableModuleWidget):
@@ -189,14 +79,16 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         return item.text() if item else None
 
     def refreshModels(self):
+        from CADExtensionLib.model_summary import modelDescription
+
         with slicer.util.tryWithErrorDisplay(_("Failed to list the models."), waitCursor=True):
             models = self.logic.listModels()
             table = self.ui.modelsTableWidget
             table.setRowCount(len(models))
             for row, info in enumerate(models):
-                location = _("shipped") if info["shipped"] else info["path"]
-                kind = _("MONAI bundle (segmentation)") if info["bundle"] else info["task"]
-                for column, text in enumerate((info["id"], kind, info["modality"], info["version"], location)):
+                location = _("shipped") if info.shipped else info.path
+                kind = _("MONAI bundle (segmentation)") if info.bundle else info.task
+                for column, text in enumerate((info.id, kind, info.modality, info.version, location)):
                     item = qt.QTableWidgetItem(text)
                     item.setToolTip(modelDescription(info))
                     table.setItem(row, column, item)
@@ -213,9 +105,8 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
-            result = self.logic.importModel(path)
-            modelId = result if isinstance(result, str) else modelInfo(result)["id"]
-            self.ui.modelStatusLabel.text = _("Imported {model}.").format(model=modelId or path)
+            modelId = self.logic.importModel(path).id
+            self.ui.modelStatusLabel.text = _("Imported {model}.").format(model=modelId)
         self.refreshModels()
 
     def onVerify(self):
@@ -260,7 +151,7 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
     """Settings, model registry and dependencies, usable without the GUI::
 
         logic = CADExtensionLogic()
-        [m["id"] for m in logic.listModels(task="segmentation")]
+        [m.id for m in logic.listModels(task="segmentation")]
         logic.ensureDependencies(askConfirmation=False)
     """
 
@@ -295,11 +186,12 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
         return ModelManagerLogic(modelsFolder=self.modelsFolder())
 
     def listModels(self, task: str | None = None) -> list:
-        """Every model (dicts from :func:`modelInfo`); with ``task``, only the models the engine can run for it."""
-        models = [modelInfo(entry) for entry in self._models().listModels()]
-        return [m for m in models if task is None or m["task"] == task]
+        """Every model (``CADExtensionLib.ModelSummary`` objects); with ``task``, only the models the engine can run
+        for it."""
+        return [m for m in self._models().listModels() if task is None or m.task == task]
 
     def importModel(self, path: str):
+        """Install a package folder, its .zip or a MONAI bundle folder; returns the new model's ``ModelSummary``."""
         return self._models().importModel(path)
 
     def removeModel(self, modelId: str):
@@ -339,69 +231,11 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
 
 
 class CADExtensionTest(ScriptedLoadableModuleTest):
-    """In-Slicer tests (not run in CI): ``slicer.testing.runUnitTest([path], "CADExtension")`` or Reload and Test."""
+    """What Slicer runs as this module's self-test: Reload and Test and ``slicer.selfTests["CADExtension"]`` look for
+    ``CADExtensionTest`` in the module file. The tests are in ``Testing/Python/CADExtensionModuleTest.py``;
+    not run in CI."""
 
-    def setUp(self):
-        slicer.mrmlScene.Clear()
+    def runTest(self, **kwargs) -> None:
+        from CADExtensionLib.selftests import runModuleTest
 
-    def runTest(self):
-        self.setUp()
-        self.test_SettingsRoundTrip()
-        self.test_RegistryListsShippedModel()
-        self.test_ModelSelectorConnector()
-
-    def test_SettingsRoundTrip(self):
-        settings, logic = qt.QSettings(), CADExtensionLogic()
-        saved = {key: settings.value(key) for key in (DEVICE_SETTING, MODELS_FOLDER_SETTING)}
-        savedEnvironment = os.environ.get("CAD_MODELS")
-        try:
-            logic.setDefaultDevice("cpu")
-            self.assertEqual(logic.defaultDevice(), "cpu")
-            with self.assertRaises(ValueError):
-                logic.setDefaultDevice("tpu")
-            folder = os.path.join(slicer.app.temporaryPath, "CADExtensionTestModels")
-            logic.setModelsFolder(folder)
-            self.assertEqual((logic.modelsFolder(), os.environ.get("CAD_MODELS")), (folder, folder))
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    settings.remove(key)
-                else:
-                    settings.setValue(key, value)
-            if savedEnvironment is None:
-                os.environ.pop("CAD_MODELS", None)
-            else:
-                os.environ["CAD_MODELS"] = savedEnvironment
-
-    def test_RegistryListsShippedModel(self):
-        from CADExtensionLib.command import engineFolder
-
-        if not os.path.isfile(os.path.join(engineFolder(), "cadcore", "models", "hippocampus-unet", "model.json")):
-            self.skipTest("the hippocampus-unet model is not shipped in this build")
-        models = {m["id"]: m for m in CADExtensionLogic().listModels(task="segmentation")}
-        self.assertIn("hippocampus-unet", models)
-        self.assertTrue(models["hippocampus-unet"]["labels"])
-        self.assertTrue(CADExtensionLogic().verifyModel("hippocampus-unet"))
-
-    def test_ModelSelectorConnector(self):
-        from slicer.parameterNodeWrapper import parameterNodeWrapper
-
-        @parameterNodeWrapper
-        class _Parameters:
-            model: str = ""
-
-        comboBox = ctk.ctkComboBox()
-        populateModelSelector(comboBox, [modelInfo({"id": "a", "title": "A"}), modelInfo({"id": "b"})])
-        parameters = _Parameters(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
-        tag = parameters.connectParametersToGui({"model": comboBox})
-        self.assertEqual(comboBox.currentIndex, -1)  # the empty parameter was written to the GUI
-        comboBox.currentIndex = 1
-        self.assertEqual(parameters.model, "b")
-        parameters.model = "a"
-        self.assertEqual(comboBox.currentText, "A (a)")
-        parameters.model = "missing"  # e.g. a scene saved with a model not installed here: shown, not dropped
-        self.assertIn("missing", comboBox.currentText)
-        self.assertEqual(parameters.model, "missing")
-        populateModelSelector(comboBox, [modelInfo({"id": "b"})])  # a refresh keeps the selection
-        self.assertEqual(parameters.model, "missing")
-        parameters.disconnectGui(tag)
+        runModuleTest(__file__, "CADExtensionModuleTest", getattr(self, "messageDelay", None), **kwargs)

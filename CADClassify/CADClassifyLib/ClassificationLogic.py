@@ -79,11 +79,11 @@ def defaultClassificationModel() -> str:
     """The first classification model in the registry (shipped, then the user folder)."""
     from CADExtensionLib.models import ModelManagerLogic
 
-    models = [m for m in ModelManagerLogic().listModels() if m.get("task") == "classification" and not m.get("bundle")]
+    models = [m for m in ModelManagerLogic().listModels() if m.task == "classification" and not m.bundle]
     if not models:
         raise ValueError("no classification model is installed; import one (ModelManagerLogic.importModel) or pass "
                          "a model package folder")
-    return str(models[0]["id"])
+    return models[0].id
 
 
 def pointInVolumeRAS(volumeNode, point) -> list[float]:

@@ -1,6 +1,7 @@
 """Slicer glue shared by the CADExtension modules: volumes to files, the engine command, background processes,
 the one-job-at-a-time run/wait/cancel plumbing every Logic shares, engine results into segmentation nodes (and
-segments into mask files), the model registry and the engine's Python dependencies.
+segments into mask files), the model registry (one typed ``ModelSummary`` per model) and the engine's Python
+dependencies.
 
 Imports ``slicer`` and ``vtk`` only (no ``qt``/``ctk``/``ScriptedLoadableModule``, no torch/MONAI/cadcore), so it
 runs both inside the Slicer application and on the ``slicer-core`` wheel that the MRML test suite uses.
@@ -16,6 +17,7 @@ from CADExtensionLib.command import (
 )
 from CADExtensionLib.dependencies import DependencyError, DependencyLogic
 from CADExtensionLib.engine_job import EngineJobLogic, EngineRun, defaultRunner, engineErrorLine
+from CADExtensionLib.model_summary import ModelSummary, modelDescription
 from CADExtensionLib.models import ModelError, ModelManagerLogic, downloadFile, isSafeModelId
 from CADExtensionLib.process import (
     CANCELLED,
@@ -48,6 +50,7 @@ __all__ = [
     "LineSplitter",
     "ModelError",
     "ModelManagerLogic",
+    "ModelSummary",
     "ProcessRunner",
     "SubprocessRunner",
     "TemporaryWorkspace",
@@ -64,6 +67,7 @@ __all__ = [
     "importLabelmapToSegmentation",
     "isSafeModelId",
     "killProcessTree",
+    "modelDescription",
     "parseProgress",
     "placeUnderStudy",
     "pythonExecutable",

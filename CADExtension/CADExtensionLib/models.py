@@ -5,7 +5,8 @@ the packages shipped in ``CADExtension/cadcore/models/``, then the user folder (
 ``~/.cadextension/models``); the first package of a given id wins. This module reads the same cards with the
 standard library only, so listing models never loads torch into Slicer's interpreter. The user folder can be given
 explicitly (the module's Slicer setting); :meth:`ModelManagerLogic.engineEnvironment` then passes it to the engine
-process as ``CAD_MODELS`` so both sides see the same models.
+process as ``CAD_MODELS`` so both sides see the same models. Each model is read once into a
+:class:`~CADExtensionLib.model_summary.ModelSummary`, which the listing, the imports and the panels share.
 
 Imports are checked before they are accepted: a package's weights must match the sha256 in its card (the engine
 refuses them otherwise, later and less clearly); a ``.zip`` is extracted only if no member is absolute, climbs out
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from CADExtensionLib.model_summary import ModelSummary
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -118,7 +121,9 @@ def _bundleFiles(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != BUNDLE_MARKER)
 
 
-def _bundleSummary(folder: Path) -> dict[str, Any]:
+def _bundleSummary(folder: Path, shipped: bool = False) -> ModelSummary:
+    """A MONAI bundle's summary from its ``configs/metadata.json``: id = folder name, labels from the first output's
+    ``channel_def``, modality from the first input; raises :class:`ModelError` when the metadata is unreadable."""
     try:
         metadata = json.loads((folder / BUNDLE_METADATA).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -131,42 +136,48 @@ def _bundleSummary(folder: Path) -> dict[str, Any]:
     firstInput = next(iter(inputs.values()), {}) if isinstance(inputs, dict) else {}
     firstOutput = next(iter(outputs.values()), {}) if isinstance(outputs, dict) else {}
     channels = firstOutput.get("channel_def") if isinstance(firstOutput, dict) else None
-    return {
-        "version": metadata.get("version"),
-        "task": "segmentation",  # the engine runs every bundle through ``cad segment``; metadata "task" is prose
-        "bundleTask": metadata.get("task"),
-        "modality": firstInput.get("modality") if isinstance(firstInput, dict) else None,
-        "description": metadata.get("description", metadata.get("name", "")),
-        "labels": {str(k): str(v) for k, v in channels.items()} if isinstance(channels, dict) else {},
-    }
+    return ModelSummary(
+        id=folder.name,
+        task="segmentation",  # the engine runs every bundle through ``cad segment``; metadata "task" is prose
+        path=str(folder),
+        version=_text(metadata.get("version")),
+        description=_text(metadata.get("description", metadata.get("name", ""))),
+        modality=_text(firstInput.get("modality") if isinstance(firstInput, dict) else None),
+        labels=channels if isinstance(channels, dict) else {},
+        shipped=shipped,
+        bundle=True,
+        bundleTask=_text(metadata.get("task")),
+    )
 
 
-def _summary(folder: Path, shipped: bool) -> dict[str, Any]:
-    """One listing entry: id, version, task, modality, description, labels or classes, path, shipped, bundle."""
+def _text(value: Any) -> str:
+    """A card or metadata field as display text: ``""`` for a missing (None) field."""
+    return "" if value is None else str(value)
+
+
+def _summary(folder: Path, shipped: bool) -> ModelSummary:
+    """The :class:`ModelSummary` of a package folder (its card) or a MONAI bundle folder (its metadata)."""
     if (folder / CARD_NAME).is_file():
         card = readCard(folder)
-        entry = {
-            "id": str(card["id"]),
-            "version": card.get("version"),
-            "task": card["task"],
-            "modality": card.get("modality"),
-            "description": card.get("description", ""),
-            "labels": {str(label["value"]): str(label["name"]) for label in card.get("labels", [])
-                       if isinstance(label, dict) and "value" in label and "name" in label},
-            "classes": [str(c["name"]) for c in sorted(
+        return ModelSummary(
+            id=str(card["id"]),
+            task=str(card["task"]),
+            path=str(folder),
+            version=_text(card.get("version")),
+            description=_text(card.get("description", "")),
+            modality=_text(card.get("modality")),
+            labels={str(label["value"]): str(label["name"]) for label in card.get("labels", [])
+                    if isinstance(label, dict) and "value" in label and "name" in label},
+            classes=tuple(str(c["name"]) for c in sorted(
                 (c for c in card.get("classes", []) if isinstance(c, dict) and "value" in c and "name" in c),
-                key=lambda c: int(c["value"]))],
-            "baseline": (card.get("network") or {}).get("name") == "baseline",
-            "bundle": False,
-            "fast": card.get("fast") if isinstance(card.get("fast"), dict) else None,
-        }
-    elif (folder / BUNDLE_METADATA).is_file():
-        entry = {"id": folder.name, **_bundleSummary(folder), "classes": [], "baseline": False, "bundle": True,
-                 "fast": None}
-    else:
-        raise ModelError(f"{folder}: neither a model package ({CARD_NAME}) nor a MONAI bundle ({BUNDLE_METADATA})")
-    entry.update(path=str(folder), shipped=shipped)
-    return entry
+                key=lambda c: int(c["value"]))),
+            shipped=shipped,
+            baseline=(card.get("network") or {}).get("name") == "baseline",
+            fast=card.get("fast") if isinstance(card.get("fast"), dict) else None,
+        )
+    if (folder / BUNDLE_METADATA).is_file():
+        return _bundleSummary(folder, shipped)
+    raise ModelError(f"{folder}: neither a model package ({CARD_NAME}) nor a MONAI bundle ({BUNDLE_METADATA})")
 
 
 def isSafeModelId(modelId: str) -> bool:
@@ -224,7 +235,7 @@ class ModelManagerLogic:
 
     # --- listing ----------------------------------------------------------------------------------------------------
 
-    def _entries(self) -> list[dict[str, Any]]:
+    def _entries(self) -> list[ModelSummary]:
         entries = []
         for root, shipped in ((self.shippedFolder, True), (self.userFolder, False)):
             if not root.is_dir():
@@ -236,18 +247,20 @@ class ModelManagerLogic:
                     continue  # not a model (or a broken one): the engine skips it too
         return entries
 
-    def listModels(self) -> list[dict[str, Any]]:
+    def listModels(self) -> list[ModelSummary]:
         """Every model, shipped first; the first entry of a given id wins, as in the engine."""
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, ModelSummary] = {}
         for entry in self._entries():
-            found.setdefault(entry["id"], entry)
+            found.setdefault(entry.id, entry)
         return list(found.values())
 
-    def model(self, modelId: str) -> dict[str, Any]:
-        for entry in self.listModels():
-            if entry["id"] == modelId:
+    def model(self, modelId: str) -> ModelSummary:
+        """The listed model ``modelId``; :class:`ModelError` naming the installed ids when there is none."""
+        models = self.listModels()
+        for entry in models:
+            if entry.id == modelId:
                 return entry
-        known = ", ".join(sorted(entry["id"] for entry in self.listModels())) or "none"
+        known = ", ".join(sorted(entry.id for entry in models)) or "none"
         raise ModelError(f"unknown model {modelId!r} (installed: {known})")
 
     # --- verify / remove --------------------------------------------------------------------------------------------
@@ -255,8 +268,8 @@ class ModelManagerLogic:
     def verifyModel(self, modelId: str) -> bool:
         """True when the model's files match their recorded sha256 (the card's, or the bundle marker's)."""
         entry = self.model(modelId)
-        folder = Path(entry["path"])
-        if not entry["bundle"]:
+        folder = Path(entry.path)
+        if not entry.bundle:
             try:
                 verifyPackageFolder(folder)
             except ModelError:
@@ -271,25 +284,25 @@ class ModelManagerLogic:
 
     def removeModel(self, modelId: str) -> None:
         """Delete a user model; shipped models are refused."""
-        userEntries = [e for e in self._entries() if e["id"] == modelId and not e["shipped"]]
+        userEntries = [e for e in self._entries() if e.id == modelId and not e.shipped]
         if not userEntries:
-            if any(e["id"] == modelId for e in self._entries()):
+            if any(e.id == modelId for e in self._entries()):
                 raise ModelError(f"{modelId!r} is shipped with the extension and cannot be removed")
             raise ModelError(f"unknown model {modelId!r}")
         for entry in userEntries:
-            folder = Path(entry["path"])
+            folder = Path(entry.path)
             if folder.is_symlink() or not folder.resolve().is_relative_to(self.userFolder.resolve()):
                 raise ModelError(f"{folder}: not inside the user model folder {self.userFolder}; not removed")
             shutil.rmtree(folder)
 
     # --- import -----------------------------------------------------------------------------------------------------
 
-    def importModel(self, path: str | os.PathLike[str], overwrite: bool = False) -> dict[str, Any]:
+    def importModel(self, path: str | os.PathLike[str], overwrite: bool = False) -> ModelSummary:
         """Install a package folder, a ``.zip`` of one, or a MONAI bundle folder into the user folder.
 
-        Returns the new listing entry. Raises :class:`ModelError` (nothing installed, nothing left behind) for a
-        bad archive, a card without required fields, weights that do not match the card's sha256, an id of a
-        shipped model, or an existing id without ``overwrite``.
+        Returns the new model's :class:`ModelSummary`. Raises :class:`ModelError` (nothing installed, nothing left
+        behind) for a bad archive, a card without required fields, weights that do not match the card's sha256, an id
+        of a shipped model, or an existing id without ``overwrite``.
         """
         source = Path(path)
         if not source.exists():
@@ -318,7 +331,7 @@ class ModelManagerLogic:
             else:
                 raise ModelError(f"{source}: neither a model package ({CARD_NAME}) nor a MONAI bundle "
                                  f"({BUNDLE_METADATA.as_posix()})")
-            if any(e["id"] == modelId and e["shipped"] for e in self._entries()):
+            if any(e.id == modelId and e.shipped for e in self._entries()):
                 raise ModelError(f"{modelId!r} is the id of a model shipped with the extension; give the import "
                                  "another id")
             target = self.userFolder / modelId
@@ -343,7 +356,7 @@ class ModelManagerLogic:
 
     def downloadModel(self, url: str, sha256: str, overwrite: bool = False,
                       onProgress: Callable[[int, int | None], None] | None = None,
-                      timeout: float = 60.0) -> dict[str, Any]:
+                      timeout: float = 60.0) -> ModelSummary:
         """Download a model ``.zip``, check its sha256, then import it (see :meth:`importModel`)."""
         self.userFolder.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=".download-", dir=self.userFolder))

@@ -27,7 +27,7 @@ from typing import Any
 
 from CADExtensionLib.command import engineEnvironment, trainArgv
 from CADExtensionLib.engine_job import EngineJobLogic, EngineRun
-from CADExtensionLib.models import ModelError, ModelManagerLogic, isSafeModelId, readCard
+from CADExtensionLib.models import ModelError, ModelManagerLogic, ModelSummary, isSafeModelId, readCard
 from CADExtensionLib.process import ProcessRunner, TemporaryWorkspace, parseProgress, pythonExecutable
 
 from CADSegmentLib.TrainingData import (
@@ -98,14 +98,14 @@ def validationInterval(epochs: int) -> int:
 
 @dataclass
 class ImproveModelResult:
-    """The registered model: its id and folder, the curves PNG (None if the engine wrote none), the listing entry
+    """The registered model: its id and folder, the curves PNG (None if the engine wrote none), its registry summary
     and the best validation Dice the engine reports (working space, None if unknown)."""
 
     modelId: str
     folder: Path
     curvesPath: Path | None
     parentId: str
-    entry: dict[str, Any]
+    entry: ModelSummary
     validationDice: float | None = None
 
 
@@ -149,18 +149,18 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
         return ModelManagerLogic(modelsFolder=self.modelsFolder, shippedFolder=self.shippedFolder)
 
     def suggestModelId(self, parentId: str) -> str:
-        return suggestModelId(parentId, (entry["id"] for entry in self.models.listModels()))
+        return suggestModelId(parentId, (entry.id for entry in self.models.listModels()))
 
     def checkNewModelId(self, modelId: str, overwrite: bool = False) -> None:
         """Refuse an unsafe id, a shipped model's id, and an installed one unless ``overwrite``: before training,
         not after an hour of it."""
         if not isSafeModelId(modelId):
             raise ValueError(f"{modelId!r} cannot name a model: use letters, digits, '.', '_' and '-' only")
-        existing = next((entry for entry in self.models.listModels() if entry["id"] == modelId), None)
-        if existing is not None and existing["shipped"]:
+        existing = next((entry for entry in self.models.listModels() if entry.id == modelId), None)
+        if existing is not None and existing.shipped:
             raise ValueError(f"{modelId!r} is a model shipped with the extension; choose another name")
         if existing is not None and not overwrite:
-            raise ValueError(f"a model named {modelId!r} already exists ({existing['path']}); choose another name "
+            raise ValueError(f"a model named {modelId!r} already exists ({existing.path}); choose another name "
                              "or allow replacing it")
 
     def run(self, model: str, pairs: Sequence[tuple[Any, Any]] | None = None,
@@ -186,17 +186,17 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
             entry = models.model(model)
         except ModelError as exc:
             raise ValueError(str(exc)) from exc
-        if entry["task"] != "segmentation" or entry["bundle"]:
-            raise ValueError(f"{entry['id']!r} is not a segmentation model package; only those can be fine-tuned")
-        card = readCard(Path(entry["path"]))
+        if entry.task != "segmentation" or entry.bundle:
+            raise ValueError(f"{entry.id!r} is not a segmentation model package; only those can be fine-tuned")
+        card = readCard(Path(entry.path))
         labels = modelLabels(card)
-        newModelId = newModelId or self.suggestModelId(entry["id"])
+        newModelId = newModelId or self.suggestModelId(entry.id)
         self.checkNewModelId(newModelId, overwrite)
-        values = checkPairs(pairs, labels, entry["id"]) if pairs is not None else None
-        split = folderDataset(folder, labels, entry["id"]) if folder is not None else None
+        values = checkPairs(pairs, labels, entry.id) if pairs is not None else None
+        split = folderDataset(folder, labels, entry.id) if folder is not None else None
 
         def makeRun(workspace: TemporaryWorkspace) -> _Run:
-            return _Run(models, workspace.path / newModelId, newModelId, entry["id"], overwrite, workspace=workspace,
+            return _Run(models, workspace.path / newModelId, newModelId, entry.id, overwrite, workspace=workspace,
                         onProgress=onProgress, onLog=onLog, onFinished=onFinished)
 
         def prepare(run: _Run) -> tuple[list[str], dict[str, str]]:
@@ -207,12 +207,12 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
                 count = validationCount(len(cases))
                 train, validation = cases[:-count], cases[-count:]
             datasetPath, labelsPath = writeDataset(data, train, validation, labels,
-                                                   name=f"{entry['id']} corrections", modality=card.get("modality"))
-            argv = trainArgv(self.python or pythonExecutable(), datasetPath, run.outputPath, entry["path"],
+                                                   name=f"{entry.id} corrections", modality=card.get("modality"))
+            argv = trainArgv(self.python or pythonExecutable(), datasetPath, run.outputPath, entry.path,
                              newModelId, epochs=epochs, device=device, labelsPath=labelsPath,
                              freezeEncoderEpochs=freezeEncoderEpochs, valEvery=validationInterval(epochs),
                              **parentSettings(card),
-                             description=f"{entry['id']} fine-tuned on {len(train) + len(validation)} cases "
+                             description=f"{entry.id} fine-tuned on {len(train) + len(validation)} cases "
                                          "in 3D Slicer")
             return argv, {**engineEnvironment(self.engineFolder, os.environ.get("PYTHONPATH")),
                           **models.engineEnvironment()}
@@ -245,13 +245,13 @@ class ImproveModelLogic(EngineJobLogic[_Run]):
             entry = run.models.importModel(run.outputPath, overwrite=run.overwrite)
         except ModelError as exc:
             raise RuntimeError(f"the new model could not be registered: {exc}") from exc
-        folder = Path(entry["path"])
+        folder = Path(entry.path)
         curves = folder / "training_curves.png"
         try:
             dice = readCard(folder).get("metrics", {}).get("validation_dice_working_space")
         except ModelError:
             dice = None
-        return ImproveModelResult(entry["id"], folder, curves if curves.is_file() else None, run.parentId,
+        return ImproveModelResult(entry.id, folder, curves if curves.is_file() else None, run.parentId,
                                   entry, float(dice) if isinstance(dice, (int, float)) else None)
 
 

@@ -31,16 +31,17 @@ from CADExtensionLib.command import engineEnvironment, segmentArgv
 from CADExtensionLib.engine_job import EngineJobLogic, EngineRun
 from CADExtensionLib.engine_job import defaultRunner as defaultRunner  # re-exported: CADSegmentLib's public names
 from CADExtensionLib.engine_job import engineErrorLine as engineErrorLine
+from CADExtensionLib.model_summary import ModelSummary
 from CADExtensionLib.process import TemporaryWorkspace, pythonExecutable
 from CADExtensionLib.segmentations import importLabelmapToSegmentation
 from CADExtensionLib.volumes import exportVolumeToFile
 
 
-def fastSpacing(model: Mapping[str, Any] | None) -> list[float] | None:
+def fastSpacing(model: ModelSummary | Mapping[str, Any] | None) -> list[float] | None:
     """The low resolution a model card names for ``cad segment --fast`` (``"fast": {"spacing": [x, y, z]}``), else
-    None. ``model`` is a card or a model-list entry (both carry ``fast``). The test is the engine's own (three
-    positive numbers), so the panel offers the option exactly for the models the engine runs it with."""
-    fast = (model or {}).get("fast")
+    None. ``model`` is a card or the model's :class:`ModelSummary` (both carry ``fast``). The test is the engine's own
+    (three positive numbers), so the panel offers the option exactly for the models the engine runs it with."""
+    fast = model.fast if isinstance(model, ModelSummary) else (model or {}).get("fast")
     spacing = fast.get("spacing") if isinstance(fast, Mapping) else None
     if not isinstance(spacing, (list, tuple)) or len(spacing) != 3 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in spacing):
@@ -48,7 +49,7 @@ def fastSpacing(model: Mapping[str, Any] | None) -> list[float] | None:
     return [float(v) for v in spacing]
 
 
-def fastOption(model: Mapping[str, Any] | None) -> tuple[bool, str]:
+def fastOption(model: ModelSummary | Mapping[str, Any] | None) -> tuple[bool, str]:
     """(enabled, tooltip) of the panel's "Fast (low resolution)" check box for the selected model.
 
     Disabled, with the reason, when no model is selected or its card names no fast resolution: the engine would
@@ -58,8 +59,9 @@ def fastOption(model: Mapping[str, Any] | None) -> tuple[bool, str]:
         return False, "Select a model first."
     spacing = fastSpacing(model)
     if spacing is None:
-        return False, f"Model {model.get('id', '')!r} has no fast (low-resolution) mode: its model card names no " \
-                      "'fast' resolution."
+        modelId = model.id if isinstance(model, ModelSummary) else model.get("id", "")
+        return False, f"Model {modelId!r} has no fast (low-resolution) mode: its model card names no 'fast' " \
+                      "resolution."
     millimetres = " × ".join(f"{v:g}" for v in spacing)
     return True, f"Segment at the model's low resolution ({millimetres} mm): much faster on a CPU, coarser borders."
 

@@ -318,7 +318,7 @@ def test_default_model_is_the_first_installed_classifier(mrml, case, tiny_classi
     from CADClassifyLib.ClassificationLogic import defaultClassificationModel
     from CADExtensionLib.models import ModelManagerLogic
 
-    shipped = [m["id"] for m in ModelManagerLogic().listModels() if m.get("task") == "classification"]
+    shipped = [m.id for m in ModelManagerLogic().listModels() if m.task == "classification"]
     if shipped:  # the shipped classifiers come first
         assert defaultClassificationModel() == shipped[0]
     # with no shipped classifier (an empty shipped folder): none until one is imported, then that one

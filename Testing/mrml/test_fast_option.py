@@ -52,9 +52,10 @@ def test_the_model_list_carries_the_cards_fast_section(tmp_path):
     shipped.mkdir()
     make_tiny_segmentation_package(user / "plain")
     make_tiny_segmentation_package(user / "quick", fast={"spacing": [2.0, 2.0, 3.0]})
-    models = {entry["id"]: entry for entry in ModelManagerLogic(user, shipped).listModels()}
-    assert models["plain"]["fast"] is None and fastOption(models["plain"])[0] is False
-    assert models["quick"]["fast"] == {"spacing": [2.0, 2.0, 3.0]} and fastSpacing(models["quick"]) == [2.0, 2.0, 3.0]
+    models = {entry.id: entry for entry in ModelManagerLogic(user, shipped).listModels()}
+    assert models["plain"].fast is None and fastOption(models["plain"]) == (
+        False, "Model 'plain' has no fast (low-resolution) mode: its model card names no 'fast' resolution.")
+    assert models["quick"].fast == {"spacing": [2.0, 2.0, 3.0]} and fastSpacing(models["quick"]) == [2.0, 2.0, 3.0]
     assert fastOption(models["quick"])[0] is True
     card = json.loads((user / "quick" / "model.json").read_text())  # the card itself answers the same
     assert fastSpacing(card) == fastSpacing(models["quick"])

@@ -296,8 +296,9 @@ def test_run_registers_the_new_model_and_removes_the_workspace(mrml, folders):
     assert result.curvesPath == result.folder / "training_curves.png" and result.curvesPath.is_file()
     assert sorted(p.name for p in result.folder.iterdir()) == [
         "model.json", "model.safetensors", "training_curves.png", "training_log.csv"]  # no checkpoints kept
-    listed = {entry["id"]: entry for entry in ModelManagerLogic(folders["user"], folders["shipped"]).listModels()}
-    assert listed["tiny-unet-finetuned"]["labels"] == {"1": "anterior", "2": "posterior"}
+    listed = {entry.id: entry for entry in ModelManagerLogic(folders["user"], folders["shipped"]).listModels()}
+    assert listed["tiny-unet-finetuned"].labels == {"1": "anterior", "2": "posterior"}
+    assert result.entry == listed["tiny-unet-finetuned"]  # the registry's summary of the new model
     assert ModelManagerLogic(folders["user"], folders["shipped"]).verifyModel("tiny-unet-finetuned")
     assert list(folders["work"].iterdir()) == [] and mrml.nodeIds() == before
 
@@ -479,7 +480,7 @@ def test_real_engine_fine_tunes_and_the_model_is_listed(mrml, folders):
     assert card["training"]["parent"]["parent"] == "tiny-unet" and card["training"]["n_val"] == 1
     assert result.curvesPath is not None and result.curvesPath.read_bytes().startswith(b"\x89PNG")
     listed = ModelManagerLogic(folders["user"], folders["shipped"]).listModels()
-    assert "tiny-tuned" in [entry["id"] for entry in listed]
+    assert "tiny-tuned" in [entry.id for entry in listed]
     assert progress[-1] == 100 and list(folders["work"].iterdir()) == []
 
 

@@ -13,6 +13,7 @@ from CADExtensionLib.models import (
     BUNDLE_MARKER,
     ModelError,
     ModelManagerLogic,
+    ModelSummary,
     downloadFile,
     sha256OfFile,
     shippedModelsFolder,
@@ -82,13 +83,14 @@ def test_listing_reads_cards_shipped_first_and_skips_broken_folders(folders, pac
     (user / "broken" / "model.json").write_text("{not json")
     (user / "not-a-model").mkdir()
     models = ModelManagerLogic(user, shipped).listModels()
-    assert [m["id"] for m in models] == ["tiny-unet", "tiny-resnet"]
+    assert [m.id for m in models] == ["tiny-unet", "tiny-resnet"]
     unet, resnet = models
-    assert unet["shipped"] is True and unet["path"] == str(shipped / "tiny-unet") and unet["task"] == "segmentation"
-    assert unet["labels"] == {"1": "anterior", "2": "posterior"} and unet["classes"] == []
-    assert resnet == {"id": "tiny-resnet", "version": "0.0.1", "task": "classification", "modality": None,
-                      "description": "", "labels": {}, "classes": ["benign", "malignant"], "baseline": False,
-                      "bundle": False, "fast": None, "path": str(user / "tiny-resnet"), "shipped": False}
+    assert unet.shipped is True and unet.path == str(shipped / "tiny-unet") and unet.task == "segmentation"
+    assert unet.labels == {"1": "anterior", "2": "posterior"} and unet.classes == ()
+    assert resnet == ModelSummary(id="tiny-resnet", title="tiny-resnet", version="0.0.1", task="classification",
+                                  modality="", description="", labels={}, classes=("benign", "malignant"),
+                                  baseline=False, bundle=False, bundleTask="", fast=None,
+                                  path=str(user / "tiny-resnet"), shipped=False)
 
 
 def test_listing_agrees_with_the_engines_registry(tmp_path, packages, monkeypatch):
@@ -100,7 +102,7 @@ def test_listing_agrees_with_the_engines_registry(tmp_path, packages, monkeypatc
     manager = ModelManagerLogic()
     assert manager.userFolder == user and manager.shippedFolder == REPO / "CADExtension" / "cadcore" / "models"
     assert shippedModelsFolder() == manager.shippedFolder
-    assert [(m["id"], m["path"]) for m in manager.listModels()] == [(p.id, str(p.folder)) for p in list_models()]
+    assert [(m.id, m.path) for m in manager.listModels()] == [(p.id, str(p.folder)) for p in list_models()]
     assert manager.engineEnvironment() == {"CAD_MODELS": str(user)}
 
 
@@ -109,7 +111,7 @@ def test_import_folder_then_verify_remove_and_the_engine_finds_it(folders, packa
     copy_package(packages["segmenter"], shipped / "tiny-unet")
     manager = ModelManagerLogic(user, shipped)
     entry = manager.importModel(packages["classifier"])
-    assert entry["id"] == "tiny-resnet" and entry["path"] == str(user / "tiny-resnet") and not entry["shipped"]
+    assert entry.id == "tiny-resnet" and entry.path == str(user / "tiny-resnet") and not entry.shipped
     assert leftovers(user) == ["tiny-resnet"]  # no staging folder left
     assert manager.verifyModel("tiny-resnet") is True
 
@@ -128,7 +130,7 @@ def test_import_folder_then_verify_remove_and_the_engine_finds_it(folders, packa
         manager.removeModel("tiny-unet")
     assert (shipped / "tiny-unet").is_dir()
     manager.removeModel("tiny-resnet")
-    assert leftovers(user) == [] and [m["id"] for m in manager.listModels()] == ["tiny-unet"]
+    assert leftovers(user) == [] and [m.id for m in manager.listModels()] == ["tiny-unet"]
     with pytest.raises(ModelError, match="unknown model"):
         manager.removeModel("tiny-resnet")
 
@@ -143,7 +145,7 @@ def test_import_refuses_overwrite_without_permission_and_shipped_ids(folders, pa
     with pytest.raises(ModelError, match="already installed; pass overwrite=True"):
         manager.importModel(newer)
     assert sha256OfFile(user / "tiny-resnet" / "model.json") == before
-    assert manager.importModel(newer, overwrite=True)["version"] == "0.0.2"
+    assert manager.importModel(newer, overwrite=True).version == "0.0.2"
     assert leftovers(user) == ["tiny-resnet"]
     with pytest.raises(ModelError, match="shipped with the extension"):
         manager.importModel(packages["segmenter"], overwrite=True)
@@ -185,7 +187,7 @@ def test_import_zip(folders, packages, tmp_path, top):
     shipped, user = folders
     archive = zip_folder(packages["classifier"], tmp_path / "download.zip", top)
     manager = ModelManagerLogic(user, shipped)
-    assert manager.importModel(archive)["id"] == "tiny-resnet"
+    assert manager.importModel(archive).id == "tiny-resnet"
     assert leftovers(user) == ["tiny-resnet"] and manager.verifyModel("tiny-resnet")
 
 
@@ -226,10 +228,10 @@ def test_monai_bundle_is_copied_as_is_and_marked(folders, tmp_path):
     bundle = make_bundle(tmp_path / "spleen_ct_segmentation")
     manager = ModelManagerLogic(user, shipped)
     entry = manager.importModel(bundle)
-    assert entry["id"] == "spleen_ct_segmentation" and entry["bundle"] is True
-    assert entry["task"] == "segmentation" and entry["bundleTask"] == "Spleen segmentation"
-    assert (entry["version"], entry["modality"], entry["labels"]) == ("0.5.2", "CT", {"0": "background",
-                                                                                       "1": "spleen"})
+    assert entry.id == "spleen_ct_segmentation" and entry.bundle is True
+    assert entry.task == "segmentation" and entry.bundleTask == "Spleen segmentation"
+    assert (entry.version, entry.modality, entry.labels) == ("0.5.2", "CT", {"0": "background", "1": "spleen"})
+    assert entry.classes == () and entry.fast is None and entry.description == "a MONAI bundle"
     installed = user / "spleen_ct_segmentation"
     for path in bundle.rglob("*"):
         if path.is_file():
@@ -258,7 +260,7 @@ def test_download_checks_the_hash_before_installing(folders, packages, tmp_path)
         manager.downloadModel(archive.as_uri(), "abc")
     progress: list[tuple[int, int | None]] = []
     entry = manager.downloadModel(archive.as_uri(), digest.upper(), onProgress=lambda *a: progress.append(a))
-    assert entry["id"] == "tiny-resnet" and manager.verifyModel("tiny-resnet")
+    assert entry.id == "tiny-resnet" and manager.verifyModel("tiny-resnet")
     assert leftovers(user) == ["tiny-resnet"]
     assert progress and progress[-1][0] == archive.stat().st_size
 

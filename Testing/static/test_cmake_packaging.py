@@ -34,7 +34,9 @@ IGNORED_PARTS = ("__pycache__", ".pytest_cache", ".ruff_cache")
 STANDIN = r"""
 # Stand-in for Slicer's SlicerConfig.cmake, written by Testing/static/test_cmake_packaging.py.
 set(Slicer_FOUND TRUE)
-set(BUILD_TESTING ON)
+if(NOT DEFINED BUILD_TESTING)  # Slicer builds its extensions with testing on; -DBUILD_TESTING=OFF turns it off
+  set(BUILD_TESTING ON)
+endif()
 set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
 set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionGenerateConfig.cmake")
 set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionCPack.cmake")
@@ -89,7 +91,7 @@ def cmake_executable() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("cmake")
 
 
-def configure(source: Path, work: Path) -> tuple[subprocess.CompletedProcess, Path]:
+def configure(source: Path, work: Path, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
     cmake = cmake_executable()
     if cmake is None:
         pytest.skip("cmake not found (pip install 'cmake>=3.25', the 'dev' extra)")
@@ -100,7 +102,7 @@ def configure(source: Path, work: Path) -> tuple[subprocess.CompletedProcess, Pa
     (standin / "SlicerExtensionGenerateConfig.cmake").write_text(GENERATE_CONFIG)
     (standin / "SlicerExtensionCPack.cmake").write_text("")
     build = work / "build"
-    result = subprocess.run([cmake, "-S", str(source), "-B", str(build), f"-DSlicer_DIR={standin}"],
+    result = subprocess.run([cmake, "-S", str(source), "-B", str(build), f"-DSlicer_DIR={standin}", *options],
                             capture_output=True, text=True, timeout=120)
     if result.returncode and "CMAKE_C_COMPILER" in result.stderr and "could be found" in result.stderr:
         pytest.skip("no C/C++ compiler: project() cannot enable its languages (a Slicer build needs one anyway)")
@@ -214,7 +216,21 @@ def test_shipped_models_are_resources(record):
 
 
 def test_unittests_registered(record):
-    assert record["unittests"] == {f"{module}/{module}.py" for module in MODULES}
+    """Each module's in-Slicer tests are registered from Testing/Python (add_subdirectory(Testing)), and packaged,
+    since the module file's ``<Module>Test`` delegates to them; the module file is not registered a second time."""
+    expected = {f"{module}/Testing/Python/{module}ModuleTest.py" for module in MODULES}
+    assert record["unittests"] == expected
+    for module in MODULES:
+        assert f"{module}/Testing/Python/{module}ModuleTest.py" in record["scripts"][module]
+
+
+def test_tests_are_registered_only_with_build_testing(tmp_path):
+    """``BUILD_TESTING`` OFF: the configure still passes and registers no unittest (every registration is guarded),
+    while the packaged files stay the same."""
+    result, path = configure(REPO, tmp_path, "-DBUILD_TESTING=OFF")
+    assert result.returncode == 0, result.stdout + result.stderr
+    off = read_record(path)
+    assert off["unittests"] == set() and packaging_problems(REPO, off) == []
 
 
 def test_extension_metadata(record):

@@ -82,10 +82,23 @@ def parent_assignments(init: ast.FunctionDef) -> dict[str, ast.expr]:
     return found
 
 
+def module_test_file(module: str) -> Path:
+    """Where a module's in-Slicer tests live (Slicer's scripted-module layout)."""
+    return REPO / module / "Testing" / "Python" / f"{module}ModuleTest.py"
+
+
+def panel_files(module: str) -> list[Path]:
+    """The Qt-side files of a module besides the module file: its ``<Module>Widgets`` package and its in-Slicer tests
+    (both run only inside the Slicer application, like the module file)."""
+    folders = [REPO / module / f"{module}Widgets", REPO / module / "Testing" / "Python"]
+    return [path for folder in folders if folder.is_dir() for path in python_files(folder)]
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_template_classes(module):
     """The four classes of Slicer's scripted-module template, with the right bases; Slicer finds the test case by
-    the name ``<Module>Test`` (slicer.testing.runUnitTest) and the logic/widget by theirs."""
+    the name ``<Module>Test`` (Reload and Test, slicer.selfTests, slicer.testing.runUnitTest) and the logic/widget by
+    theirs. ``<Module>Test`` only delegates to the tests in ``Testing/Python`` (selftests.runModuleTest)."""
     found = classes(parse(module_file(module)))
     expected = {module: "ScriptedLoadableModule", f"{module}Widget": "ScriptedLoadableModuleWidget",
                 f"{module}Logic": "ScriptedLoadableModuleLogic", f"{module}Test": "ScriptedLoadableModuleTest"}
@@ -93,12 +106,35 @@ def test_template_classes(module):
         assert name in found, f"{module}.py has no class {name}"
         assert base in base_names(found[name]), f"{name} does not derive from {base}"
     test = found[f"{module}Test"]
+    assert [item.name for item in test.body if isinstance(item, ast.FunctionDef)] == ["runTest"], (
+        f"{module}Test should only delegate (its tests belong in {module_test_file(module).relative_to(REPO)})")
+    calls = [node for node in ast.walk(test)
+             if isinstance(node, ast.Call) and ast.unparse(node.func) == "runModuleTest"]
+    assert len(calls) == 1, f"{module}Test.runTest does not call runModuleTest"
+    assert [ast.unparse(arg) for arg in calls[0].args[:2]] == ["__file__", repr(f"{module}ModuleTest")]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_tests_in_testing_python(module):
+    """``Testing/Python/<Module>ModuleTest.py`` defines ``<Module>ModuleTest`` (the name runModuleTest looks up), a
+    ScriptedLoadableModuleTest whose runTest calls every test_ method (Reload and Test runs runTest only), and no
+    other test case class that ctest's runUnitTest would also collect."""
+    path = module_test_file(module)
+    assert path.is_file(), f"{path.relative_to(REPO)} is missing"
+    found = classes(parse(path))
+    name = f"{module}ModuleTest"
+    assert name in found and "ScriptedLoadableModuleTest" in base_names(found[name])
+    assert [c for c in found if c.endswith("Test")] == [name]
+    test = found[name]
     tests = [item.name for item in test.body if isinstance(item, ast.FunctionDef) and item.name.startswith("test_")]
-    assert tests, f"{module}Test has no test_ method"
+    assert tests, f"{name} has no test_ method"
     run = method(test, "runTest")
-    assert run is not None, f"{module}Test has no runTest"
+    assert run is not None, f"{name} has no runTest"
     called = {ast.unparse(node.func) for node in ast.walk(run) if isinstance(node, ast.Call)}
-    assert {f"self.{name}" for name in tests} <= called, f"{module}Test.runTest does not call every test_ method"
+    assert {f"self.{test_name}" for test_name in tests} <= called, f"{name}.runTest does not call every test_ method"
+    imported = {alias.name for node in parse(path).body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    extra = {c for c in imported if c.endswith("Test")} - {"ScriptedLoadableModuleTest"}
+    assert not extra, f"{sorted(extra)}: a test case class imported here runs a second time under ctest"
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -160,17 +196,17 @@ def test_widget_lifecycle(module):
 @pytest.mark.parametrize("module", MODULES)
 def test_module_files_never_import_the_engine(module):
     """Not even inside a function: torch/MONAI/cadcore stay in the engine process; the module goes through its Lib.
-    The same holds for the module's ``<Module>Widgets`` package (panel sections kept out of the module file)."""
-    widgets = REPO / module / f"{module}Widgets"
-    paths = [module_file(module), *(python_files(widgets) if widgets.is_dir() else [])]
+    The same holds for the module's ``<Module>Widgets`` package (panel sections kept out of the module file) and for
+    its in-Slicer tests in ``Testing/Python``."""
+    paths = [module_file(module), *panel_files(module)]
     assert [v for path in paths for v in violations(path, HEAVY)] == []
 
 
 def test_widget_packages_stay_small_and_out_of_the_glue():
-    """A ``<Module>Widgets`` file is Qt code like the module file: the same size limit, and no Lib imports it."""
+    """A ``<Module>Widgets`` or ``Testing/Python`` file is Qt code like the module file: the same size limit, and no
+    Lib imports a Widgets package."""
     for module in MODULES:
-        widgets = REPO / module / f"{module}Widgets"
-        for path in python_files(widgets) if widgets.is_dir() else []:
+        for path in panel_files(module):
             assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_MODULE_LINES, path
     for package in LIB_PACKAGES:
         for path in python_files(package) if package.is_dir() else []:

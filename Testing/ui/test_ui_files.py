@@ -37,7 +37,7 @@ EXPECTED_WARNINGS = (
 
 # Slicer's GUI connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): widget class (exact type) ->
 # the field kinds it can represent. "str+choice" is QComboBoxToStringableConnector, which raises without Choice;
-# ctkComboBox + str is CADExtension's ModelSelectorConnector (checked to exist below).
+# ctkComboBox + str is CADExtensionWidgets' ModelSelectorConnector (checked to exist below).
 CONNECTORS = {
     "QCheckBox": {"bool"},
     "QPushButton": {"bool"},
@@ -230,17 +230,21 @@ def test_parameter_bindings_match_the_parameter_node(module):
 
 
 def test_model_selector_connector_exists():
-    """ctkComboBox + str is not one of Slicer's own connectors: CADExtension.py must register one for it."""
-    tree = module_tree("CADExtension")
+    """ctkComboBox + str is not one of Slicer's own connectors: CADExtensionWidgets must register one for it, and
+    the panels must import that package in ``setup``, before their ``connectGui``."""
+    path = REPO / "CADExtension" / "CADExtensionWidgets" / "ModelSelector.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     connectors = [node for node in tree.body if isinstance(node, ast.ClassDef)
                   and any(ast.unparse(d) == "parameterNodeGuiConnector" for d in node.decorator_list)]
-    assert connectors, "no @parameterNodeGuiConnector class in CADExtension.py"
+    assert connectors, f"no @parameterNodeGuiConnector class in {path.relative_to(REPO)}"
     can_represent = next(item for item in connectors[0].body if getattr(item, "name", "") == "canRepresent")
     assert "ctk.ctkComboBox" in ast.unparse(can_represent)
-    for module in ("CADSegment", "CADClassify"):  # the panels import CADExtension before connectGui
+    package = (REPO / "CADExtension" / "CADExtensionWidgets" / "__init__.py").read_text(encoding="utf-8")
+    assert connectors[0].name in package  # importing the package imports (and so registers) the connector
+    for module in ("CADSegment", "CADClassify"):
         setup = next(node for node in ast.walk(module_tree(module)) if isinstance(node, ast.FunctionDef)
                      and node.name == "setup")
-        assert any(isinstance(node, ast.Import) and node.names[0].name == "CADExtension" for node in setup.body)
+        assert any(isinstance(node, ast.Import) and node.names[0].name == "CADExtensionWidgets" for node in setup.body)
 
 
 def test_panel_sections_are_checked_too():

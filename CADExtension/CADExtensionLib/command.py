@@ -2,7 +2,7 @@
 
 Kept free of ``slicer``, ``vtk`` and I/O so the exact argv the Slicer module runs can be unit-tested as a list, and
 so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...``, ``cad classify INPUT -m MODEL -o RESULT
-...`` and ``cad train --data DATA -o OUTPUT --init MODEL ...``, README "The ``cad`` command") are written down in
+...`` and ``cad train --data DATA -o OUTPUT --init MODEL ...``, docs/cli.md) are written down in
 exactly one place on the Slicer side.
 """
 

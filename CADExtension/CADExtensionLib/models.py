@@ -1,6 +1,6 @@
 """The model registry seen from Slicer: list, import, verify, remove and download models without importing cadcore.
 
-The engine's registry (``cadcore.models``) is two folders of packages (``<id>/model.json`` + ``model.safetensors``):
+The engine's registry (``cadcore.registry``) is two folders of packages (``<id>/model.json`` + ``model.safetensors``):
 the packages shipped in ``CADExtension/cadcore/models/``, then the user folder (``$CAD_MODELS``, default
 ``~/.cadextension/models``); the first package of a given id wins. This module reads the same cards with the
 standard library only, so listing models never loads torch into Slicer's interpreter. The user folder can be given

@@ -33,7 +33,7 @@ _FORBIDDEN = ("~", "^", "|", "\n", "\r")
 
 
 def terminologyEntry(label: Mapping[str, Any]) -> str:
-    """Slicer's ``TerminologyEntry`` string for a label: the format of ``cadcore.labelmaps.terminology_entry``.
+    """Slicer's ``TerminologyEntry`` string for a label: the format of ``cadcore.io.labelmaps.terminology_entry``.
 
     Copied (not imported) because the glue must not import the engine. Seven parts joined by ``~``: context,
     category, type, type modifier, region context, region, region modifier; each code ``scheme^code^meaning``. A

@@ -21,7 +21,7 @@ import slicer
 import vtk
 
 ENGINE_VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-"""Formats both Slicer's storage node writes and the engine reads (README, ``cad segment INPUT``)."""
+"""Formats both Slicer's storage node writes and the engine reads (docs/cli.md, ``cad segment INPUT``)."""
 
 RAS_TO_LPS = (-1.0, -1.0, 1.0)
 """Slicer's RAS and ITK's LPS differ by flipping the first two world axes, for directions and the origin alike."""

@@ -32,7 +32,8 @@ from CADExtensionLib.volumes import exportVolumeToFile
 
 MINIMUM_PAIRS = 2
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-"""The image suffixes the engine pairs in ``images/`` + ``labels/`` (``cadcore.io``); a ``.seg.nrrd`` is not one."""
+"""The image suffixes the engine pairs in ``images/`` + ``labels/`` (``cadcore.io.images``); a ``.seg.nrrd`` is not
+one."""
 
 
 def modelLabels(card: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -9,11 +9,11 @@ Dice per round in the card is comparable. The last student is exported into OUTP
 what was asked for, and the card shows every round's score to judge it by.
 
 By default the student starts from scratch (or from ``--init``'s weights, as the teacher did), not from the teacher's
-weights: that is the "noisy student" recipe (Xie et al., CVPR 2020). A student initialised with the teacher sits in
-the teacher's minimum and, trained on the teacher's own answers, may mostly confirm its mistakes; a fresh student,
-trained with augmentation on several times more volumes, has to generalise from them. ``--student-init teacher``
-(every layer at the full learning rate) and ``--student-augmentation`` (wider rotation and scaling for the student
-only) are there to measure the alternatives; README "Training for researchers" gives what they did on hippocampus.
+weights: that is the "noisy student" recipe (Xie et al., CVPR 2020). A student initialised with the teacher sits in the
+teacher's minimum and, trained on the teacher's own answers, may mostly confirm its mistakes; a fresh student, trained
+with augmentation on several times more volumes, has to generalise from them. ``--student-init teacher`` (every layer at
+the full learning rate) and ``--student-augmentation`` (wider rotation and scaling for the student only) are there to
+measure the alternatives; docs/research-results.md, "Training for researchers", gives what they did on hippocampus.
 
 Layout: ``OUTPUT/self_training/round_0`` (teacher package), ``pseudo_<r>`` (pseudo-labels, ``dataset.json``,
 ``summary.json``), ``round_<r>`` (student package); OUTPUT holds the final package. Every input is checked before

@@ -20,7 +20,6 @@ from cadcore.io.images import atomic_path, read_volume, same_grid, write_image
 from cadcore.io.labelmaps import (
     EMPTY_TERMINOLOGY,
     label_volumes_ml,
-    read_segment_metadata,
     terminology_entry,
     write_labelmap,
 )
@@ -117,19 +116,6 @@ def test_seg_nrrd_header_has_slicer_segment_fields(tmp_path, oblique_image):
     ijk_to_lps[:3, 3] = header["space origin"]
     assert np.allclose(ijk_to_ras, np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps, atol=1e-9)
     assert [int(v) for v in numbers[16:]] == [0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1]
-
-
-def test_read_segment_metadata_returns_what_was_written(tmp_path, oblique_image):
-    path = write_labelmap(labels_on(oblique_image), tmp_path / "result.seg.nrrd", LABELS)
-    segments = read_segment_metadata(path)
-    assert [s["value"] for s in segments] == [1, 2, 3, 7]
-    assert [s["name"] for s in segments] == [label["name"] for label in LABELS]
-    assert [s["id"] for s in segments] == ["Segment_1", "Segment_2", "Segment_3", "Segment_7"]
-    for segment, label in zip(segments, LABELS):
-        assert np.allclose(segment["color"], label["color"], atol=1e-6)
-        assert segment["terminology"] == terminology_entry(label)
-        assert segment["layer"] == 0
-    assert segments[0]["terminology"] == ADRENAL_MASS_ENTRY
 
 
 def test_terminology_entry_format():

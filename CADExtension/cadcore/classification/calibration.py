@@ -1,30 +1,13 @@
 """Calibrated probabilities: temperature scaling (Guo et al. 2017) and the expected calibration error.
 
 CNN softmax outputs are over-confident; one temperature fitted on validation logits (minimising the negative
-log-likelihood) fixes most of it without changing any prediction (argmax is invariant to T).
+log-likelihood; :func:`cadcore.classification.ensemble.fit_averaged_temperature`, for the averaged prediction of
+an ensemble with flips) fixes most of it without changing any prediction (argmax is invariant to T).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
-    """The temperature T > 0 minimising NLL of softmax(logits / T) on held-out data."""
-    logits_t = torch.as_tensor(logits, dtype=torch.float64)
-    labels_t = torch.as_tensor(labels, dtype=torch.long)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits_t / log_t.exp(), labels_t)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io.images import same_grid
+from cadcore.io.images import check_same_grid
 from cadcore.preprocessing.working_space import orient, to_array
 
 
@@ -85,8 +85,7 @@ def extract_roi(image: sitk.Image, spec: dict[str, Any], mask: sitk.Image | None
     mask_array = None
     info: dict[str, Any] = {}
     if mask is not None:
-        if not same_grid(image, mask, tolerance=1e-3):
-            raise CadError("mask grid (size/spacing/origin/direction) differs from the image's", source)
+        check_same_grid(image, mask, source, what="mask")
         values = sitk.GetArrayViewFromImage(mask)
         if label is None:
             label = int(values.max())

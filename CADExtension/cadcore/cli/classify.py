@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-import SimpleITK as sitk
 
 from cadcore.classification.predict import classify_image
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
-from cadcore.io.images import atomic_path, check_output_path, read_image, read_volume
+from cadcore.io.images import check_output_path, read_image, read_volume, refuse_existing, write_image, write_json
 from cadcore.registry.packages import find_model
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -33,8 +30,7 @@ def _triple(text: str | None, what: str) -> list[float] | None:
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if output.exists() and not args.force:
-        raise CadError("output exists; pass --force to overwrite it", output)
+    refuse_existing(output.exists(), "output exists", output, args.force)
     if not output.parent.exists():
         raise CadError("output folder does not exist", output.parent)
     if args.heatmap:
@@ -56,12 +52,9 @@ def run(args: argparse.Namespace) -> int:
     written: list[Path] = []
     try:
         if result.heatmap is not None:
-            with atomic_path(args.heatmap) as tmp:
-                sitk.WriteImage(result.heatmap, str(tmp), True)
-            written.append(Path(args.heatmap))
+            written.append(write_image(result.heatmap, args.heatmap))
             result.report["heatmap"] = str(args.heatmap)
-        with atomic_path(output) as tmp:
-            tmp.write_text(json.dumps(result.report, indent=2) + "\n")
+        write_json(output, result.report)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.evaluation.segmentation import evaluate
-from cadcore.io.images import atomic_path
+from cadcore.io.images import refuse_existing, write_json
 from cadcore.registry.packages import find_model
 
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
-    if output.exists() and not args.force:
-        raise CadError("report exists; pass --force to overwrite it", output)
+    refuse_existing(output.exists(), "report exists", output, args.force)
     if not output.parent.exists():
         raise CadError("output folder does not exist", output.parent)
     configure_cpu_threads()
@@ -26,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split == "test":
         raise CadError("--split test is for .npz classification data; segmentation uses val or all")
     report = evaluate(args.model, args.data, args.split, args.device, getattr(args, "fast", False))
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output, report)
     print(f"report: {output}")
     print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {report['mean_dice']:.4f}")
     for value, row in report["per_label"].items():
@@ -42,8 +39,7 @@ def _evaluate_classifier_command(args: argparse.Namespace, package, output: Path
     package.verify()
     roc_path = output.with_name(output.name.removesuffix(".json") + "_roc.png")
     report = evaluate_classifier(package, args.data, args.split, args.device, roc_path)
-    with atomic_path(output) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output, report)
     print(f"report: {output}")
     sens = report["sensitivity"]
     spec = report["specificity"]

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, fields
+from typing import Any
 
 from cadcore import __version__
+from cadcore.training.config import CascadeOptions, ClassifyConfig, SelfTrainOptions, TrainConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,6 +28,13 @@ def _floats(text: str) -> list[float]:
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
+
+
+def _default(config: type, name: str) -> Any:
+    """A training setting's default, from its dataclass (the only place defaults are written)."""
+    spec = next(f for f in fields(config) if f.name == name)
+    value = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+    return ",".join(map(str, value)) if isinstance(value, list) else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,32 +57,43 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run at the model card's low fast resolution (CPU-only laptops); labels on the input grid")
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
-    tr = sub.add_parser("train", help="train a model and export a package")
+    seg, cls, cas, st_ = TrainConfig, ClassifyConfig, CascadeOptions, SelfTrainOptions
+    tr = sub.add_parser("train", help="train a model and export a package (unset flags take training/config.py's "
+                                      "defaults)")
     tr.add_argument("--task", default="segment", choices=["segment", "classify"])
     tr.add_argument("--data", required=True,
                     help="segment: dataset.json or images/+labels/ folder; classify: MedMNIST .npz or CSV")
     tr.add_argument("-o", "--output", required=True, help="model package folder to create")
-    tr.add_argument("--id", dest="model_id", default="", help="model id (default: the output folder's name)")
-    tr.add_argument("--epochs", type=int, default=None, help="default 100 (segment), 60 (classify)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--val-fraction", type=float, default=0.2)
-    tr.add_argument("--val-every", type=int, default=5)
-    tr.add_argument("--batch-size", type=int, default=None, help="default 2 (segment), 32 (classify)")
-    tr.add_argument("--patch-size", type=_ints, default=[40, 56, 40], help="I,J,K voxels")
-    tr.add_argument("--filters", type=_ints, default=[16, 32, 64, 128], help="channels per U-Net level")
-    tr.add_argument("--lr", dest="learning_rate", type=float, default=None, help="default 2e-3 / 1e-3")
+    tr.add_argument("--id", dest="model_id", default=None, help="model id (default: the output folder's name)")
+    tr.add_argument("--epochs", type=int, default=None,
+                    help=f"default {_default(seg, 'epochs')} (segment), {_default(cls, 'epochs')} (classify)")
+    tr.add_argument("--seed", type=int, default=None, help=f"default {_default(seg, 'seed')}")
+    tr.add_argument("--val-fraction", type=float, default=None, help=f"default {_default(seg, 'val_fraction')}")
+    tr.add_argument("--val-every", type=int, default=None, help=f"default {_default(seg, 'val_every')}")
+    tr.add_argument("--batch-size", type=int, default=None,
+                    help=f"default {_default(seg, 'batch_size')} (segment), {_default(cls, 'batch_size')} (classify)")
+    tr.add_argument("--patch-size", type=_ints, default=None,
+                    help=f"I,J,K voxels (default {_default(seg, 'patch_size')})")
+    tr.add_argument("--filters", type=_ints, default=None,
+                    help=f"channels per U-Net level (default {_default(seg, 'filters')})")
+    tr.add_argument("--lr", dest="learning_rate", type=float, default=None,
+                    help=f"default {_default(seg, 'learning_rate')} / {_default(cls, 'learning_rate')}")
     tr.add_argument("--spacing", type=_floats, default=None, help="working spacing in mm (default: as stored)")
-    tr.add_argument("--modality", default="MR", help="MR (percentile clip + z-score) or CT (window + scale)")
-    tr.add_argument("--mirror-axes", type=_ints, default=[0], help="axes safe to mirror (I=0 is left-right)")
+    tr.add_argument("--modality", default=None,
+                    help=f"MR (percentile clip + z-score) or CT (window + scale); default {_default(seg, 'modality')}")
+    tr.add_argument("--mirror-axes", type=_ints, default=None,
+                    help=f"axes safe to mirror (I=0 is left-right; default {_default(seg, 'mirror_axes')})")
     tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
-    tr.add_argument("--description", default="")
+    tr.add_argument("--description", default=None)
     tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning; a "
                     "cascade needs --cascade: each stage starts from its own)")
-    tr.add_argument("--freeze-encoder-epochs", type=int, default=0, help="with --init: encoder frozen this long")
-    tr.add_argument("--pretrained-lr-factor", type=float, default=0.1,
-                    help="with --init: learning-rate factor for pretrained layers")
+    tr.add_argument("--freeze-encoder-epochs", type=int, default=None,
+                    help=f"with --init: encoder frozen this long (default {_default(seg, 'freeze_encoder_epochs')})")
+    tr.add_argument("--pretrained-lr-factor", type=float, default=None,
+                    help=f"with --init: learning-rate factor for pretrained layers (default "
+                         f"{_default(seg, 'pretrained_lr_factor')})")
     tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
     ca = tr.add_argument_group("cascade (--cascade): coarse network finds the target, fine network segments its ROI")
@@ -84,33 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
                     help="coarse patch I,J,K (default: the median volume at the coarse spacing)")
     ca.add_argument("--coarse-filters", type=_ints, default=None, help="coarse U-Net channels (default: --filters)")
     ca.add_argument("--coarse-epochs", type=int, default=None, help="coarse stage epochs (default: --epochs)")
-    ca.add_argument("--roi-margin", type=float, default=None, help="mm around the target's box (default 10)")
+    ca.add_argument("--roi-margin", type=float, default=None,
+                    help=f"mm around the target's box (default {_default(cas, 'roi_margin'):g})")
     ca.add_argument("--roi-jitter", type=float, default=None,
-                    help="training crops: each side's margin times U(1-j, 1+j) (default 0.5)")
+                    help=f"training crops: each side's margin times U(1-j, 1+j) (default "
+                         f"{_default(cas, 'roi_jitter')})")
     st = tr.add_argument_group("self-training (--unlabelled): teacher → pseudo-labels → student, K rounds")
     st.add_argument("--unlabelled", default=None,
                     help="folder of unlabelled volumes, or a text file with one volume path per line")
-    st.add_argument("--rounds", type=int, default=None, help="pseudo-label/student rounds (default 1)")
+    st.add_argument("--rounds", type=int, default=None,
+                    help=f"pseudo-label/student rounds (default {_default(st_, 'rounds')})")
     st.add_argument("--confidence", type=float, default=None,
-                    help="pseudo-label voxels whose top class probability is lower are ignored (default 0.9)")
+                    help=f"pseudo-label voxels whose top class probability is lower are ignored (default "
+                         f"{_default(st_, 'confidence')})")
     st.add_argument("--student-epochs", type=int, default=None, help="epochs per student (default: --epochs)")
     st.add_argument("--student-init", choices=["scratch", "teacher"], default=None,
                     help="each student starts from scratch (or --init's weights; default) or from the teacher's")
     st.add_argument("--student-augmentation", type=float, default=None, metavar="FACTOR",
-                    help="the student's rotation and scaling ranges, times the teacher's (default 1; 0 to 3)")
+                    help=f"the student's rotation and scaling ranges, times the teacher's (default "
+                         f"{_default(st_, 'student_augmentation'):g}; 0 to 3)")
     st.add_argument("--no-pseudo-tta", dest="pseudo_tta", action="store_false",
                     help="pseudo-label without averaging over flips along --mirror-axes")
     cl = tr.add_argument_group("classification (--task classify)")
-    cl.add_argument("--network", default="resnet18", choices=["resnet18", "densenet121"])
-    cl.add_argument("--widths", type=_ints, default=[32, 64, 128, 256], help="ResNet channels per stage")
+    cl.add_argument("--network", default=None, choices=["resnet18", "densenet121"],
+                    help=f"default {_default(cls, 'network')}")
+    cl.add_argument("--widths", type=_ints, default=None,
+                    help=f"ResNet channels per stage (default {_default(cls, 'widths')})")
     cl.add_argument("--baseline", default=None, choices=["svm", "rf"], help="train the classical baseline instead")
-    cl.add_argument("--classes", type=lambda t: t.split(","), default=[], dest="class_names",
+    cl.add_argument("--classes", type=lambda t: t.split(","), default=None, dest="class_names",
                     help="class names, comma-separated, in label order")
-    cl.add_argument("--patience", type=int, default=15, help="early stopping on validation AUC")
+    cl.add_argument("--patience", type=int, default=None,
+                    help=f"early stopping on validation AUC (default {_default(cls, 'patience')})")
     cl.add_argument("--tta", action="store_true", help="predict with flip test-time augmentation (card setting)")
-    cl.add_argument("--roi-size", type=_ints, default=[28, 28, 28])
+    cl.add_argument("--roi-size", type=_ints, default=None, help=f"default {_default(cls, 'roi_size')}")
     cl.add_argument("--roi-spacing", type=_floats, default=None, help="mm; default: fit the lesion extent")
-    cl.add_argument("--roi-input", default="image", choices=["image", "mask", "masked_image"])
+    cl.add_argument("--roi-input", default=None, choices=["image", "mask", "masked_image"],
+                    help=f"default {_default(cls, 'roi_input')}")
 
     ev = sub.add_parser("evaluate", help="score a model on a dataset (Dice, HD95)")
     ev.add_argument("-m", "--model", required=True)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
-from cadcore.io.images import atomic_path, check_output_path, read_volume
+from cadcore.io.images import check_output_path, read_volume, refuse_existing, write_json
 from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel
@@ -24,8 +23,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     output = check_output_path(args.output, args.force)
     sidecar_path = Path(f"{output}.json")
-    if sidecar_path.exists() and not args.force:
-        raise CadError("output sidecar exists; pass --force to overwrite it", sidecar_path)
+    refuse_existing(sidecar_path.exists(), "output sidecar exists", sidecar_path, args.force)
     if args.probabilities:
         check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
     if args.png:
@@ -65,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
             written.append(render_overlay(image, result.labels, package.labels, args.png,
                                           f"{package.id} on {Path(args.input).name}"))
-        with atomic_path(sidecar_path) as tmp:
-            tmp.write_text(json.dumps(report, indent=2) + "\n")
+        written.append(write_json(sidecar_path, report))
         progress.update("write", 1.0)
     except BaseException:
         for path in written:  # all outputs or none: a sidecar never describes a missing file, nor the reverse

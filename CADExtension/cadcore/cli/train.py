@@ -6,8 +6,6 @@ import argparse
 import signal
 import threading
 
-from cadcore.training.config import CLASSIFY_DEFAULTS, SEGMENT_DEFAULTS
-
 
 def interrupt_on_signals() -> None:
     """SIGTERM (a cancel from Slicer, a batch scheduler) and SIGINT both become KeyboardInterrupt, so training saves
@@ -26,9 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu_threads()
     interrupt_on_signals()
-    values = vars(args)
-    defaults = CLASSIFY_DEFAULTS if args.task == "classify" else SEGMENT_DEFAULTS
-    values.update({k: v for k, v in defaults.items() if values.get(k) is None})
+    values = {key: value for key, value in vars(args).items() if value is not None}  # unset: the config's default
     from cadcore.training.cascade import check_flags as check_cascade_flags
 
     check_cascade_flags(values)

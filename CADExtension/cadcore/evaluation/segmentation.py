@@ -15,7 +15,7 @@ from tqdm import tqdm
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import dice, hd95
 from cadcore.io.datasets import load_dataset, select_split
-from cadcore.io.images import read_image, read_volume, same_grid
+from cadcore.io.images import check_same_grid, read_image, read_volume
 from cadcore.preprocessing.working_space import to_array
 from cadcore.registry.packages import find_model
 from cadcore.segmentation.predict import segment_image
@@ -65,8 +65,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
         if case.label is None:
             raise CadError("case has no label to score against", case.image)
         truth_image = read_image(case.label)
-        if not same_grid(image, truth_image, tolerance=1e-3):
-            raise CadError(f"label grid differs from its image {case.image.name}", case.label)
+        check_same_grid(image, truth_image, case.label, case.image)
         case_started = time.perf_counter()
         result = segment_image(image, package, device, fast=fast)
         prediction = to_array(result.labels)

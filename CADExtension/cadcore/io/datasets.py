@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cadcore.errors import CadError
 from cadcore.io.images import VOLUME_SUFFIXES, suffix_of
@@ -131,3 +132,22 @@ def select_split(dataset: Dataset, split: str, val_ids: list[str] | None) -> lis
             raise CadError("none of the model's validation cases are in this dataset; use --split all", dataset.root)
         return chosen
     raise CadError(f"unknown split {split!r} (use val or all)")
+
+
+def dataset_description(dataset: Dataset, training: list[dict[str, Any]], validation: list[dict[str, Any]],
+                        name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A ``dataset.json`` derived from ``dataset`` (its labels, licence and modality) with other cases: the one writer
+    of the format :func:`load_dataset` reads (cascade crops, self-training's pseudo-labelled set)."""
+    labels = {"0": "background", **{str(k): v for k, v in sorted(dataset.label_names.items())}}
+    spec: dict[str, Any] = {"name": name or dataset.name or dataset.root.name, "labels": labels,
+                            "training": training, "validation": validation, **extra}
+    if dataset.licence:
+        spec["licence"] = dataset.licence
+    if dataset.modality:
+        spec["modality"] = {"0": dataset.modality}
+    return spec
+
+
+def dataset_entry(image: str | Path, label: str | Path, pseudo: bool = False) -> dict[str, Any]:
+    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one."""
+    return {"image": str(image), "label": str(label), **({"pseudo": True} if pseudo else {})}

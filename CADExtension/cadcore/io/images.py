@@ -8,6 +8,7 @@ are renamed into place, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 import struct
@@ -16,6 +17,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -153,13 +155,31 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     )
 
 
+def refuse_existing(exists: bool, what: str, where: str | Path, force: bool, resume: bool | None = None,
+                    verb: str = "overwrite it") -> None:
+    """The one guard for anything a command would replace: ``what`` (e.g. "output exists") is refused unless
+    ``--force`` says to {verb}, or, where a run can be continued (``resume`` is not None), ``--resume`` says so."""
+    if not exists or force or resume:
+        return
+    hint = f"pass --resume to continue or --force to {verb}" if resume is not None else f"pass --force to {verb}"
+    raise CadError(f"{what}; {hint}", where)
+
+
+def check_same_grid(image: sitk.Image, other: sitk.Image, other_path: str | Path, image_path: str | Path | None = None,
+                    what: str = "label") -> None:
+    """Refuse a label (or mask) whose grid is not its image's: its voxels would lie somewhere else. The message
+    names the label's file (and the image's, when known)."""
+    if not same_grid(image, other, tolerance=1e-3):
+        image_name = f" {Path(image_path).name}" if image_path is not None else ""
+        raise CadError(f"{what} grid differs from its image{image_name} (size/spacing/origin/direction)", other_path)
+
+
 def check_output_path(path: str | Path, force: bool, allowed: tuple[str, ...] = LABELMAP_SUFFIXES) -> Path:
     """Validate an output path before any work starts: known suffix, writable folder, no overwrite unless forced."""
     path = Path(path)
     if suffix_of(path) not in allowed:
         raise CadError(f"unsupported output format (use one of {', '.join(allowed)})", path)
-    if path.exists() and not force:
-        raise CadError("output exists; pass --force to overwrite it", path)
+    refuse_existing(path.exists(), "output exists", path, force)
     if not path.parent.exists():
         raise CadError("output folder does not exist", path.parent)
     return path
@@ -199,3 +219,11 @@ def _first_line(exc: BaseException) -> str:
     """SimpleITK errors are multi-line C++ traces; keep the informative last non-empty line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Write a JSON document (sidecar, report, dataset description) atomically, indented, newline-terminated."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+    return path

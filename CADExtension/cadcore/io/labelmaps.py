@@ -81,40 +81,6 @@ def terminology_entry(label: dict[str, Any]) -> str:
                      region_context, codes["region"], codes["region_modifier"]))
 
 
-def read_segment_metadata(path: str | Path) -> list[dict[str, Any]]:
-    """The segments of a ``.seg.nrrd`` header, in file order: id, value, name, color, layer, extent, terminology.
-
-    Only the header is read (no voxels), so the Slicer glue can name segments cheaply. ``terminology`` is the raw
-    ``TerminologyEntry`` string ("" when absent), which is what ``vtkSegment.SetTag`` takes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CadError("file not found", path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise CadError(f"cannot read segmentation header ({str(exc).strip().splitlines()[-1]})", path) from exc
-    fields = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    if "Segment0_ID" not in fields:
-        raise CadError("not a 3D Slicer segmentation file (no Segment0_ID field)", path)
-    segments = []
-    while f"Segment{len(segments)}_ID" in fields:  # Slicer stops at the first missing index too
-        prefix = f"Segment{len(segments)}_"
-        segment = {key[len(prefix):]: value for key, value in fields.items() if key.startswith(prefix)}
-        segments.append({
-            "id": segment["ID"],
-            "value": int(segment.get("LabelValue", "1")),
-            "name": segment.get("Name", segment["ID"]),
-            "color": [float(c) for c in segment.get("Color", "0.5 0.5 0.5").split()],
-            "layer": int(segment.get("Layer", "0")),
-            "extent": [int(e) for e in segment.get("Extent", "").split()],
-            "terminology": _parse_tags(segment.get("Tags", "")).get("TerminologyEntry", ""),
-        })
-    return segments
-
-
 def label_volumes_ml(image: sitk.Image, labels: list[dict[str, Any]]) -> dict[int, float]:
     """Volume of each listed label in mL (voxel count × voxel volume in mm³ / 1000); 0.0 for an absent label.
 
@@ -227,9 +193,3 @@ def _color(color: Any, name: str, path: Path) -> list[float]:
     if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
         raise CadError(f"label {name!r}: color must be three floats in 0..1, got {color!r}", path)
     return rgb
-
-
-def _parse_tags(tags: str) -> dict[str, str]:
-    """``key:value|key:value|`` → dict, split at the first ``:`` like Slicer's ``SetSegmentTagsFromString``."""
-    pairs = (item.split(":", 1) for item in tags.split("|") if ":" in item)
-    return {key: value for key, value in pairs}

@@ -17,10 +17,6 @@ import SimpleITK as sitk
 from cadcore.errors import CadError
 from cadcore.preprocessing.resampling import needs_resampling, resample_to_spacing
 
-# B-spline keeps edges that linear interpolation blurs; the networks are trained on unblurred voxels. A card may ask
-# for "interpolation": "linear" instead: a network trained through MONAI's Spacingd (bilinear), such as a converted
-# Model Zoo bundle, should see the same interpolation it was trained on.
-IMAGE_INTERPOLATOR = sitk.sitkBSpline
 IMAGE_INTERPOLATORS = {"bspline": sitk.sitkBSpline, "linear": sitk.sitkLinear}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cadcore.errors import CadError
+from cadcore.io.images import refuse_existing
 from cadcore.registry.locations import user_models_dir
 from cadcore.registry.packages import ModelPackage, find_model, read_card
 
@@ -43,9 +44,8 @@ def import_package(source: Path, force: bool = False) -> ModelPackage:
     package = find_model(source)
     package.verify()
     target = user_models_dir() / package.id
+    refuse_existing(target.exists(), "a model with this id is already installed", target, force, verb="replace it")
     if target.exists():
-        if not force:
-            raise CadError("a model with this id is already installed; pass --force to replace it", target)
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(package.folder, target)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cadcore.errors import CadError
+from cadcore.io.images import refuse_existing
 from cadcore.registry.card import ModelSummary
 from cadcore.registry.locations import CARD_NAME, registry_folders, sha256_of, user_models_dir
 
@@ -207,9 +208,8 @@ def import_bundle(source: Path, force: bool = False) -> BundleModel:
     bundle = read_bundle(Path(source))
     bundle.verify()
     target = user_models_dir() / bundle.id
+    refuse_existing(target.exists(), "a model with this id is already installed", target, force, verb="replace it")
     if target.exists():
-        if not force:
-            raise CadError("a model with this id is already installed; pass --force to replace it", target)
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(bundle.folder, target)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.io.images import atomic_path
+from cadcore.io.images import write_image
 from cadcore.registry.bundles import BundleModel
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.predict import SegmentationResult
@@ -25,8 +25,7 @@ def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: 
     """(C, I, J, K) → a vector image (one component per class) with the reference's geometry."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(probabilities.transpose(3, 2, 1, 0)), isVector=True)
     image.CopyInformation(reference)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), True)
+    write_image(image, path)
 
 
 def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, image: sitk.Image, seconds: float,

@@ -12,11 +12,6 @@ import torch
 from cadcore.errors import CadError
 
 
-def fit_patch(patch_size: list[int], shape: tuple[int, ...]) -> list[int]:
-    """MONAI pads inputs smaller than the window, so the window stays the card's patch size."""
-    return [int(p) for p in patch_size]
-
-
 @torch.no_grad()
 def fold_batch_norm(network: torch.nn.Module) -> torch.nn.Module:
     """Fold eval-mode batch norms into the convolutions before them (MONAI ``Convolution`` blocks), in place.
@@ -85,7 +80,7 @@ def predict_probabilities(
 
     logits = sliding_window_inference(
         volume,
-        roi_size=fit_patch(patch_size, volume.shape[2:]),
+        roi_size=[int(p) for p in patch_size],  # MONAI pads a smaller input up to the window
         sw_batch_size=sw_batch_size,
         predictor=predictor,
         overlap=overlap,

@@ -44,8 +44,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io.datasets import Case, Dataset, load_dataset
-from cadcore.io.images import atomic_path, read_image, read_volume, same_grid
+from cadcore.io.datasets import Case, Dataset, dataset_description, dataset_entry, load_dataset
+from cadcore.io.images import check_same_grid, read_image, read_volume, refuse_existing, write_json
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, find_model, save_package
@@ -99,28 +99,6 @@ def split_of(dataset: Dataset, config: TrainConfig) -> tuple[list[Case], list[Ca
     return train_cases, val_cases
 
 
-def dataset_spec(dataset: Dataset, training: list[dict[str, Any]], validation: list[dict[str, Any]],
-                 **extra: Any) -> dict[str, Any]:
-    labels = {"0": "background", **{str(k): v for k, v in sorted(dataset.label_names.items())}}
-    spec: dict[str, Any] = {"name": dataset.name or dataset.root.name, "labels": labels,
-                            "training": training, "validation": validation, **extra}
-    if dataset.licence:
-        spec["licence"] = dataset.licence
-    if dataset.modality:
-        spec["modality"] = {"0": dataset.modality}
-    return spec
-
-
-def entry_of(case: Case, image: str, label: str) -> dict[str, Any]:
-    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one."""
-    return {"image": image, "label": label, **({"pseudo": True} if getattr(case, "pseudo", False) else {})}
-
-
-def write_json(path: Path, value: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-
-
 def target_box(label: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive (low, high) input-voxel (I, J, K) corners of every labelled voxel, or None."""
     values = sitk.GetArrayViewFromImage(label)
@@ -155,9 +133,7 @@ def write_crops(cases: list[Case], jitter: bool, options: CascadeOptions, folder
         if case.label is None:
             raise CadError("case has no label", case.image)
         image, label = read_volume(case.image), read_image(case.label)
-        if not same_grid(image, label, tolerance=1e-3):
-            raise CadError(f"label grid differs from its image {case.image.name} (size/spacing/origin/direction)",
-                           case.label)
+        check_same_grid(image, label, case.label, case.image)
         box = target_box(label)
         if box is None:
             if extent_mm is None:
@@ -170,7 +146,7 @@ def write_crops(cases: list[Case], jitter: bool, options: CascadeOptions, folder
         image_path, label_path = folder / "imagesTr" / f"{case.id}.nii.gz", folder / "labelsTr" / f"{case.id}.nii.gz"
         sitk.WriteImage(sitk.RegionOfInterest(image, size, index), str(image_path), True)
         sitk.WriteImage(sitk.RegionOfInterest(label, size, index), str(label_path), True)
-        entries.append(entry_of(case, f"./imagesTr/{image_path.name}", f"./labelsTr/{label_path.name}"))
+        entries.append(dataset_entry(f"./imagesTr/{image_path.name}", f"./labelsTr/{label_path.name}", case.pseudo))
         info[case.id] = {"index": index, "size": size, "target": box is not None,
                          "extent_mm": [round(float(n * s), 2) for n, s in zip(size, image.GetSpacing())]}
     return entries, info, empty
@@ -195,7 +171,7 @@ def make_crops(train_cases: list[Case], val_cases: list[Case], dataset: Dataset,
     crops = {"margin_mm": options.roi_margin, "jitter": options.roi_jitter, "seed": seed,
              "cases": {**train_info, **val_info}}
     path = folder / "dataset.json"
-    write_json(path, dataset_spec(dataset, train_entries, val_entries, cascade_crops=crops))
+    write_json(path, dataset_description(dataset, train_entries, val_entries, cascade_crops=crops))
     return path
 
 
@@ -335,13 +311,11 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
     stages = output / STAGES_DIR
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CadError("--cascade does not run under torchrun; train it in one process")
-    if (output / CARD_NAME).exists() and not (config.resume or config.force):
-        raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
-                       output)
-    if any((stages / s / CARD_NAME).exists() or (stages / s / "training").exists() for s in ("coarse", "fine")) \
-            and not (config.resume or config.force):
-        raise CadError("an unfinished cascade training is here; pass --resume to continue or --force to restart",
-                       stages)
+    refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
+                    config.resume, "replace it")
+    refuse_existing(any((stages / s / CARD_NAME).exists() or (stages / s / "training").exists()
+                        for s in ("coarse", "fine")), "an unfinished cascade training is here", stages, config.force,
+                    config.resume, "restart")
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_of(dataset, config)
     n_classes = len(sorted(dataset.label_names) or [1]) + 1
@@ -349,8 +323,8 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
 
     crops = crops_or_nothing(train_cases, val_cases, dataset, options, output, config.seed)
     whole = stages / "whole_volumes.json"
-    as_entries = [[entry_of(c, str(c.image), str(c.label)) for c in group] for group in (train_cases, val_cases)]
-    write_json(whole, dataset_spec(dataset, *as_entries))
+    as_entries = [[dataset_entry(c.image, c.label, c.pseudo) for c in group] for group in (train_cases, val_cases)]
+    write_json(whole, dataset_description(dataset, *as_entries))
     coarse = run_stage(replace(coarse_config, data=str(whole), output=str(stages / "coarse")), "coarse")
     fine = run_stage(replace(fine_config, data=str(crops), output=str(stages / "fine")), "fine")
 

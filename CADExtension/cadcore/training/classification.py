@@ -32,6 +32,8 @@ from cadcore.classification.ensemble import averaged_probabilities, fit_averaged
 from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import classification_metrics
+from cadcore.io.images import refuse_existing
+from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network
 from cadcore.registry.packages import ModelPackage, save_package
 from cadcore.training.config import ClassifyConfig
@@ -109,8 +111,8 @@ def predict_logits(network: torch.nn.Module, inputs: np.ndarray, device: torch.d
 
 def train_classifier(config: ClassifyConfig) -> ModelPackage:
     output = Path(config.output)
-    if (output / "model.json").exists() and not config.force:
-        raise CadError("a model package already exists here; pass --force to replace it", output)
+    refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
+                    verb="replace it")
     roi_spec: dict[str, Any] = {"size": config.roi_size, "spacing": config.roi_spacing,
                                 "fit": "fixed" if config.roi_spacing else "extent", "margin": 0.1,
                                 "input": config.roi_input, "orientation": "RAS"}

@@ -9,11 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SEGMENT_DEFAULTS = {"epochs": 100, "batch_size": 2, "learning_rate": 2e-3}
-
-
-CLASSIFY_DEFAULTS = {"epochs": 60, "batch_size": 32, "learning_rate": 1e-3}
-
 
 @dataclass
 class TrainConfig:

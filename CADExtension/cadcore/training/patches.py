@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from cadcore.errors import CadError
 from cadcore.io.datasets import Case
-from cadcore.io.images import read_image, read_volume, same_grid
+from cadcore.io.images import check_same_grid, read_image, read_volume
 from cadcore.preprocessing.working_space import prepare, prepare_label
 from cadcore.training.losses import IGNORE_LABEL
 
@@ -34,9 +34,7 @@ def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labe
         if case.label is None:
             raise CadError("case has no label", case.image)
         label = read_image(case.label)
-        if not same_grid(image, label, tolerance=1e-3):
-            raise CadError(f"label grid differs from its image {case.image.name} (size/spacing/origin/direction)",
-                           case.label)
+        check_same_grid(image, label, case.label, case.image)
         working = prepare(image, preprocessing)
         label_array = prepare_label(label, working, preprocessing)
         if allowed_labels is not None:

@@ -20,7 +20,10 @@ from tqdm import tqdm
 
 from cadcore.device import pick_device
 from cadcore.errors import CadError
+from cadcore.evaluation.metrics import dice
 from cadcore.io.datasets import Case, Dataset, load_dataset, split_cases
+from cadcore.io.images import refuse_existing
+from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, save_package
 from cadcore.segmentation.sliding_window import predict_probabilities
@@ -94,9 +97,7 @@ def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[i
         prediction = predict_probabilities(network, case.image, patch, device, overlap=0.5).argmax(0)
         truth = case.label[0]
         for index, value in enumerate(labels):
-            p, t = prediction == value, truth == value
-            denominator = p.sum() + t.sum()
-            sums[index] += 1.0 if denominator == 0 else 2.0 * float((p & t).sum()) / float(denominator)
+            sums[index] += dice(prediction == value, truth == value)
         sums[-1] += 1
     sums = summed(sums, ranks)
     return {value: float(sums[index] / max(1.0, sums[-1])) for index, value in enumerate(labels)}
@@ -113,9 +114,8 @@ def split_for(config: TrainConfig, dataset: Dataset) -> tuple[list[Case], list[C
 def train(config: TrainConfig) -> ModelPackage:
     """Train and export a package into ``config.output``; returns it."""
     output = Path(config.output)
-    if (output / "model.json").exists() and not (config.resume or config.force):
-        raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
-                       output)
+    refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
+                    config.resume, "replace it")
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_for(config, dataset)
     label_values = sorted(dataset.label_names) or [1]

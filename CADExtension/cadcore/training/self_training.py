@@ -33,8 +33,8 @@ from typing import Any
 from tqdm import tqdm
 
 from cadcore.errors import CadError
-from cadcore.io.datasets import Case, Dataset, case_id, load_dataset
-from cadcore.io.images import VOLUME_SUFFIXES, atomic_path, read_volume, suffix_of
+from cadcore.io.datasets import Case, Dataset, case_id, dataset_description, dataset_entry, load_dataset
+from cadcore.io.images import VOLUME_SUFFIXES, read_volume, refuse_existing, suffix_of, write_json
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.training.config import SelfTrainOptions, TrainConfig
@@ -92,12 +92,10 @@ def unlabelled_volumes(source: str | Path) -> list[Path]:
 def check_inputs(config: TrainConfig, options: SelfTrainOptions) -> tuple[Dataset, list[Case], list[Case], list[Path]]:
     """Every check that can fail, before anything is written: options, labelled data, each unlabelled volume."""
     output = Path(config.output)
-    if (output / CARD_NAME).exists() and not (config.resume or config.force):
-        raise CadError("a model package already exists here; pass --resume to continue or --force to replace it",
-                       output)
-    if (output / "self_training").exists() and not (config.resume or config.force):
-        raise CadError("an unfinished self-training run is here; pass --resume to continue or --force to restart",
-                       output / "self_training")
+    refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
+                    config.resume, "replace it")
+    refuse_existing((output / "self_training").exists(), "an unfinished self-training run is here",
+                    output / "self_training", config.force, config.resume, "restart")
     if options.rounds < 1:
         raise CadError(f"--rounds must be at least 1, got {options.rounds}")
     if not 0.0 <= options.confidence <= 1.0:
@@ -268,25 +266,17 @@ def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confi
     (folder / "dataset.json").unlink(missing_ok=True)  # stale until every new label file is written
     summary = label_volumes(teacher, volumes, folder, confidence, tta_axes, pick_device(config.device),
                             f"pseudo-labelling (round {index})")
-    names = {"0": "background", **{str(k): v for k, v in sorted(dataset.label_names.items())}}
 
     def entry(case: Case) -> dict[str, Any]:  # absolute: this file lives elsewhere than the user's dataset.json
-        return {"image": str(Path(case.image).resolve()), "label": str(Path(case.label).resolve())}
+        return dataset_entry(Path(case.image).resolve(), Path(case.label).resolve())
 
-    spec = {
-        "name": f"{dataset.name or dataset.root.name} + {len(volumes)} pseudo-labelled volumes (self-training round "
-                f"{index}, teacher {teacher.id})",
-        "licence": dataset.licence, "labels": names,
-        "training": [entry(c) for c in train_cases] + [
-            {"image": str(Path(p).resolve()), "label": str(Path(summary["files"][case_id(p)]).resolve()),
-             "pseudo": True} for p in volumes],
-        "validation": [entry(c) for c in val_cases],
-    }
-    if dataset.modality:
-        spec["modality"] = {"0": dataset.modality}
+    pseudo = [dataset_entry(Path(p).resolve(), Path(summary["files"][case_id(p)]).resolve(), pseudo=True)
+              for p in volumes]
+    spec = dataset_description(
+        dataset, [entry(c) for c in train_cases] + pseudo, [entry(c) for c in val_cases],
+        name=f"{dataset.name or dataset.root.name} + {len(volumes)} pseudo-labelled volumes (self-training round "
+             f"{index}, teacher {teacher.id})")
     summary = {"key": key, **summary}
-    with atomic_path(summary_path) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    with atomic_path(folder / "dataset.json") as tmp:  # last: its presence means every label file is in place
-        tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    write_json(summary_path, summary)
+    write_json(folder / "dataset.json", spec)  # last: its presence means every label file is in place
     return summary, False

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "weak_localisation.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "weak_localisation.py"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from cadcore.cli import main
 from cadcore.registry.locations import SHIPPED_MODELS
 from conftest import oblique_direction
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CASE = "hippocampus_015"  # in the shipped model's validation split: never trained on
 IMAGE = REPO / "sample_data" / "hippocampus" / "imagesTr" / f"{CASE}.nii.gz"
 LABEL = REPO / "sample_data" / "hippocampus" / "labelsTr" / f"{CASE}.nii.gz"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cadcore.registry.packages import find_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 
 

@@ -8,7 +8,7 @@ evaluation scores exactly, and every JSON document field for field (timings only
 Float outputs are compared bit for bit, so the run is pinned to one thread (the reference was recorded on this
 project's x86-64 CPU machines; another instruction set may round differently and need a re-recording).
 
-Re-record only for an intended change of output: ``CAD_RECORD_GOLDEN=1 pytest Testing/engine/test_cli_golden.py``.
+Re-record only for an intended change of output: ``CAD_RECORD_GOLDEN=1 pytest Testing/engine/cli/test_cli_golden.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from cadcore.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 REFERENCE = Path(__file__).parent / "golden" / "cli_reference.json"
 RECORD = os.environ.get("CAD_RECORD_GOLDEN") == "1"

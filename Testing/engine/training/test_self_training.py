@@ -19,7 +19,7 @@ from cadcore.training.losses import IGNORE_LABEL, MaskedDiceCELoss
 from cadcore.training.pseudo_labels import pseudo_label
 from cadcore.training.self_training import best_round, weaker_than_teacher
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 TINY = ["--filters", "4,8,16", "--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1",
         "--spacing", "2,2,2", "--val-fraction", "0.5", "--epochs", "1", "--seed", "1"]

@@ -11,7 +11,7 @@ import pytest
 from cadcore.cli import main
 from cadcore.registry.packages import find_model
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 TINY = ["--filters", "4,8,16", "--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1",
         "--spacing", "2,2,2",

@@ -13,7 +13,7 @@ from cadcore.cli import main
 from cadcore.registry.packages import find_model
 from conftest import make_tiny_classification_package, make_tiny_segmentation_package
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLES = REPO / "sample_data" / "hippocampus"
 TINY = ["--patch-size", "16,16,16", "--batch-size", "2", "--device", "cpu", "--val-every", "1", "--spacing", "2,2,2",
         "--val-fraction", "0.34", "--epochs", "1"]

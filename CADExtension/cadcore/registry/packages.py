@@ -18,6 +18,7 @@ from typing import Any
 
 from cadcore.errors import CadError
 from cadcore.registry.card import ModelCard, ModelSummary
+from cadcore.registry.card_reader import parse_card
 from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, registry_folders, sha256_of
 
 
@@ -100,7 +101,7 @@ def read_card(folder: Path) -> ModelCard:
         data = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise CadError(f"cannot parse model card ({exc})", card_path) from exc
-    return ModelCard.parse(data, card_path)
+    return parse_card(data, card_path)
 
 
 def list_models() -> list[ModelPackage]:
@@ -135,7 +136,7 @@ def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any])
     so no package is written that the engine would refuse to read."""
     from safetensors.torch import save_file
 
-    ModelCard.parse(card, folder / CARD_NAME)
+    parse_card(card, folder / CARD_NAME)
     folder.mkdir(parents=True, exist_ok=True)
     tmp_weights = folder / f".{WEIGHTS_NAME}.tmp"
     save_file(unique_tensors(state_dict), str(tmp_weights))
@@ -145,7 +146,7 @@ def save_package(folder: Path, card: dict[str, Any], state_dict: dict[str, Any])
     tmp_card = folder / f".{CARD_NAME}.tmp"
     tmp_card.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(tmp_card, folder / CARD_NAME)
-    return ModelPackage(folder, ModelCard.parse(card, folder / CARD_NAME))
+    return ModelPackage(folder, parse_card(card, folder / CARD_NAME))
 
 
 def unique_tensors(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import torch
 
 from cadcore.cli import main
 from cadcore.errors import CadError
-from cadcore.registry.card import Inference, ModelCard, Stage
+from cadcore.registry.card import Inference, Stage
+from cadcore.registry.card_reader import parse_card
 from cadcore.registry.locations import SHIPPED_MODELS
 from cadcore.registry.packages import find_model, read_card
 from conftest import make_tiny_segmentation_package
@@ -71,6 +72,7 @@ BAD_FIELDS = [
     ("inference.overlap", 1.5, "'inference.overlap'"),
     ("inference.sw_batch_size", 0, "'inference.sw_batch_size'"),
     ("fast", {"spacing": [2, 2]}, "'fast.spacing'"),
+    ("fast", {"spacing": [2, 2, 2], "inference": {"overlap": 2}}, "'fast.inference.overlap'"),
     ("cascade", {"coarse": {"network": {"name": "DynUNet"}, "inference": {}}}, "'cascade.coarse.inference.patch_size'"),
     ("calibration", {"temperature": 0}, "'calibration.temperature'"),
 ]
@@ -86,7 +88,7 @@ def test_a_bad_field_is_one_line_naming_the_card_and_the_field(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(card_path) in err and words in err, err
     with pytest.raises(CadError) as raised:  # the library says the same as the command line
-        ModelCard.parse(card, card_path)
+        parse_card(card, card_path)
     assert words in str(raised.value)
 
 
@@ -99,7 +101,7 @@ def test_stages_take_their_own_weights():
 
 
 def test_ensemble_members_are_stages():
-    card = ModelCard.parse({"id": "e", "version": "1", "task": "classification", "network": {"name": "ResNet"},
+    card = parse_card({"id": "e", "version": "1", "task": "classification", "network": {"name": "ResNet"},
                             "classes": [{"value": 0, "name": "a"}, {"value": 1, "name": "b"}],
                             "ensemble": {"members": ["m0", "m1"]}})
     assert [stage.weight_prefix for stage in card.member_stages()] == ["m0.", "m1."]

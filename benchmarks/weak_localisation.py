@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from cadcore.evaluation.metrics import dice  # cad evaluate's Dice (1.0 when both are empty)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tcia_brain_tumor_progression"
 PATCH = (48, 48, 4)
@@ -276,11 +278,6 @@ def peak_index(values: np.ndarray) -> tuple[int, ...]:
 
 def hit(values: np.ndarray, mask: np.ndarray) -> bool:
     return bool(mask[peak_index(values)]) if values.max() > values.min() else False
-
-
-def dice(prediction: np.ndarray, mask: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(mask.sum())
-    return 2.0 * int(np.logical_and(prediction, mask).sum()) / total if total else 1.0
 
 
 def iou(prediction: np.ndarray, mask: np.ndarray) -> float:

@@ -12,6 +12,7 @@ against the wheel's ``slicer/util.py`` in ``test_fakes.py``. The whole folder is
 
 from __future__ import annotations
 
+import shutil
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from conftest import make_tiny_segmentation_package
 
 slicer = pytest.importorskip(
     "slicer",
@@ -171,3 +174,26 @@ def processAlive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- Improve model: the parent package and the folders both of its test files use -----------------------------
+
+PREPROCESSING = {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0],
+                 "normalization": {"kind": "mr", "percentiles": [0.5, 99.5]}}
+
+
+@pytest.fixture(scope="module")
+def parent_package(tmp_path_factory) -> Path:
+    """The tiny random DynUNet (anterior = 1, posterior = 2) working at 2 mm with 16³ windows."""
+    return make_tiny_segmentation_package(tmp_path_factory.mktemp("parent") / "tiny-unet",
+                                          preprocessing=PREPROCESSING).folder
+
+
+@pytest.fixture
+def folders(tmp_path, parent_package) -> dict[str, Path]:
+    """A user models folder holding the parent, an empty shipped folder and an empty temporary folder."""
+    found = {name: tmp_path / name for name in ("user", "shipped", "work")}
+    for folder in found.values():
+        folder.mkdir()
+    shutil.copytree(parent_package, found["user"] / "tiny-unet")
+    return found

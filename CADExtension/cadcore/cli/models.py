@@ -6,15 +6,12 @@ import argparse
 import json
 
 from cadcore.errors import CadError
+from cadcore.registry import find_model_or_bundle, import_package, list_all
 
 
 def run(args: argparse.Namespace) -> int:
-    from cadcore.registry import find_model_or_bundle, import_package
-    from cadcore.registry.bundles import list_bundles
-    from cadcore.registry.packages import list_models
-
     if args.models_command == "list":
-        for package in [*list_models(), *list_bundles()]:
+        for package in list_all():
             summary = package.summary()
             kind = "  (MONAI bundle)" if summary.format == "bundle" else ""
             print(f"{summary.id:<28} {summary.version or '':<8} {summary.task:<14} {summary.modality or ''}"

@@ -6,21 +6,22 @@ modules never import each other (they share :mod:`.locations`), so neither can g
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any
 
 from cadcore.errors import CadError
-from cadcore.io.images import refuse_existing
-from cadcore.registry.locations import user_models_dir
-from cadcore.registry.packages import ModelPackage, find_model, read_card
+from cadcore.registry.bundles import BundleModel, import_bundle, list_bundles, looks_like_bundle, read_bundle
+from cadcore.registry.locations import install
+from cadcore.registry.packages import ModelPackage, find_model, list_models, read_card
 
 
-def find_model_or_bundle(model: str | Path) -> Any:
+def list_all() -> list[ModelPackage | BundleModel]:
+    """Every registered model: packages first, then bundles (``cad models list``)."""
+    return [*list_models(), *list_bundles()]
+
+
+def find_model_or_bundle(model: str | Path) -> ModelPackage | BundleModel:
     """Like :func:`find_model`, but a MONAI bundle folder (or an installed bundle's id) gives a
     :class:`cadcore.registry.bundles.BundleModel`; only ``cad segment`` and ``cad models`` accept bundles."""
-    from cadcore.registry.bundles import list_bundles, looks_like_bundle, read_bundle
-
     path = Path(model)
     if looks_like_bundle(path):
         return read_bundle(path)
@@ -35,18 +36,11 @@ def find_model_or_bundle(model: str | Path) -> Any:
         raise
 
 
-def import_package(source: Path, force: bool = False) -> ModelPackage:
+def import_package(source: Path, force: bool = False) -> ModelPackage | BundleModel:
     """Copy a verified package folder (or MONAI bundle folder) into the user registry."""
-    from cadcore.registry.bundles import import_bundle, looks_like_bundle
-
     if looks_like_bundle(Path(source)):
-        return import_bundle(Path(source), force)  # type: ignore[return-value]
+        return import_bundle(Path(source), force)
     package = find_model(source)
     package.verify()
-    target = user_models_dir() / package.id
-    refuse_existing(target.exists(), "a model with this id is already installed", target, force, verb="replace it")
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(package.folder, target)
+    target = install(package.folder, package.id, force)
     return ModelPackage(target, read_card(target))

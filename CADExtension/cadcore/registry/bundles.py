@@ -17,16 +17,14 @@ import colorsys
 import importlib.util
 import json
 import re
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cadcore.errors import CadError
-from cadcore.io.images import refuse_existing
 from cadcore.registry.card import ModelSummary
-from cadcore.registry.locations import CARD_NAME, registry_folders, sha256_of, user_models_dir
+from cadcore.registry.locations import CARD_NAME, install, registry_folders, sha256_of
 
 CONFIG_FILE = Path("configs") / "inference.json"
 METADATA_FILE = Path("configs") / "metadata.json"
@@ -207,12 +205,7 @@ def import_bundle(source: Path, force: bool = False) -> BundleModel:
     """Copy a verified bundle into ``$CAD_MODELS/<folder name>`` (so ``-m <name>`` finds it)."""
     bundle = read_bundle(Path(source))
     bundle.verify()
-    target = user_models_dir() / bundle.id
-    refuse_existing(target.exists(), "a model with this id is already installed", target, force, verb="replace it")
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(bundle.folder, target)
+    target = install(bundle.folder, bundle.id, force)
     return read_bundle(target)
 
 

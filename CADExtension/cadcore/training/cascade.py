@@ -273,17 +273,16 @@ def cascade_parent(init: str | None) -> ModelPackage | None:
 def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPackage, fine: ModelPackage,
                   val_cases: list[Case]) -> dict[str, Any]:
     """The fine stage's card (network, preprocessing, inference, labels) plus the ``cascade`` section."""
-    card, fine_card, coarse_card = fine.card.to_dict(), fine.card.to_dict(), coarse.card.to_dict()
+    card, coarse_sections = fine.card.to_dict(), coarse.card.to_dict()
     card.pop("weights", None)
     card["id"] = config.model_id or Path(config.output).name
     card["description"] = config.description or (
-        f"Cascaded 3D U-Net (coarse {coarse_card['preprocessing']['spacing']} mm, fine "
-        f"{fine_card['preprocessing']['spacing']} mm) trained with cad train --cascade on {card['training']['data']}")
-    coarse_inference = {**coarse_card["inference"], "overlap": 0.25}  # it only has to find the target
-    card["cascade"] = {"coarse": {"network": coarse_card["network"], "preprocessing": coarse_card["preprocessing"],
-                                  "inference": coarse_inference},
+        f"Cascaded 3D U-Net (coarse {coarse.card.preprocessing['spacing']} mm, fine "
+        f"{fine.card.preprocessing['spacing']} mm) trained with cad train --cascade on {fine.card.training['data']}")
+    card["cascade"] = {"coarse": {key: coarse_sections[key] for key in ("network", "preprocessing", "inference")},
                        "margin_mm": options.roi_margin}
-    fine_training, coarse_training = fine_card["training"], coarse_card["training"]
+    card["cascade"]["coarse"]["inference"]["overlap"] = 0.25  # it only has to find the target
+    fine_training, coarse_training = card["training"], coarse_sections["training"]
     card["training"] = {
         **{k: fine_training[k] for k in ("data", "licence", "n_train", "n_val", "seed")},
         **({"parent": {k: v for k, v in fine_training["parent"].items() if k != "parent_stage"}}
@@ -297,9 +296,9 @@ def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPac
         "stages": {"coarse": coarse_training, "fine": fine_training},
     }
     card["metrics"] = {
-        "validation_dice_working_space": fine_card["metrics"]["validation_dice_working_space"],
+        "validation_dice_working_space": fine.card.metrics["validation_dice_working_space"],
         "validation_dice_note": "fine stage on validation ROI crops (exact margin); coarse stage on whole volumes",
-        "coarse_validation_dice_working_space": coarse_card["metrics"]["validation_dice_working_space"],
+        "coarse_validation_dice_working_space": coarse.card.metrics["validation_dice_working_space"],
     }
     return card
 

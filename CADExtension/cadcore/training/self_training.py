@@ -23,6 +23,7 @@ does); ``--resume`` skips finished rounds, reuses pseudo-labels made by the same
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -177,7 +178,7 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
     for key in ("parent", "init"):  # the package's parent is the teacher's (--init), never a round of this run
         card["training"].pop(key, None)
         if key in first_teacher.card.training:
-            card["training"][key] = first_teacher.card.to_dict()["training"][key]
+            card["training"][key] = copy.deepcopy(first_teacher.card.training[key])
     card["training"]["self_training"] = {
         "rounds": options.rounds, "confidence_threshold": options.confidence, "flip_tta_axes": tta_axes,
         "ignore_label": IGNORE_LABEL, "student_init": student_init(config, options),

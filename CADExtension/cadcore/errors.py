@@ -15,3 +15,9 @@ class CadError(Exception):
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = str(path) if path is not None else None
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+def native_message(exc: BaseException) -> str:
+    """SimpleITK errors are multi-line C++ traces; keep the informative last non-empty line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -8,7 +8,8 @@ from pathlib import Path
 from cadcore.classification.predict import classify_image
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
-from cadcore.io.images import check_output_path, read_image, read_volume, refuse_existing, write_image, write_json
+from cadcore.io.images import read_image, read_volume
+from cadcore.io.writing import check_output_path, refuse_existing, write_image, write_json
 from cadcore.registry.packages import find_model
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")

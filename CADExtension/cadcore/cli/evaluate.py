@@ -8,7 +8,7 @@ from pathlib import Path
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.evaluation.segmentation import evaluate
-from cadcore.io.images import refuse_existing, write_json
+from cadcore.io.writing import refuse_existing, write_json
 from cadcore.registry.packages import find_model
 
 

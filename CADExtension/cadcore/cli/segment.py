@@ -8,7 +8,8 @@ from pathlib import Path
 
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
-from cadcore.io.images import check_output_path, read_volume, refuse_existing, write_json
+from cadcore.io.images import read_volume
+from cadcore.io.writing import check_output_path, refuse_existing, write_json
 from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel

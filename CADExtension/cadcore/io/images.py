@@ -8,21 +8,15 @@ are renamed into place, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import gzip
-import json
-import os
-import shutil
 import struct
-import tempfile
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.errors import CadError
+from cadcore.errors import CadError, native_message
+from cadcore.io.dicom import read_dicom_series
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -35,36 +29,6 @@ def suffix_of(path: str | Path) -> str:
         if name.endswith(suffix):
             return suffix
     return Path(path).suffix.lower()
-
-
-def list_dicom_series(folder: Path) -> dict[str, list[str]]:
-    """Every DICOM series under ``folder`` (recursively), as series UID -> sorted file names."""
-    series: dict[str, list[str]] = {}
-    for root, _dirs, _files in os.walk(folder):
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, uid)
-            if len(files) > len(series.get(uid, [])):
-                series[uid] = list(files)
-    return series
-
-
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """Read one series from a DICOM folder: ``series_uid`` if given, else the one with most slices."""
-    series = list_dicom_series(folder)
-    if not series:
-        raise CadError("no DICOM series found in this folder", folder)
-    if series_uid is not None:
-        if series_uid not in series:
-            raise CadError(f"DICOM series {series_uid} not found (have: {', '.join(sorted(series))})", folder)
-        files = series[series_uid]
-    else:
-        files = max(series.values(), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise CadError(f"cannot read DICOM series: {_first_line(exc)}", folder) from exc
 
 
 def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
@@ -80,7 +44,7 @@ def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise CadError(f"cannot read image ({_first_line(exc)})", path) from exc
+        raise CadError(f"cannot read image ({native_message(exc)})", path) from exc
     if suffix_of(path) in (".nii", ".nii.gz"):
         _check_nifti_data(path)
     return image
@@ -155,16 +119,6 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     )
 
 
-def refuse_existing(exists: bool, what: str, where: str | Path, force: bool, resume: bool | None = None,
-                    verb: str = "overwrite it") -> None:
-    """The one guard for anything a command would replace: ``what`` (e.g. "output exists") is refused unless
-    ``--force`` says to {verb}, or, where a run can be continued (``resume`` is not None), ``--resume`` says so."""
-    if not exists or force or resume:
-        return
-    hint = f"pass --resume to continue or --force to {verb}" if resume is not None else f"pass --force to {verb}"
-    raise CadError(f"{what}; {hint}", where)
-
-
 def check_same_grid(image: sitk.Image, other: sitk.Image, other_path: str | Path, image_path: str | Path | None = None,
                     what: str = "label") -> None:
     """Refuse a label (or mask) whose grid is not its image's: its voxels would lie somewhere else. The message
@@ -172,58 +126,3 @@ def check_same_grid(image: sitk.Image, other: sitk.Image, other_path: str | Path
     if not same_grid(image, other, tolerance=1e-3):
         image_name = f" {Path(image_path).name}" if image_path is not None else ""
         raise CadError(f"{what} grid differs from its image{image_name} (size/spacing/origin/direction)", other_path)
-
-
-def check_output_path(path: str | Path, force: bool, allowed: tuple[str, ...] = LABELMAP_SUFFIXES) -> Path:
-    """Validate an output path before any work starts: known suffix, writable folder, no overwrite unless forced."""
-    path = Path(path)
-    if suffix_of(path) not in allowed:
-        raise CadError(f"unsupported output format (use one of {', '.join(allowed)})", path)
-    refuse_existing(path.exists(), "output exists", path, force)
-    if not path.parent.exists():
-        raise CadError("output folder does not exist", path.parent)
-    return path
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a path with ``path``'s name in a hidden folder beside it; move the result into place only on success.
-
-    The private folder is on the same file system, so the final rename is atomic. It also catches the data file that
-    detached-header formats write next to their header (``.mhd`` → ``.zraw``, ``.nhdr`` → ``.raw.gz``): that file is
-    moved first, under its final name, so a header never names a missing or temporary file. Files are created by the
-    writer itself, so they get the user's usual permissions (a ``mkstemp`` file would stay 0600).
-    """
-    path = Path(path)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp = tmp_dir / path.name
-    try:
-        yield tmp
-        for companion in tmp_dir.iterdir():
-            if companion != tmp:
-                os.replace(companion, path.parent / companion.name)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
-    """Write any SimpleITK image atomically (format from the suffix)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
-    return path
-
-
-def _first_line(exc: BaseException) -> str:
-    """SimpleITK errors are multi-line C++ traces; keep the informative last non-empty line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write a JSON document (sidecar, report, dataset description) atomically, indented, newline-terminated."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-    return path

@@ -34,7 +34,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io.images import LABELMAP_SUFFIXES, atomic_path, suffix_of
+from cadcore.io.images import LABELMAP_SUFFIXES, suffix_of
+from cadcore.io.writing import atomic_path
 
 SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.io.images import atomic_path
+from cadcore.io.writing import atomic_path
 
 
 def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cadcore.io.images import refuse_existing
+from cadcore.io.writing import refuse_existing
 
 CARD_NAME = "model.json"
 WEIGHTS_NAME = "model.safetensors"

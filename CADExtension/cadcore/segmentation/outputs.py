@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.io.images import write_image
+from cadcore.io.writing import write_image
 from cadcore.registry.bundles import BundleModel
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.predict import SegmentationResult

@@ -45,7 +45,8 @@ import SimpleITK as sitk
 
 from cadcore.errors import CadError
 from cadcore.io.datasets import Case, Dataset, dataset_description, dataset_entry, load_dataset
-from cadcore.io.images import check_same_grid, read_image, read_volume, refuse_existing, write_json
+from cadcore.io.images import check_same_grid, read_image, read_volume
+from cadcore.io.writing import refuse_existing, write_json
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, find_model, save_package

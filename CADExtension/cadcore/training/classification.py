@@ -32,7 +32,7 @@ from cadcore.classification.ensemble import averaged_probabilities, fit_averaged
 from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import classification_metrics
-from cadcore.io.images import refuse_existing
+from cadcore.io.writing import refuse_existing
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network
 from cadcore.registry.packages import ModelPackage, save_package

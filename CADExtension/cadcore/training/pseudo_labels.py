@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cadcore.io.images import read_volume, write_image
+from cadcore.io.images import read_volume
+from cadcore.io.writing import write_image
 from cadcore.preprocessing.input_grid import labels_on_input_grid, probabilities_to_input_grid
 from cadcore.preprocessing.working_space import prepare
 from cadcore.registry.packages import ModelPackage

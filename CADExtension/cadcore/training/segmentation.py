@@ -22,7 +22,7 @@ from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import dice
 from cadcore.io.datasets import Case, Dataset, load_dataset, split_cases
-from cadcore.io.images import refuse_existing
+from cadcore.io.writing import refuse_existing
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, save_package

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from cadcore.errors import CadError
 from cadcore.io.datasets import Case, Dataset, case_id, dataset_description, dataset_entry, load_dataset
-from cadcore.io.images import VOLUME_SUFFIXES, read_volume, refuse_existing, suffix_of, write_json
+from cadcore.io.images import VOLUME_SUFFIXES, read_volume, suffix_of
+from cadcore.io.writing import refuse_existing, write_json
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.training.config import SelfTrainOptions, TrainConfig

@@ -16,13 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io.images import atomic_path, read_volume, same_grid, write_image
-from cadcore.io.labelmaps import (
-    EMPTY_TERMINOLOGY,
-    label_volumes_ml,
-    terminology_entry,
-    write_labelmap,
-)
+from cadcore.io.images import read_volume, same_grid
+from cadcore.io.labelmaps import EMPTY_TERMINOLOGY, label_volumes_ml, terminology_entry, write_labelmap
+from cadcore.io.writing import atomic_path, write_image
 
 # The example of Slicer's developer guide (Docs/developer_guide/modules/segmentations.md), coded as a model card would.
 ADRENAL_MASS = {

@@ -15,7 +15,9 @@ seed scikit-learn's SVC (libsvm + seeded Platt-scaling folds) and random forest 
 ~1-2k samples x ~40 features takes ~0.3 s for the SVM and ~1-2 s for the 500-tree forest (2 CPU cores). The load then
 checks that the refit reproduces the stored standardisation and ``reference_proba``; if another scikit-learn version
 fits differently, the package is refused (it would no longer be the model whose metrics the card reports) rather
-than silently giving other numbers.
+than silently giving other numbers. For the same reason a package whose card records another feature-extractor
+version (``network.params.features.version``) than :data:`.radiomics.FEATURES_VERSION` is refused before anything
+is loaded: it was trained on features this engine no longer computes.
 """
 
 from __future__ import annotations
@@ -205,6 +207,7 @@ class BaselineClassifier:
         if not package.card.is_baseline:
             raise CadError(f"not a baseline package (network {network.get('name')!r})", package.folder)
         kind = _check_kind(str(params.get("kind")))
+        _check_features_version(params.get("features", {}).get("version"), package)
         state = package.load_state_dict()
         needed = ("train_features", "train_labels", "feature_names", "feature_mean", "feature_scale",
                   "reference_proba")
@@ -240,6 +243,21 @@ class BaselineClassifier:
             raise CadError(f"refitting the baseline does not reproduce the trained model (trained with scikit-learn "
                            f"{trained}, installed {sklearn.__version__}); retrain it or install that version",
                            package.folder)
+
+
+def _check_features_version(version: Any, package: ModelPackage) -> None:
+    """Refuse a package trained on another feature definition: its scores would silently mean something else.
+
+    The stored training features were computed by the extractor version the card records; the features of a new case
+    come from this engine's :data:`.radiomics.FEATURES_VERSION`. If the definitions differ (version 2 changed the
+    surface area, so sphericity and surface/volume ratio too), the estimator would compare incomparable numbers.
+    """
+    from cadcore.classification.radiomics import FEATURES_VERSION
+
+    if version != FEATURES_VERSION:
+        trained = "no recorded features version" if version is None else f"features version {version}"
+        raise CadError(f"trained on {trained}; this engine computes version {FEATURES_VERSION}: retrain it",
+                       package.folder)
 
 
 def roi_feature_spacing(roi_spec: Mapping[str, Any], grid_spacing: Sequence[float]) -> tuple[float, float, float]:

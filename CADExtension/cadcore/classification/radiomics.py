@@ -2,15 +2,22 @@
 
 A CNN's AUC means little without the number a classical pipeline gets on the same split, so CADClassify shows both.
 The features follow IBSI (Zwanenburg et al., Radiology 2020) definitions where IBSI has one, are computed with
-SimpleITK and vectorised numpy (no new dependencies), and are deterministic: the same arrays always give the same
-numbers, in the fixed order of :data:`FEATURE_NAMES`, which is what a baseline package records and checks.
+SimpleITK, scikit-image (the marching-cubes surface) and vectorised numpy, and are deterministic: the same arrays
+always give the same numbers, in the fixed order of :data:`FEATURE_NAMES`, which is what a baseline package records
+and checks.
 
 Conventions (array layout ``(I, J, K)``, ``spacing`` in mm for I, J, K):
 
-* **shape_** (on the mask only): volume = voxel count x voxel volume; surface area = SimpleITK's perimeter estimate
-  (``LabelShapeStatisticsImageFilter.ComputePerimeterOn``, a Crofton-type estimate close to the true area of smooth
-  objects; faces of axis-aligned boxes read about 10 % low); sphericity = pi^(1/3) (6V)^(2/3) / A (1 for a sphere;
-  may exceed 1 for objects of a few voxels); elongation = sqrt(lambda_minor / lambda_major) and
+* **shape_** (on the mask only): volume = voxel count x voxel volume (IBSI "approximate volume"); surface area =
+  the area of the marching-cubes mesh of the mask (``skimage.measure.marching_cubes`` at level 0.5 on the binary mask
+  padded by one voxel, with the voxel spacing, then ``mesh_surface_area``): pyradiomics' and IBSI's definition, so the
+  numbers are comparable with the literature. Known bias (measured in ``test_surface_area.py``): on a voxelised
+  smooth object the mesh follows the voxel staircase, about +9 % above the true area at isotropic spacing and +14 to
+  +21 % with slices 3.75x thicker than the pixels; an axis-aligned box reads exactly (flat faces, chamfered edges).
+  Sphericity = pi^(1/3) (6V)^(2/3) / A and surface/volume ratio = A / V use the *mesh* volume V of the same mesh
+  (pyradiomics' documented choice, IBSI 3.1.1): surface and volume of one closed surface, so sphericity <= 1 by the
+  isoperimetric inequality (0.92 for a voxelised sphere, the staircase), where the voxel volume would let a few-voxel
+  object exceed 1; elongation = sqrt(lambda_minor / lambda_major) and
   flatness = sqrt(lambda_least / lambda_major) from the principal moments lambda of the voxel-centre coordinates in mm
   (IBSI: in (0, 1], 1 = isotropic); major/minor/least axis = 4 sqrt(lambda); extent = voxels / bounding-box voxels;
   equivalent diameter = (6V/pi)^(1/3); max extent = the largest length of the mask along a principal axis (range of
@@ -41,7 +48,9 @@ import numpy as np
 
 from cadcore.errors import CadError
 
-FEATURES_VERSION = 1  # bump when a definition changes: cached feature matrices and packages record it
+# Bump when a definition changes: cached feature matrices and baseline packages record it, and a package trained
+# on another version is refused. 2: marching-cubes surface area and mesh volume in sphericity/surface ratio.
+FEATURES_VERSION = 2
 N_LEVELS = 16
 
 SHAPE_NAMES = (
@@ -126,17 +135,17 @@ def discretise(image: np.ndarray, mask: np.ndarray, n_levels: int = N_LEVELS) ->
 
 
 def shape_features(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
-    """Volume, surface, sphericity and principal-axis features from SimpleITK's label shape statistics."""
+    """Volume, marching-cubes surface, sphericity and principal-axis features (principal axes: SimpleITK)."""
     import SimpleITK as sitk
 
-    # SimpleITK wants (K, J, I) arrays; pad so that a mask touching the ROI border still has a closed surface.
-    label = sitk.GetImageFromArray(np.pad(mask, 1).astype(np.uint8).transpose(2, 1, 0))
+    padded = np.pad(mask, 1)  # a mask touching the ROI border still gets a closed surface
+    area, mesh_volume = mesh_area_volume(padded, spacing)
+    # SimpleITK wants (K, J, I) arrays.
+    label = sitk.GetImageFromArray(padded.astype(np.uint8).transpose(2, 1, 0))
     label.SetSpacing(spacing)
     stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputePerimeterOn()
     stats.Execute(label)
     volume = float(stats.GetPhysicalSize(1))
-    area = float(stats.GetPerimeter(1))
     least, minor, major = (max(float(m), 0.0) for m in stats.GetPrincipalMoments(1))  # ascending, mm^2
     axes = np.asarray(stats.GetPrincipalAxes(1), dtype=np.float64).reshape(3, 3)  # rows, physical (I, J, K)
     centres = np.argwhere(mask).astype(np.float64) * np.asarray(spacing)
@@ -146,8 +155,8 @@ def shape_features(mask: np.ndarray, spacing: tuple[float, float, float]) -> dic
     return {
         "shape_volume_mm3": volume,
         "shape_surface_area_mm2": area,
-        "shape_surface_volume_ratio": area / volume,
-        "shape_sphericity": np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area if area > 0 else 0.0,
+        "shape_surface_volume_ratio": area / mesh_volume if mesh_volume > 0 else 0.0,
+        "shape_sphericity": np.pi ** (1 / 3) * (6 * mesh_volume) ** (2 / 3) / area if area > 0 else 0.0,
         "shape_elongation": np.sqrt(minor / major) if major > 0 else 0.0,
         "shape_flatness": np.sqrt(least / major) if major > 0 else 0.0,
         "shape_extent": float(mask.sum()) / float(mask.size),  # mask is already cropped to its bounding box
@@ -157,6 +166,23 @@ def shape_features(mask: np.ndarray, spacing: tuple[float, float, float]) -> dic
         "shape_least_axis_mm": 4 * np.sqrt(least),
         "shape_max_extent_mm": float(extents.max()),
     }
+
+
+def mesh_area_volume(padded: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+    """Area (mm^2) and enclosed volume (mm^3) of the marching-cubes mesh of a binary mask padded by >= 1 voxel.
+
+    pyradiomics' convention: the iso-surface at 0.5 of the 0/1 mask, so every vertex is the midpoint of an edge
+    between an inside and an outside voxel centre. The volume is the divergence-theorem sum of the signed tetrahedra
+    (origin, triangle), whose sign depends only on the mesh's orientation: its absolute value is the enclosed volume.
+    """
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    # In voxel units every vertex is a half-integer, exact in scikit-image's float32; the spacing is applied in float64.
+    vertices, faces, _, _ = marching_cubes(padded.astype(np.float32), level=0.5)
+    vertices = vertices.astype(np.float64) * np.asarray(spacing, dtype=np.float64)
+    triangles = vertices[faces]
+    signed = np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2])).sum() / 6.0
+    return float(mesh_surface_area(vertices, faces)), abs(float(signed))
 
 
 def firstorder_features(values: np.ndarray, levels: np.ndarray) -> dict[str, float]:

@@ -1,17 +1,19 @@
 """Classical baselines on AdrenalMNIST3D: hand-crafted features + SVM / random forest (a benchmark, not a test).
 
-Extracts :mod:`cadcore.classification.radiomics` from every train and val sample (images are binary shape masks, so
-mask = image > 0), caches the matrices as .npz, trains both baselines on train with
+Extracts :mod:`cadcore.classification.radiomics` from every train and val sample, read as ``cad train`` and
+``cad evaluate`` read them (``cadcore.classification.datasets.load_npz_split``: shape masks scaled to [0, 1],
+mask = value > 0.5), caches the matrices as .npz, trains both baselines on train with
 :func:`cadcore.classification.baseline.train_baseline` and scores them on val: AUC, accuracy, sensitivity,
 specificity, balanced accuracy (threshold: argmax, i.e. p(mass) >= 0.5) and the ECE of the positive-class probability
 (10 equal-width bins), plus the top-label ECE that the CNN cards report. Two feature pipelines:
 
-* ``direct``: the arrays as they are, spacing (1, 1, 1): the same inputs as the CNN's card metrics;
+* ``direct``: the arrays as read, spacing (1, 1, 1): the same inputs as the CNN's card metrics;
 * ``roi``: each sample goes through what ``cad classify`` does (``cadcore.classification.roi.extract_roi`` with the
   card's ROI spec, an extent-fitted 28^3/64^3 block resampled with linear/nearest interpolation, features in
   ROI-voxel units by :func:`cadcore.classification.baseline.roi_feature_spacing`). The resampling changes the shape
   features, so a model trained on ``direct`` features scores lower under ``cad classify``; the exported packages
-  (``--export DIR``: ``adrenal-svm``, ``adrenal-rf``) are trained on ``roi`` features for that reason.
+  (``--export DIR``: ``adrenal-svm``, ``adrenal-rf``, the shipped packages) are trained on ``roi`` features for that
+  reason, and ``cad evaluate -m DIR/adrenal-svm --data ... --split val`` reproduces their card metrics.
 
     nice -n 10 .venv/bin/python benchmarks/adrenal_baselines.py [--sizes 28 64] [--pipelines direct roi]
         [--cache runs/features] [--json runs/adrenal_baselines.json] [--export runs/models] [--export-size 28]
@@ -33,10 +35,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "medmnist3d"
 FILES = {28: "adrenalmnist3d.npz", 64: "adrenalmnist3d_64.npz"}
-CLASSES = [{"value": 0, "name": "normal"}, {"value": 1, "name": "adrenal mass"}]
+CLASSES = [{"value": 0, "name": "normal adrenal"}, {"value": 1, "name": "adrenal mass"}]  # as adrenal-resnet
+PACKAGE_VERSION = "1.1.0"  # 1.1.0: features version 2 (marching-cubes surface area); ids stay adrenal-svm/-rf
 KINDS = ("svm", "rf")
 PIPELINES = ("direct", "roi")
 ROI_SPACING_RULE = 2  # bump when roi_feature_spacing changes: invalidates cached roi features
+READER = "cadcore.classification.datasets.load_npz_split"  # intensities in [0, 1], as cad train/evaluate read them
 
 
 def sha256(path: Path) -> str:
@@ -51,36 +55,24 @@ def roi_spec(train_images: np.ndarray, size: int) -> dict[str, Any]:
             "input": "mask", "orientation": "RAS"}
 
 
-def roi_sample(array: np.ndarray, spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """One sample as ``cad classify`` sees it: image + mask volumes (array axes = I, J, K, 1 mm), ROI cut by spec."""
-    import SimpleITK as sitk
+def split_features(source: Path, split: str, spec: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of one split, read exactly as ``cad train`` / ``cad evaluate`` read it (the packages must agree).
 
-    from cadcore.classification.baseline import roi_feature_spacing
-    from cadcore.classification.roi import extract_roi
-
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.float32))
-    mask = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0) > 0).astype(np.uint8))
-    roi = extract_roi(image, spec, mask, 1, None, None, "sample")
-    return roi.image, roi.mask, roi_feature_spacing(spec, roi.grid.GetSpacing())
-
-
-def split_features(archive: Any, split: str, spec: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    :func:`cadcore.classification.datasets.load_npz_split` scales the uint8 arrays to [0, 1] (mask = value > 0.5) and
+    ``roi`` cuts each sample through :func:`cadcore.classification.datasets.through_roi`, what ``cad classify`` does.
+    The first-order features scale with the intensities, so reading the raw 0-255 arrays instead (this script did
+    before features version 2) gives the same metrics after standardisation but a package whose stored training
+    features do not match what the engine computes.
+    """
+    from cadcore.classification.datasets import load_npz_split, through_roi
     from cadcore.classification.radiomics import feature_matrix
 
-    images = archive[f"{split}_images"]
-    started = time.perf_counter()
-
-    def samples():
-        for n, image in enumerate(images):
-            if n and n % 400 == 0:
-                print(f"  {split}: {n}/{len(images)} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-            if spec is None:
-                volume = image.astype(np.float64)
-                yield volume, volume > 0, (1.0, 1.0, 1.0)
-            else:
-                yield roi_sample(image, spec)
-
-    return feature_matrix(samples()), archive[f"{split}_labels"].reshape(len(images), -1)[:, 0].astype(np.int64)
+    data = load_npz_split(source, split)
+    if spec is not None:
+        started = time.perf_counter()
+        data = through_roi(data, spec)
+        print(f"  {split}: ROI cut ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return feature_matrix(zip(data.images, data.masks, [data.spacing] * len(data.labels))), data.labels
 
 
 def load_features(data: Path, size: int, cache: Path, pipeline: str) -> dict[str, Any]:
@@ -92,7 +84,7 @@ def load_features(data: Path, size: int, cache: Path, pipeline: str) -> dict[str
     archive = np.load(source)
     spec = roi_spec(archive["train_images"], size) if pipeline == "roi" else None
     key = json.dumps({"source_sha256": digest, "features_version": FEATURES_VERSION, "names": list(FEATURE_NAMES),
-                      "roi": spec, "roi_spacing_rule": ROI_SPACING_RULE}, sort_keys=True)
+                      "roi": spec, "roi_spacing_rule": ROI_SPACING_RULE, "reader": READER}, sort_keys=True)
     cached = cache / f"adrenalmnist3d_{size}_{pipeline}_features.npz"
     if cached.exists():
         stored = np.load(cached)
@@ -102,8 +94,8 @@ def load_features(data: Path, size: int, cache: Path, pipeline: str) -> dict[str
                 "source_sha256": digest, "roi": spec, "seconds": 0.0}
     print(f"{size}^3 {pipeline}: extracting features from {source}", file=sys.stderr)
     started = time.perf_counter()
-    train_x, train_y = split_features(archive, "train", spec)
-    val_x, val_y = split_features(archive, "val", spec)
+    train_x, train_y = split_features(source, "train", spec)
+    val_x, val_y = split_features(source, "val", spec)
     seconds = time.perf_counter() - started
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp.npz")
@@ -144,20 +136,25 @@ def metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
-def export(folder: Path, classifier: Any, size: int, result: dict[str, Any], features: dict[str, Any]) -> Path:
-    """One baseline package, with a card that says what it was trained on, under which licence, and how well."""
+def export(folder: Path, classifier: Any, size: int, features: dict[str, Any]) -> Path:
+    """One baseline package, with a card that says what it was trained on, under which licence, and how well.
+
+    The card's validation metrics are the engine's :func:`cadcore.evaluation.metrics.classification_metrics` (what
+    ``cad train`` and ``cad evaluate`` report: ECE on the predicted class's probability), not this script's table.
+    """
+    from cadcore.evaluation.metrics import classification_metrics
     from cadcore.registry.packages import save_package
 
     kind = classifier.kind
     card = {
         "format_version": 1,
         "id": f"adrenal-{kind}",
-        "version": "1.0.0",
+        "version": PACKAGE_VERSION,
         "task": "classification",
         "description": (f"Classical baseline for CADClassify: {len(classifier.feature_names)} hand-crafted shape, "
                         f"first-order and GLCM features + {'RBF SVM' if kind == 'svm' else 'random forest'}, "
                         f"trained on AdrenalMNIST3D {size}^3 adrenal shape masks (normal vs mass/hyperplasia)."),
-        "modality": "CT (segmentation masks)",
+        "modality": "CT (shape mask)",
         "classes": CLASSES,
         "roi": features["roi"],
         "preprocessing": {"normalization": {"kind": "none"}},
@@ -173,8 +170,13 @@ def export(folder: Path, classifier: Any, size: int, result: dict[str, Any], fea
                               "cadcore.classification.baseline.roi_feature_spacing (ROI-voxel units): "
                               "what cad classify computes"),
             "script": "benchmarks/adrenal_baselines.py",
+            "command": ("nice -n 10 .venv/bin/python benchmarks/adrenal_baselines.py --sizes 28 --pipelines roi "
+                        f"--export DIR --export-size {size} --seed {classifier.seed}"),
+            "citation": "Yang et al., MedMNIST v2, Scientific Data 10:41 (2023)",
         },
-        "metrics": {"validation": result},
+        "licence": "CC-BY-4.0 (derived from AdrenalMNIST3D, MedMNIST v2, CC BY 4.0); code Apache-2.0",
+        "metrics": {"validation": classification_metrics(classifier.predict_proba(features["val_x"]),
+                                                         features["val_y"])},
     }
     return save_package(folder / card["id"], card, classifier.state_tensors()).folder
 
@@ -217,7 +219,7 @@ def main() -> None:
                   f"{result['sensitivity']:.3f}  spec {result['specificity']:.3f}  BA {result['balanced_accuracy']:.3f}"
                   f"  ECE {result['ece']:.3f}  ({classifier.params}, CV AUC {result['cv_auc']:.3f})", file=sys.stderr)
             if args.export and (size, pipeline) == (args.export_size, "roi"):
-                exported.append(str(export(args.export, classifier, size, result, features)))
+                exported.append(str(export(args.export, classifier, size, features)))
     if exported:
         table["exported"] = exported
     text = json.dumps(table, indent=2)

@@ -42,6 +42,7 @@ REQUIREMENTS = (
     "tqdm>=4.60",
     "matplotlib>=3.7",
     "scikit-learn>=1.3",
+    "scikit-image>=0.22",
 )
 """What ``pip_install`` may install, one string per call, in this order."""
 PINNED_WHILE_INSTALLING = ("SimpleITK", "numpy", "requests", "torch")
@@ -177,7 +178,7 @@ class DependencyLogic:
 
     def restartNeeded(self, installed: Sequence[str]) -> bool:
         """True when one of ``installed`` was already imported in this session (the old version stays loaded)."""
-        modules = {"scikit-learn": "sklearn"}
+        modules = {"scikit-learn": "sklearn", "scikit-image": "skimage"}
         return any(modules.get(name, name).replace("-", "_") in sys.modules
                    for name, _ in map(parseRequirement, installed))
 

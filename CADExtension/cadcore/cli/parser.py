@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("-m", "--model", required=True)
     cf.add_argument("-o", "--output", required=True, help="result JSON")
     cf.add_argument("--mask", default=None, help="labelmap/segmentation file on the input's grid")
-    cf.add_argument("--label", type=int, default=None, help="lesion label value in --mask (default: the largest)")
+    cf.add_argument("--label", type=int, default=None,
+                    help="lesion label value in --mask: every voxel of that value is the lesion (default: the "
+                         "largest 26-connected component of a single label value; the result's roi.label says "
+                         "which)")
     cf.add_argument("--center", default=None, help="ROI centre X,Y,Z in RAS mm")
     cf.add_argument("--size", default=None, help="ROI box edge(s) in mm (extent-fitted models)")
     cf.add_argument("--heatmap", default=None, help="write the Grad-CAM heatmap here (input grid)")

@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default=None)
     tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning; a "
-                    "cascade needs --cascade: each stage starts from its own)")
+                    "cascade needs --cascade: each stage starts from its own); the new card keeps the parent's "
+                    "label names, colours and terminology where the data names the same structures (or none), and "
+                    "its version is the parent's with the minor part incremented")
+    tr.add_argument("--allow-overlap", action="store_true", default=None,
+                    help="with --init: validate even on cases the parent may have trained on (refused by default: "
+                         "cases of the parent's training data that its card does not list as held out)")
     tr.add_argument("--freeze-encoder-epochs", type=int, default=None,
                     help=f"with --init: encoder frozen this long (default {_default(seg, 'freeze_encoder_epochs')})")
     tr.add_argument("--pretrained-lr-factor", type=float, default=None,

@@ -3,7 +3,9 @@
 A classifier sees a fixed-size block of voxels. We build that block's grid in millimetres around the lesion: from a
 mask (centroid of a label, optionally fitted to its extent), from a point in RAS coordinates with a box size in mm, or
 the whole volume. The grid keeps the image's (canonicalised) axes, so nothing is rotated, and is resampled with
-SimpleITK; where it reaches past the image the result is padded with the background value and says so.
+SimpleITK; where it reaches past the image the result is padded with the background value and says so. From a mask
+without a label value, the lesion is the largest connected component of one label value (:func:`lesion_mask`), and
+the result's ``roi`` says which label and how many voxels.
 
 Card section ``roi``: ``{"size": [28, 28, 28], "spacing": [1, 1, 1] | null, "fit": "fixed" | "extent",
 "margin": 0.1, "input": "image" | "mask" | "masked_image", "orientation": "RAS"}``. ``fit: extent`` (MedMNIST
@@ -86,18 +88,12 @@ def extract_roi(image: sitk.Image, spec: dict[str, Any], mask: sitk.Image | None
     info: dict[str, Any] = {}
     if mask is not None:
         check_same_grid(image, mask, source, what="mask")
-        values = sitk.GetArrayViewFromImage(mask)
-        if label is None:
-            label = int(values.max())
-        if not (values == label).any():
-            present = sorted(int(v) for v in np.unique(values) if v != 0)
-            raise CadError(f"label {label} is not in the mask (labels present: {present or 'none'})", source)
-        lesion = sitk.Cast(sitk.BinaryThreshold(mask, label, label, 1, 0), sitk.sitkUInt8)
+        lesion, chosen = lesion_mask(mask, label, source)
         stats = sitk.LabelShapeStatisticsImageFilter()
         stats.Execute(lesion)
         centre_lps = stats.GetCentroid(1)
         extent_mm = _extent_mm(lesion, stats)
-        info.update(source="mask", label=label)
+        info.update(source="mask", **chosen)
     elif centre_ras is not None:
         centre_lps = ras_to_lps(centre_ras)
         _check_centre_inside(image, centre_lps, source)
@@ -115,6 +111,40 @@ def extract_roi(image: sitk.Image, spec: dict[str, Any], mask: sitk.Image | None
     padded = not _inside(grid, image)
     info.update(centre_ras=lps_to_ras(centre_lps), spacing=[round(s, 5) for s in spacing], size=size, padded=padded)
     return Roi(grid, _sample(image, grid, sitk.sitkLinear, background), mask_array, padded, info)
+
+
+def lesion_mask(mask: sitk.Image, label: int | None, source: str = "input") -> tuple[sitk.Image, dict[str, Any]]:
+    """The lesion as a 0/1 UInt8 image on the mask's grid, and what was chosen (for the result's ``roi``).
+
+    Given a label, the lesion is every voxel of that value. Without one it is the largest 26-connected component of
+    a single label value: a multi-organ mask's highest value is an arbitrary structure, and a lesion mask's stray
+    voxels are not the lesion. Touching structures of different values stay separate; ties go to the component met
+    first in storage order. The ROI (centre, extent, mask) then covers that component only.
+    """
+    values = sitk.GetArrayViewFromImage(mask)
+    if label is not None:
+        if label == 0:
+            raise CadError("--label 0 is the background, not a lesion", source)
+        if not (values == label).any():
+            present = sorted(int(v) for v in np.unique(values) if v != 0)
+            raise CadError(f"label {label} is not in the mask (labels present: {present or 'none'})", source)
+        lesion = sitk.Cast(sitk.BinaryThreshold(mask, label, label, 1, 0), sitk.sitkUInt8)
+        return lesion, {"label": int(label), "label_chosen": "given (--label)",
+                        "lesion_voxels": int(np.count_nonzero(values == label))}
+    if not values.any():
+        raise CadError("the mask holds no lesion (every voxel is 0); give a mask with a labelled lesion", source)
+    # equal neighbouring values (distance 0) form one component; background is masked out
+    components = sitk.ScalarConnectedComponent(mask, sitk.Cast(mask != 0, sitk.sitkUInt8), 0.0, True)
+    sizes = sitk.RelabelComponentImageFilter()
+    ranked = sizes.Execute(components)  # component 1 is the largest
+    lesion = sitk.Cast(ranked == 1, sitk.sitkUInt8)
+    n_voxels = int(sizes.GetSizeOfObjectsInPixels()[0])
+    first = int(np.flatnonzero(sitk.GetArrayViewFromImage(lesion).ravel())[0])
+    value = values.ravel()[first]
+    if value != int(value):
+        raise CadError(f"the largest lesion has the non-integer label value {float(value)}", source)
+    return lesion, {"label": int(value), "label_chosen": f"largest connected component ({n_voxels} voxels)",
+                    "lesion_voxels": n_voxels, "other_components": int(sizes.GetNumberOfObjects()) - 1}
 
 
 def _extent_mm(lesion: sitk.Image, stats: sitk.LabelShapeStatisticsImageFilter) -> np.ndarray:

@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")
     tr.add_argument("--description", default=None)
     tr.add_argument("--init", default=None, help="start from this model package's weights (transfer learning; a "
-                    "cascade needs --cascade: each stage starts from its own)")
+                    "cascade needs --cascade: each stage starts from its own); the new card keeps the parent's "
+                    "label names, colours and terminology where the data names the same structures (or none), and "
+                    "its version is the parent's with the minor part incremented")
+    tr.add_argument("--allow-overlap", action="store_true", default=None,
+                    help="with --init: validate even on cases the parent may have trained on (refused by default: "
+                         "cases of the parent's training data that its card does not list as held out)")
     tr.add_argument("--freeze-encoder-epochs", type=int, default=None,
                     help=f"with --init: encoder frozen this long (default {_default(seg, 'freeze_encoder_epochs')})")
     tr.add_argument("--pretrained-lr-factor", type=float, default=None,
@@ -157,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("-m", "--model", required=True)
     cf.add_argument("-o", "--output", required=True, help="result JSON")
     cf.add_argument("--mask", default=None, help="labelmap/segmentation file on the input's grid")
-    cf.add_argument("--label", type=int, default=None, help="lesion label value in --mask (default: the largest)")
+    cf.add_argument("--label", type=int, default=None,
+                    help="lesion label value in --mask: every voxel of that value is the lesion (default: the "
+                         "largest 26-connected component of a single label value; the result's roi.label says "
+                         "which)")
     cf.add_argument("--center", default=None, help="ROI centre X,Y,Z in RAS mm")
     cf.add_argument("--size", default=None, help="ROI box edge(s) in mm (extent-fitted models)")
     cf.add_argument("--heatmap", default=None, help="write the Grad-CAM heatmap here (input grid)")

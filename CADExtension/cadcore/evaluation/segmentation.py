@@ -2,6 +2,10 @@
 
 Scores are computed on the input's own grid (after the round trip through working space and post-processing),
 so they measure what a user gets. Dice per label; HD95 in millimetres (MONAI, with the image spacing).
+
+A score on cases the model trained on is not a measure of how it generalises, so every case says whether it may
+have been (``trained_on``, see :func:`held_out_marks`) and the report gives the mean Dice over all cases and over
+the held-out ones (``mean_dice_held_out``, ``n_held_out``, ``n_trained_on``, ``held_out_basis``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from tqdm import tqdm
 
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import dice, hd95
-from cadcore.io.datasets import load_dataset, select_split
+from cadcore.io.datasets import Case, Dataset, load_dataset, select_split
 from cadcore.io.images import check_same_grid, read_image, read_volume
 from cadcore.preprocessing.working_space import to_array
+from cadcore.registry.card import ModelCard
 from cadcore.registry.packages import find_model
 from cadcore.segmentation.predict import segment_image
 
@@ -48,6 +53,38 @@ def summarise(cases: list[dict[str, Any]], names: dict[int, str]) -> dict[str, A
     return per_label
 
 
+def held_out_marks(card: ModelCard, dataset: Dataset, cases: list[Case], split: str) -> tuple[dict[str, bool | None],
+                                                                                             str]:
+    """Case id -> True when the model may have trained on it, False when its card holds it out, None when unknown;
+    and the basis of that answer, for the report.
+
+    The card lists its held-out ids (``training.split.val``) and names its training data (``training.data``), not
+    its training ids. The dataset is taken to be (a part of) the model's training data when the card names it
+    (``dataset.json``'s ``name`` or the dataset's folder) or when it holds one of the card's held-out ids; then each
+    case not on the held-out list may have been trained on. Otherwise nothing is claimed either way.
+    """
+    if split == "val":
+        return {case.id: False for case in cases}, "split val: only the cases the model card lists as held out"
+    held_out = set(card.validation_ids)
+    data = card.training.get("data")
+    named = data is not None and str(data) in {dataset.name, str(dataset.root)}
+    shared = held_out & {case.id for case in cases}
+    if not (named or shared):
+        return {case.id: None for case in cases}, (
+            f"unknown: the model card names other training data ({data!r}) and holds out none of these cases"
+            if data is not None else "unknown: the model card records no training data")
+    why = "the model card names this dataset as its training data" if named else (
+        f"this dataset holds {len(shared)} of the model card's held-out cases")
+    return {case.id: case.id not in held_out for case in cases}, (
+        f"{why}: cases not on its held-out list ({len(held_out)} ids) may have been trained on")
+
+
+def _mean_dice(cases: list[dict[str, Any]], names: dict[int, str]) -> float | None:
+    if not cases:
+        return None
+    return round(float(np.mean([row["dice_mean"] for row in summarise(cases, names).values()])), 5)
+
+
 def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fast: bool = False) -> dict[str, Any]:
     package = find_model(model)
     if package.task != "segmentation":
@@ -58,6 +95,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
     dataset = load_dataset(data)
     cases = select_split(dataset, split, package.card.validation_ids)
     names = package.label_names()
+    marks, basis = held_out_marks(package.card, dataset, cases, split)
     started = time.perf_counter()
     results = []
     for case in tqdm(cases, desc="evaluating", unit="case"):
@@ -71,8 +109,12 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
         prediction = to_array(result.labels)
         truth = np.rint(to_array(truth_image)).astype(np.int64)
         scores = score_case(prediction, truth, image.GetSpacing(), sorted(names))
-        results.append({"id": case.id, **scores, "seconds": round(time.perf_counter() - case_started, 3)})
+        results.append({"id": case.id, "trained_on": marks[case.id], **scores,
+                        "seconds": round(time.perf_counter() - case_started, 3)})
     per_label = summarise(results, names)
+    known = all(mark is not None for mark in marks.values())
+    held_out = [row for row in results if row["trained_on"] is False]
+    trained_on = [row for row in results if row["trained_on"] is True]
     return {
         "model": package.id,
         "model_version": package.version,
@@ -81,6 +123,11 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
         "fast": fast,
         "n_cases": len(results),
         "mean_dice": round(float(np.mean([v["dice_mean"] for v in per_label.values()])), 5),
+        "n_trained_on": len(trained_on) if known else None,
+        "n_held_out": len(held_out) if known else None,
+        "mean_dice_held_out": _mean_dice(held_out, names) if known else None,
+        "mean_dice_trained_on": _mean_dice(trained_on, names) if known else None,
+        "held_out_basis": basis,
         "per_label": per_label,
         "seconds": round(time.perf_counter() - started, 2),
         "cases": results,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,14 @@ from cadcore.io.datasets import Case, Dataset, load_dataset, split_cases
 from cadcore.io.writing import refuse_existing
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
-from cadcore.registry.packages import ModelPackage, save_package
+from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.config import TrainConfig
 from cadcore.training.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
 from cadcore.training.losses import MaskedDiceCELoss
 from cadcore.training.patches import PatchDataset, PreparedCase, augmentation, prepare_cases
 from cadcore.training.report import plot_curves, total_training_seconds, write_log
+from cadcore.training.transfer import child_version, parent_label_entries, parent_label_values
 
 DEFAULT_COLORS = [[0.85, 0.35, 0.25], [0.25, 0.6, 0.85], [0.35, 0.75, 0.35], [0.9, 0.8, 0.2], [0.7, 0.4, 0.8]]
 
@@ -118,16 +119,22 @@ def train(config: TrainConfig) -> ModelPackage:
                     config.resume, "replace it")
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_for(config, dataset)
-    label_values = sorted(dataset.label_names) or [1]
-    label_metadata(config, dataset, label_values)  # a bad --labels file fails before training, not after
+    parent = find_model(config.init) if config.init else None
+    label_values = sorted(dataset.label_names) or (parent_label_values(parent.card) if parent else []) or [1]
+    label_metadata(config, dataset, label_values, parent)  # a bad --labels file fails before training, not after
+    held_out_check = None
+    if parent is not None:  # before anything is read or written: validating on the parent's training cases
+        from cadcore.training.transfer import check_parent_overlap
+
+        held_out_check = check_parent_overlap(parent, dataset, train_cases, val_cases,
+                                              bool(getattr(config, "allow_overlap", False)), config.data)
     if not config.spacing:
         config.spacing = median_spacing(train_cases, config.orientation)
     preprocessing = preprocessing_for(config)
-    parent = None
-    if config.init:
+    if parent is not None:
         from cadcore.training.transfer import parent_spec
 
-        parent, spec = parent_spec(config.init, "DynUNet", len(label_values) + 1, config.spacing, config.init_stage)
+        parent, spec = parent_spec(parent, "DynUNet", len(label_values) + 1, config.spacing, config.init_stage)
         check_patch(config.patch_size, spec, " (the --init network)")
     else:
         spec = network_for(config, len(label_values) + 1)
@@ -246,7 +253,9 @@ def train(config: TrainConfig) -> ModelPackage:
         network.load_state_dict(best_weights)  # export through the network: its aliased weights are stored once
     best_weights = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     card = build_card(config, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
-                      time.time() - started)
+                      time.time() - started, parent)
+    if held_out_check is not None:
+        card["training"]["parent_held_out"] = held_out_check
     if init_report is not None:
         card["training"]["parent"] = {k: init_report[k] for k in ("parent", "parent_version", "parent_sha256",
                                                                   "parent_stage") if k in init_report}
@@ -261,8 +270,11 @@ def train(config: TrainConfig) -> ModelPackage:
     return package
 
 
-def label_metadata(config: TrainConfig, dataset, label_values: list[int]) -> list[dict[str, Any]]:
-    """Names, colours and terminology for the card: from ``--labels FILE`` when given, else the dataset's names."""
+def label_metadata(config: TrainConfig, dataset, label_values: list[int],
+                   parent: ModelPackage | None = None) -> list[dict[str, Any]]:
+    """Names, colours and terminology for the card: from ``--labels FILE`` when given; else, with ``--init``, the
+    parent's entry for each value the dataset leaves unnamed or names as the same structure
+    (:func:`cadcore.training.transfer.parent_label_entries`); else the dataset's names and default colours."""
     if config.labels:
         try:
             given = {int(item["value"]): item for item in json.loads(Path(config.labels).read_text())}
@@ -273,21 +285,31 @@ def label_metadata(config: TrainConfig, dataset, label_values: list[int]) -> lis
             raise CadError(f"label descriptions lack values {missing}", config.labels)
         return [given[v] for v in label_values]
     names = dataset.label_names
-    return [{"value": v, "name": names.get(v, f"label {v}"), "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]}
-            for i, v in enumerate(label_values)]
+    kept = parent_label_entries(parent.card, label_values, names) if parent is not None else {}
+    return [kept.get(v) or {"value": v, "name": names.get(v, f"label {v}"),
+                            "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)]} for i, v in enumerate(label_values)]
+
+
+def card_version(config: TrainConfig, parent: ModelPackage | None) -> str:
+    """The version the caller gave; or, with ``--init`` and the default left, the parent's with the minor part
+    incremented (a fine-tuned model is a new version of the parent's)."""
+    default = next(f.default for f in fields(TrainConfig) if f.name == "version")
+    if parent is None or config.version != default:
+        return config.version
+    return child_version(parent.version or "") or config.version
 
 
 def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
-               seconds: float) -> dict[str, Any]:
+               seconds: float, parent: ModelPackage | None = None) -> dict[str, Any]:
     return {
         "format_version": 1,
         "id": config.model_id or Path(config.output).name,
-        "version": config.version,
+        "version": card_version(config, parent),
         "task": "segmentation",
         "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",
         "modality": config.modality.upper(),
         "network": spec,
-        "labels": label_metadata(config, dataset, label_values),
+        "labels": label_metadata(config, dataset, label_values, parent),
         "preprocessing": preprocessing,
         "inference": {"patch_size": config.patch_size, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2},
         "postprocessing": {"largest_component": True, "fill_holes": True, "min_size_voxels": 10},

@@ -53,6 +53,7 @@ from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.training.config import CascadeOptions, TrainConfig
 from cadcore.training.losses import IGNORE_LABEL  # a pseudo-label's "unknown": never a target to crop around
 from cadcore.training.segmentation import check_patch, median_spacing, network_for, oriented_header, split_for, train
+from cadcore.training.transfer import check_parent_overlap, parent_label_values
 
 STAGES_DIR = "cascade"
 COARSE_PATCH_CAP = 128  # voxels per axis: larger coarse patches cost memory for no extra context
@@ -318,7 +319,11 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
                     config.resume, "restart")
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_of(dataset, config)
-    n_classes = len(sorted(dataset.label_names) or [1]) + 1
+    parent = find_model(config.init) if config.init else None
+    if parent is not None:  # refused before any crop is written, not inside a stage
+        check_parent_overlap(parent, dataset, train_cases, val_cases, bool(getattr(config, "allow_overlap", False)),
+                             config.data)
+    n_classes = len(sorted(dataset.label_names) or (parent_label_values(parent.card) if parent else []) or [1]) + 1
     coarse_config, fine_config = stage_configs(config, options, train_cases, n_classes)
 
     crops = crops_or_nothing(train_cases, val_cases, dataset, options, output, config.seed)

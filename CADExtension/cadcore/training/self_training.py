@@ -172,6 +172,7 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
         teacher = student
     card = teacher.card.to_dict()
     card["id"] = final_id
+    card["version"] = first_teacher.card.version  # students from the teacher would each add a minor step
     card["description"] = config.description or (
         f"3D U-Net self-trained (teacher on {len(train_cases)} labelled cases, {options.rounds} round(s) of "
         f"pseudo-labels on {len(volumes)} unlabelled volumes) with cad train on {dataset.name or dataset.root.name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ from cadcore.registry.card import (
     Stage,
     WeightsFile,
 )
+
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODEL_ID_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+MAX_ID_LENGTH = 128
+
+
+def is_model_id(value: Any) -> bool:
+    """A model id is one plain name, because it becomes a folder name in the registry: an absolute path, ``..``
+    or a slash in it used to install (and with ``--force``, delete) outside the registry. Trainers can check the
+    id they will write with this before training starts."""
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH and MODEL_ID.fullmatch(value) is not None
 
 
 def parse_card(data: Any, path: str | Path | None = None) -> ModelCard:
@@ -202,8 +214,9 @@ class _CardReader:
             raise CadError(f"model card lacks required fields: {', '.join(missing)}", self.path)
         if data["task"] not in TASKS:
             raise CadError(f"unknown task {data['task']!r} (expected one of {', '.join(TASKS)})", self.path)
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise self.fail("id", f"must be a non-empty text, got {data['id']!r}")
+        if not is_model_id(data["id"]):
+            raise self.fail("id", f"must be one plain name ({MODEL_ID_RULE}, at most {MAX_ID_LENGTH} characters: it "
+                                  f"names the model's folder), got {data['id']!r}")
         if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             raise self.fail("format_version", f"is {data.get('format_version')!r}; this engine reads version "
                                               f"{FORMAT_VERSION}")

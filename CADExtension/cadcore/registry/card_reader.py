@@ -37,6 +37,7 @@ from cadcore.registry.card import (
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MODEL_ID_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
 MAX_ID_LENGTH = 128
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_model_id(value: Any) -> bool:
@@ -207,6 +208,18 @@ class _CardReader:
         inference = _inference({**_inference_dict(main), **overrides}, "fast.inference", self.path)
         return FastMode(spacing, inference, network)
 
+    def weights_file(self, weights: Mapping[str, Any]) -> WeightsFile:
+        """The weights file is a plain name inside the package (``../x`` or an absolute path would verify and load a
+        file from anywhere), in safetensors format, pinned by a sha256 when one is given."""
+        name, digest, kind = weights.get("file", "model.safetensors"), weights.get("sha256"), weights.get("format")
+        if not is_model_id(name):
+            raise self.fail("weights.file", f"must be a plain file name in the package folder, got {name!r}")
+        if digest is not None and not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+            raise self.fail("weights.sha256", f"must be 64 lowercase hex digits, got {digest!r}")
+        if kind not in (None, "safetensors"):
+            raise self.fail("weights.format", f"must be \"safetensors\" (the only format loaded), got {kind!r}")
+        return WeightsFile(name, digest, kind)
+
     def card(self) -> ModelCard:
         data = self.data
         missing = [name for name in ("id", "task", "network", "version") if name not in data]
@@ -250,6 +263,5 @@ class _CardReader:
             roi=self.section(data, "roi", "roi"),
             calibration=Calibration(float(temperature), tuple(float(p) for p in prior) if prior else None),
             gradcam_layer=str(layer),
-            weights=WeightsFile(str(weights.get("file", "model.safetensors")), weights.get("sha256"),
-                                weights.get("format")),
+            weights=self.weights_file(weights),
             raw=copy.deepcopy(dict(data)), path=self.path)

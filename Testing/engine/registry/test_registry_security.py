@@ -117,6 +117,25 @@ def test_install_target_is_a_direct_child(registry: Path) -> None:
     assert cadcore.registry.locations.install_target("ok") == registry / "ok"
 
 
+@pytest.mark.parametrize("field", ["../outside.safetensors", "absolute", "sha256"])
+def test_weights_entry_cannot_point_outside(tmp_path: Path, registry: Path, capsys: pytest.CaptureFixture[str],
+                                            field: str) -> None:
+    """``weights.file`` is a plain name in the package: ``../x`` or an absolute path would verify and load any file;
+    a sha256 that is not 64 hex digits pins nothing."""
+    package = make_tiny_segmentation_package(tmp_path / "downloads" / "pointing")
+    outside = tmp_path / "downloads" / "outside.safetensors"
+    outside.write_bytes(package.weights_path.read_bytes())
+    weights = dict(package.card.to_dict()["weights"])
+    if field == "sha256":
+        weights["sha256"] = "any"
+    else:
+        weights["file"] = field if field != "absolute" else str(outside)
+    edit_card(package.folder, weights=weights)
+    code, _, err = run_cad(capsys, "models", "import", str(package.folder))
+    assert_refused(code, err, str(package.folder / CARD_NAME), f"'weights.{'sha256' if field == 'sha256' else 'file'}'")
+    assert list(registry.iterdir()) == []
+
+
 # --- links ----------------------------------------------------------------------------------------------------------
 
 

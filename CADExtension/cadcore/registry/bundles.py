@@ -187,25 +187,34 @@ def read_bundle(folder: Path) -> BundleModel:
     return bundle
 
 
-def list_bundles() -> list[BundleModel]:
-    """Bundles in the registry folders (shipped, then ``$CAD_MODELS``); broken ones are skipped, first id wins."""
-    found: dict[str, BundleModel] = {}
+def all_bundles() -> list[BundleModel]:
+    """Every readable bundle in the registry folders (shipped, then ``$CAD_MODELS``), shadowed ones included."""
+    found = []
     for root in registry_folders():
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and is_bundle(p)):
             try:
-                found.setdefault(folder.name, read_bundle(folder))
+                found.append(read_bundle(folder))
             except CadError:
                 continue
+    return found
+
+
+def list_bundles() -> list[BundleModel]:
+    """Bundles in the registry folders (shipped, then ``$CAD_MODELS``); broken ones are skipped, first id wins."""
+    found: dict[str, BundleModel] = {}
+    for bundle in all_bundles():
+        found.setdefault(bundle.id, bundle)
     return list(found.values())
 
 
 def import_bundle(source: Path, force: bool = False) -> BundleModel:
-    """Copy a verified bundle into ``$CAD_MODELS/<folder name>`` (so ``-m <name>`` finds it)."""
+    """Copy a verified bundle into ``$CAD_MODELS/<folder name>`` (so ``-m <name>`` finds it); the copy is verified
+    again before it takes its place."""
     bundle = read_bundle(Path(source))
     bundle.verify()
-    target = install(bundle.folder, bundle.id, force)
+    target = install(bundle.folder, bundle.id, force, lambda copy: read_bundle(copy).verify())
     return read_bundle(target)
 
 

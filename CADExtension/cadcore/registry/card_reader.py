@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,18 @@ from cadcore.registry.card import (
     Stage,
     WeightsFile,
 )
+
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MODEL_ID_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+MAX_ID_LENGTH = 128
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_model_id(value: Any) -> bool:
+    """A model id is one plain name, because it becomes a folder name in the registry: an absolute path, ``..``
+    or a slash in it used to install (and with ``--force``, delete) outside the registry. Trainers can check the
+    id they will write with this before training starts."""
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH and MODEL_ID.fullmatch(value) is not None
 
 
 def parse_card(data: Any, path: str | Path | None = None) -> ModelCard:
@@ -195,6 +208,18 @@ class _CardReader:
         inference = _inference({**_inference_dict(main), **overrides}, "fast.inference", self.path)
         return FastMode(spacing, inference, network)
 
+    def weights_file(self, weights: Mapping[str, Any]) -> WeightsFile:
+        """The weights file is a plain name inside the package (``../x`` or an absolute path would verify and load a
+        file from anywhere), in safetensors format, pinned by a sha256 when one is given."""
+        name, digest, kind = weights.get("file", "model.safetensors"), weights.get("sha256"), weights.get("format")
+        if not is_model_id(name):
+            raise self.fail("weights.file", f"must be a plain file name in the package folder, got {name!r}")
+        if digest is not None and not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+            raise self.fail("weights.sha256", f"must be 64 lowercase hex digits, got {digest!r}")
+        if kind not in (None, "safetensors"):
+            raise self.fail("weights.format", f"must be \"safetensors\" (the only format loaded), got {kind!r}")
+        return WeightsFile(name, digest, kind)
+
     def card(self) -> ModelCard:
         data = self.data
         missing = [name for name in ("id", "task", "network", "version") if name not in data]
@@ -202,8 +227,9 @@ class _CardReader:
             raise CadError(f"model card lacks required fields: {', '.join(missing)}", self.path)
         if data["task"] not in TASKS:
             raise CadError(f"unknown task {data['task']!r} (expected one of {', '.join(TASKS)})", self.path)
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise self.fail("id", f"must be a non-empty text, got {data['id']!r}")
+        if not is_model_id(data["id"]):
+            raise self.fail("id", f"must be one plain name ({MODEL_ID_RULE}, at most {MAX_ID_LENGTH} characters: it "
+                                  f"names the model's folder), got {data['id']!r}")
         if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             raise self.fail("format_version", f"is {data.get('format_version')!r}; this engine reads version "
                                               f"{FORMAT_VERSION}")
@@ -237,6 +263,5 @@ class _CardReader:
             roi=self.section(data, "roi", "roi"),
             calibration=Calibration(float(temperature), tuple(float(p) for p in prior) if prior else None),
             gradcam_layer=str(layer),
-            weights=WeightsFile(str(weights.get("file", "model.safetensors")), weights.get("sha256"),
-                                weights.get("format")),
+            weights=self.weights_file(weights),
             raw=copy.deepcopy(dict(data)), path=self.path)

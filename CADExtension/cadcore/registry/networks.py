@@ -1,7 +1,7 @@
-"""Build the network a model card describes, from MONAI's implementations.
+"""Networks for model packages: specs for new models, and a package's stage built with its verified weights.
 
-Cards name a MONAI class and its keyword arguments, so any architecture MONAI ships can be described in JSON without
-code; only the classes listed here may be built (a card cannot make us import arbitrary code).
+Building a network from a card's spec, and checking the weights fit it, live in :mod:`.architectures` (below
+:mod:`.packages`, so verifying a package can use them); their names are re-exported here for the engine's callers.
 """
 
 from __future__ import annotations
@@ -10,36 +10,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cadcore.errors import CadError
+from cadcore.registry.architectures import (  # noqa: F401  (re-exported)
+    CLASSIFICATION_NETWORKS,
+    SEGMENTATION_NETWORKS,
+    build_network,
+    network_family,
+)
 from cadcore.registry.card import Stage
 from cadcore.registry.packages import ModelPackage
-
-SEGMENTATION_NETWORKS = ("UNet", "DynUNet", "SegResNet", "BasicUNet")
-CLASSIFICATION_NETWORKS = ("ResNet", "DenseNet121", "DenseNet169")
-
-
-def network_family(spec: Mapping[str, Any]) -> str:
-    return str(spec.get("name", ""))
-
-
-def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate ``spec = {"name": <MONAI class>, "params": {...}}``."""
-    import monai.networks.nets as nets
-
-    name = network_family(spec)
-    if name not in SEGMENTATION_NETWORKS + CLASSIFICATION_NETWORKS:
-        raise CadError(f"unsupported network {name!r} in model card")
-    params = dict(spec.get("params", {}))
-    if name == "ResNet":
-        from monai.networks.nets.resnet import ResNetBlock
-
-        params.setdefault("block", ResNetBlock)
-    try:
-        return getattr(nets, name)(**params)
-    except (TypeError, ValueError) as exc:
-        raise CadError(f"network parameters do not fit {name}: {exc}") from exc
 
 
 def dynunet_spec(in_channels: int, out_channels: int, filters: list[int], strides: list[Any]) -> dict[str, Any]:
@@ -90,10 +69,12 @@ def divisor_of(spec: Mapping[str, Any]) -> list[int]:
 
 def load_network(package: ModelPackage, stage: Stage, device: Any = "cpu", state: dict[str, Any] | None = None):
     """``stage``'s network with its verified weights, in eval mode on ``device`` (``state``: the package's weights
-    already read, when several stages are loaded)."""
+    already read, when several stages are loaded). The weights are verified (hash, header, shapes against the card's
+    networks built on the meta device) before the real network is built, so a card claiming a huge network is
+    refused before anything is allocated."""
+    state = state if state is not None else package.load_state_dict()
     network = build_network(stage.network)
-    load_weights(network, stage.weights_of(state if state is not None else package.load_state_dict()),
-                 package.weights_path)
+    load_weights(network, stage.weights_of(state), package.weights_path)
     return network.to(device).eval()
 
 

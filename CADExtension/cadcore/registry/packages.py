@@ -20,6 +20,7 @@ from cadcore.errors import CadError
 from cadcore.registry.card import ModelCard, ModelSummary
 from cadcore.registry.card_reader import parse_card
 from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, registry_folders, sha256_of
+from cadcore.registry.safetensors_header import read_header
 
 
 @dataclass(frozen=True)
@@ -63,29 +64,38 @@ class ModelPackage:
         return self.card.label_names()
 
     def verify(self) -> str:
-        """Check the weights exist and match the card's sha256; return the hash."""
+        """Check the weights before anything reads them as tensors; return their sha256.
+
+        In order: the file exists, the card pins a sha256, the file is a complete safetensors file (its header parsed
+        here, not by loading: a pickle or zip with a matching hash is still refused), the hash matches, and every
+        tensor's name and shape fit the networks the card describes (built on the meta device, so a card claiming
+        a huge network costs nothing). Every refusal names the weights file or ``model.json``."""
+        from cadcore.registry.architectures import check_weights_fit  # torch: not needed to list or show models
+
         expected = self.card.weights.sha256
-        if not self.weights_path.exists():
+        if not self.weights_path.is_file():
             raise CadError("model weights file is missing", self.weights_path)
-        actual = sha256_of(self.weights_path)
         if not expected:
             raise CadError("model card has no weights sha256; refusing unverified weights", self.folder / CARD_NAME)
+        tensors = read_header(self.weights_path)
+        actual = sha256_of(self.weights_path)
         if actual != expected:
             raise CadError(
                 f"weights sha256 mismatch (card {expected[:12]}…, file {actual[:12]}…); the file is corrupt or altered",
                 self.weights_path,
             )
+        check_weights_fit(self.card, tensors, self.weights_path)
         return actual
 
     def load_state_dict(self) -> dict[str, Any]:
-        """Verified weights as a state dict (safetensors: no code runs while loading)."""
+        """Verified weights as a state dict (safetensors: no code runs while loading; shapes checked first)."""
         from safetensors.torch import load_file
 
         self.verify()
         try:
             return load_file(str(self.weights_path))
         except Exception as exc:  # safetensors raises its own error types
-            raise CadError(f"cannot read weights ({exc})", self.weights_path) from exc
+            raise CadError(f"cannot read weights ({' '.join(str(exc).split())})", self.weights_path) from exc
 
     def summary(self) -> ModelSummary:
         return ModelSummary(self.id, self.card.version, self.task, self.card.modality, self.card.description,
@@ -104,19 +114,33 @@ def read_card(folder: Path) -> ModelCard:
     return parse_card(data, card_path)
 
 
-def list_models() -> list[ModelPackage]:
-    """Every package in the registry; the first of a given id wins (shipped before user)."""
-    found: dict[str, ModelPackage] = {}
+def all_packages() -> list[ModelPackage]:
+    """Every readable package in the registry folders, shipped first, shadowed ones included."""
+    found = []
     for root in registry_folders():
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
             try:
-                package = ModelPackage(folder, read_card(folder))
+                found.append(ModelPackage(folder, read_card(folder)))
             except CadError:
                 continue
-            found.setdefault(package.id, package)
+    return found
+
+
+def list_models() -> list[ModelPackage]:
+    """Every package in the registry; the first of a given id wins (shipped before user: shipped models are the
+    vetted ones, so a user package cannot silently replace one)."""
+    found: dict[str, ModelPackage] = {}
+    for package in all_packages():
+        found.setdefault(package.id, package)
     return list(found.values())
+
+
+def shadowed_models() -> list[ModelPackage]:
+    """User packages that are not used because a package earlier in the search order has their id."""
+    winners = {package.id: package.folder for package in list_models()}
+    return [package for package in all_packages() if winners[package.id] != package.folder]
 
 
 def find_model(model: str | Path) -> ModelPackage:

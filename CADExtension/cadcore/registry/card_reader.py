@@ -40,6 +40,16 @@ MAX_ID_LENGTH = 128
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def trained_model_id(model_id: str | None, output: str | Path) -> str:
+    """The id a training run will write (``--id``, else the output folder's name), refused before training when it
+    is not a plain name: a folder called "my model" must not fail only after hours of training."""
+    chosen = model_id or Path(output).name
+    if not is_model_id(chosen):
+        raise CadError(f"model id {chosen!r} is not a plain name (letters, digits, '.', '_', '-'); pass --id NAME",
+                       output)
+    return chosen
+
+
 def is_model_id(value: Any) -> bool:
     """A model id is one plain name, because it becomes a folder name in the registry: an absolute path, ``..``
     or a slash in it used to install (and with ``--force``, delete) outside the registry. Trainers can check the

@@ -47,6 +47,7 @@ from cadcore.errors import CadError
 from cadcore.io.datasets import Case, Dataset, dataset_description, dataset_entry, load_dataset
 from cadcore.io.images import check_same_grid, read_image, read_volume
 from cadcore.io.writing import refuse_existing, write_json
+from cadcore.registry.card_reader import trained_model_id
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, find_model, save_package
@@ -228,7 +229,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
     for name, spacing in (("--spacing", fine_spacing), ("--coarse-spacing", coarse_spacing)):
         if len(spacing) != 3 or min(spacing) <= 0:
             raise CadError(f"{name} needs three positive values in mm, got {spacing}")
-    base = config.model_id or Path(config.output).name
+    base = trained_model_id(config.model_id, config.output)
     fine = replace(config, spacing=list(fine_spacing), max_cases=None, model_id=f"{base}-fine",
                    init_stage="fine" if parent else None, description="fine stage of a cascade (ROI crops)",
                    progress_prefix="fine stage, ")
@@ -277,7 +278,7 @@ def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPac
     """The fine stage's card (network, preprocessing, inference, labels) plus the ``cascade`` section."""
     card, coarse_sections = fine.card.to_dict(), coarse.card.to_dict()
     card.pop("weights", None)
-    card["id"] = config.model_id or Path(config.output).name
+    card["id"] = trained_model_id(config.model_id, config.output)
     card["description"] = config.description or (
         f"Cascaded 3D U-Net (coarse {coarse.card.preprocessing['spacing']} mm, fine "
         f"{fine.card.preprocessing['spacing']} mm) trained with cad train --cascade on {fine.card.training['data']}")
@@ -310,6 +311,7 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
     ``config.output``."""
     output = Path(config.output)
     stages = output / STAGES_DIR
+    trained_model_id(config.model_id, output)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CadError("--cascade does not run under torchrun; train it in one process")
     refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,

@@ -33,6 +33,7 @@ from cadcore.device import pick_device
 from cadcore.errors import CadError
 from cadcore.evaluation.metrics import classification_metrics
 from cadcore.io.writing import refuse_existing
+from cadcore.registry.card_reader import trained_model_id
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network
 from cadcore.registry.packages import ModelPackage, save_package
@@ -113,6 +114,7 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
     output = Path(config.output)
     refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
                     verb="replace it")
+    trained_model_id(config.model_id, output)  # a name the registry refuses fails now, not after training
     roi_spec: dict[str, Any] = {"size": config.roi_size, "spacing": config.roi_spacing,
                                 "fit": "fixed" if config.roi_spacing else "extent", "margin": 0.1,
                                 "input": config.roi_input, "orientation": "RAS"}
@@ -192,7 +194,7 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
 def _card(config, spec, roi_spec, normalization, names, provenance, train, val, started) -> dict[str, Any]:
     return {
         "format_version": 1,
-        "id": config.model_id or Path(config.output).name,
+        "id": trained_model_id(config.model_id, config.output),
         "version": config.version,
         "task": "classification",
         "description": config.description or f"{spec['name']} classifier trained with cad train --task classify",

@@ -23,6 +23,7 @@ from cadcore.errors import CadError
 from cadcore.evaluation.metrics import dice
 from cadcore.io.datasets import Case, Dataset, load_dataset, split_cases
 from cadcore.io.writing import refuse_existing
+from cadcore.registry.card_reader import trained_model_id
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, find_model, save_package
@@ -117,6 +118,7 @@ def train(config: TrainConfig) -> ModelPackage:
     output = Path(config.output)
     refuse_existing((output / CARD_NAME).exists(), "a model package already exists here", output, config.force,
                     config.resume, "replace it")
+    trained_model_id(config.model_id, output)  # a name the registry refuses fails now, not after training
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_for(config, dataset)
     parent = find_model(config.init) if config.init else None
@@ -303,7 +305,7 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
                seconds: float, parent: ModelPackage | None = None) -> dict[str, Any]:
     return {
         "format_version": 1,
-        "id": config.model_id or Path(config.output).name,
+        "id": trained_model_id(config.model_id, config.output),
         "version": card_version(config, parent),
         "task": "segmentation",
         "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",

@@ -37,6 +37,7 @@ from cadcore.errors import CadError
 from cadcore.io.datasets import Case, Dataset, case_id, dataset_description, dataset_entry, load_dataset
 from cadcore.io.images import VOLUME_SUFFIXES, read_volume, suffix_of
 from cadcore.io.writing import refuse_existing, write_json
+from cadcore.registry.card_reader import trained_model_id
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.training.config import SelfTrainOptions, TrainConfig
@@ -134,7 +135,7 @@ def self_train(config: TrainConfig, options: SelfTrainOptions) -> ModelPackage:
     dataset, train_cases, val_cases, volumes = check_inputs(config, options)
     output = Path(config.output)
     work = output / "self_training"
-    final_id = config.model_id or output.name
+    final_id = trained_model_id(config.model_id, output)
     student_epochs = options.student_epochs or config.epochs
     tta_axes = list(config.mirror_axes) if options.tta else []
     rounds: list[dict[str, Any]] = []

@@ -76,11 +76,11 @@ def check_header(reader: sitk.ImageFileReader, path: Path, volume: bool) -> None
     """Everything a header tells that can refuse the file before its voxels are read. ``volume``: also refuse what
     no model takes (vector voxels, not 3D), as :func:`check_volume` does after reading."""
     size, components = reader.GetSize(), reader.GetNumberOfComponents()
+    check_pixel_type(reader.GetPixelID(), path)  # first: ITK counts a complex voxel as two components
     if volume and components != 1:
         raise CadError(f"expected a scalar volume, got {components} components per voxel", path)
     if volume and reader.GetDimension() != 3:
         raise CadError(f"expected a 3D volume, got a {reader.GetDimension()}D image of size {size}", path)
-    check_pixel_type(reader.GetPixelID(), path)
     check_geometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
     check_memory(size, components, reader.GetPixelID(), path)
 

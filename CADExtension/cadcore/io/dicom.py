@@ -145,9 +145,10 @@ def _check_spacing(positions: list[tuple[float, str]], folder: Path) -> None:
     """Gaps along the normal must all equal the smallest one (within 1 %); a gap of k spacings names the missing
     positions, any other unevenness the two slices around it."""
     gaps = np.diff([position for position, _ in positions])
-    for gap, (position, file) in zip(gaps, positions[1:]):
+    for gap, (position, file), (_, previous) in zip(gaps, positions[1:], positions):
         if gap < 1e-4:
-            raise CadError(f"two slices at the same position ({position:.3f} mm along the slice normal)", file)
+            raise CadError(f"two slices at the same position ({position:.3f} mm along the slice normal): "
+                           f"{Path(previous).name} and {Path(file).name}", folder)
     spacing = float(np.median(gaps))
     tolerance = SPACING_TOLERANCE * spacing
     for index, gap in enumerate(gaps):
@@ -163,6 +164,25 @@ def _check_spacing(positions: list[tuple[float, str]], folder: Path) -> None:
                        f"{Path(after[1]).name}, {spacing:.4g} mm elsewhere", folder)
 
 
+def check_no_damaged_files(info: SeriesInfo, series: dict[str, list[str]]) -> None:
+    """GDCM leaves out of every series a file it cannot parse, so a damaged slice would only show as a gap. A file
+    beside the chosen series' slices that carries the DICOM preamble but does not read is named instead."""
+    listed = {os.path.abspath(name) for names in series.values() for name in names}
+    for folder in sorted({os.path.dirname(os.path.abspath(name)) for name in info.files}):
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.path in listed or not entry.is_file():
+                continue
+            try:
+                with open(entry.path, "rb") as stream:
+                    if stream.read(132)[128:] != b"DICM":
+                        continue  # not DICOM at all: a stray file, ignored
+            except OSError:
+                continue
+            reader = _header(entry.path)  # raises, naming the file, when even its header does not read
+            if _tag(reader, "0020|000e") == info.uid:
+                raise CadError("damaged DICOM file in the series (GDCM cannot parse it)", entry.path)
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
     """Read one series from a DICOM folder: ``series_uid`` if given, else the one chosen by :func:`choose_series`.
     The image carries the series' UID and description as metadata."""
@@ -175,6 +195,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
         info = describe_series(series_uid, series[series_uid])
     else:
         info = choose_series(series, folder)
+    check_no_damaged_files(info, series)
     check_slices(info.files, folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(info.files))

@@ -9,6 +9,7 @@ point descriptor 2 at a temporary file; what was captured can be quoted in the o
 from __future__ import annotations
 
 import contextlib
+import locale
 import os
 import re
 import sys
@@ -44,8 +45,10 @@ def quiet_native() -> Iterator[Captured]:
     """Run the block with ITK warnings off and descriptor 2 captured; restore both even when the block raises.
 
     Nested use is fine (the inner block captures, the outer gets nothing from it). Python's own ``sys.stderr`` is
-    flushed first so nothing of ours lands in the capture."""
+    flushed first so nothing of ours lands in the capture. LC_CTYPE is put back too: GDCM's writer is known to switch
+    it to "C", after which Python would decode text files as ASCII."""
     captured = Captured()
+    ctype = locale.setlocale(locale.LC_CTYPE)
     previous_display = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     with contextlib.suppress(AttributeError, ValueError):
@@ -57,6 +60,7 @@ def quiet_native() -> Iterator[Captured]:
             yield captured
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(previous_display)
+            locale.setlocale(locale.LC_CTYPE, ctype)
         return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
@@ -66,6 +70,7 @@ def quiet_native() -> Iterator[Captured]:
             os.dup2(saved, 2)
             os.close(saved)
             sitk.ProcessObject.SetGlobalWarningDisplay(previous_display)
+            locale.setlocale(locale.LC_CTYPE, ctype)
             sink.seek(0)
             captured.text = sink.read(1 << 16).decode("utf-8", "replace")
 

@@ -8,6 +8,7 @@ series ties with its images.
 from __future__ import annotations
 
 import json
+import locale
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,18 @@ IMAGE_UID, MASK_UID, OTHER_UID = "1.2.826.0.1.3680043.9.7.1", "1.2.826.0.1.36800
 def write_series(folder: Path, uid: str, description: str, slices: int = 12, *, image_type: str = "ORIGINAL\\PRIMARY",
                  modality: str = "MR", positions: list[float] | None = None, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
                  mask: bool = False) -> list[Path]:
-    """One series of 20x20 slices, 0.8 mm pixels, 2 mm apart along the slice normal (or at ``positions``)."""
+    """One series of 20x20 slices, 0.8 mm pixels, 2 mm apart along the slice normal (or at ``positions``).
+
+    GDCM's writer switches the process's LC_CTYPE to "C" (later ``read_text()`` calls would then decode as ASCII), so
+    the locale is put back afterwards; the engine itself never writes DICOM."""
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        return _write_series(folder, uid, description, slices, image_type, modality, positions, direction, mask)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)
+
+
+def _write_series(folder, uid, description, slices, image_type, modality, positions, direction, mask) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(len(description))
     array = rng.integers(0, 1000, size=(slices, 20, 20)).astype(np.int16)

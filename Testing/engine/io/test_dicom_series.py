@@ -240,6 +240,12 @@ def test_real_study_whose_mask_series_ties_is_refused_then_read_with_series(tmp_
     assert image.GetSize() == (260, 320, 24) and image.GetMetaData(SERIES_DESCRIPTION_KEY) == "T1post"
 
 
+def test_series_too_large_for_the_limit_is_refused_before_reading(tmp_path, capfd, tiny_model, monkeypatch):
+    write_series(tmp_path / "series", IMAGE_UID, "T1")
+    monkeypatch.setenv("CAD_MAX_VOXELS", str(20 * 20 * 11))  # one slice short of the series
+    assert_refused(capfd, tiny_model, tmp_path / "series", tmp_path, "too large", "20x20x12")
+
+
 def test_unknown_series_uid_is_one_line(tmp_path):
     write_series(tmp_path / "series", IMAGE_UID, "T1")
     with pytest.raises(CadError, match="not found"):

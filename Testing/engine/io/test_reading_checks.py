@@ -110,6 +110,8 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         ".mhd without its .raw": (mhd, "missing"),
         "raw .nrrd with data missing": (tmp_path / "cut.nrrd", "truncated"),
     }
+    files["vox_offset 0 .nii.gz"] = (tmp_path / "vox0.nii.gz", "vox_offset")
+    (tmp_path / "vox0.nii.gz").write_bytes(gzip.compress(files["vox_offset 0"][0].read_bytes()))
     (tmp_path / "skewed.mha").write_bytes(skewed_text)
     (tmp_path / "zero_spacing.mha").write_bytes(mha_zero)
     (tmp_path / "cut.nii").write_bytes(whole_nii.read_bytes()[:-100])
@@ -121,7 +123,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_bad_headers_are_refused_in_one_line_before_reading(tmp_path, capfd, tiny_model):
     (tmp_path / "inputs").mkdir()
     files = bad_files(tmp_path / "inputs")
-    assert len(files) >= 16
+    assert len(files) >= 18
     for kind, (path, word) in files.items():
         started = time.perf_counter()
         try:

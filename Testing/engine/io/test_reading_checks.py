@@ -112,6 +112,13 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
     files["vox_offset 0 .nii.gz"] = (tmp_path / "vox0.nii.gz", "vox_offset")
     (tmp_path / "vox0.nii.gz").write_bytes(gzip.compress(files["vox_offset 0"][0].read_bytes()))
+    directions = b"space directions: (1,0,0) (0,1,0) (0,0,1)"
+    for name, replacement, word in (("zero_spacing", b"(1,0,0) (0,0,0) (0,0,1)", "spacing"),
+                                    ("nan_spacing", b"(1,0,0) (0,nan,0) (0,0,1)", "space vector"),
+                                    ("skewed", b"(1,0,0) (0.5,1,0) (0,0,1)", "orthonormal")):
+        files[f"{name} .nrrd"] = (tmp_path / f"{name}.nrrd", word)
+        (tmp_path / f"{name}.nrrd").write_bytes(raw_nrrd.read_bytes().replace(directions,
+                                                                             b"space directions: " + replacement))
     (tmp_path / "skewed.mha").write_bytes(skewed_text)
     (tmp_path / "zero_spacing.mha").write_bytes(mha_zero)
     (tmp_path / "cut.nii").write_bytes(whole_nii.read_bytes()[:-100])
@@ -123,7 +130,7 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 def test_bad_headers_are_refused_in_one_line_before_reading(tmp_path, capfd, tiny_model):
     (tmp_path / "inputs").mkdir()
     files = bad_files(tmp_path / "inputs")
-    assert len(files) >= 18
+    assert len(files) >= 21
     for kind, (path, word) in files.items():
         started = time.perf_counter()
         try:

@@ -1,8 +1,8 @@
-"""Image I/O that keeps geometry exact.
+"""Reading images with their exact geometry, and refusing what no result could be trusted on.
 
-Everything goes through SimpleITK, whose images carry size, spacing, origin and direction (LPS). Outputs are always
-written with the geometry of the image they were computed for; writes go to a temporary name in the target folder and
-are renamed into place, so a failure never leaves a half-written file.
+Everything goes through SimpleITK, whose images carry size, spacing, origin and direction (LPS). A file's header is
+read and checked first (``headers``: geometry, pixel type, bytes present, memory), its voxels only after, and every
+native call runs under ``native.call_quietly`` so a refusal is one line. DICOM folders go to ``dicom``.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""Image I/O that keeps geometry exact.
+"""Reading images with their exact geometry, and refusing what no result could be trusted on.
 
-Everything goes through SimpleITK, whose images carry size, spacing, origin and direction (LPS). Outputs are always
-written with the geometry of the image they were computed for; writes go to a temporary name in the target folder and
-are renamed into place, so a failure never leaves a half-written file.
+Everything goes through SimpleITK, whose images carry size, spacing, origin and direction (LPS). A file's header is
+read and checked first (``headers``: geometry, pixel type, bytes present, memory), its voxels only after, and every
+native call runs under ``native.call_quietly`` so a refusal is one line. DICOM folders go to ``dicom``.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -15,8 +16,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.errors import CadError, native_message
+from cadcore.errors import CadError
 from cadcore.io.dicom import read_dicom_series
+from cadcore.io.headers import (
+    bytes_per_component,
+    check_bytes_present,
+    check_geometry,
+    check_memory,
+    check_nifti_header,
+    check_pixel_type,
+    nifti_header,
+)
+from cadcore.io.native import call_quietly
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -34,20 +45,44 @@ def suffix_of(path: str | Path) -> str:
 def read_image(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a volume file or DICOM folder, without checking it is fit for a model (see :func:`read_volume`).
 
-    The one exception is NIfTI: a truncated file or NaN/Inf voxels are refused here, because ITK would silently turn
-    them into zeros and no later check could tell."""
-    path = Path(path)
+    The header is read and checked first (geometry, pixel type, bytes present, memory), so a lying header is refused
+    before ITK allocates what it claims. NIfTI also gets a pass for truncation and NaN/Inf voxels, because ITK would
+    silently turn them into zeros and no later check could tell."""
+    return _read(Path(path), series_uid, volume=False)
+
+
+def _read(path: Path, series_uid: str | None, volume: bool) -> sitk.Image:
     if not path.exists():
         raise CadError("file not found", path)
     if path.is_dir():
-        return read_dicom_series(path, series_uid)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise CadError(f"cannot read image ({native_message(exc)})", path) from exc
-    if suffix_of(path) in (".nii", ".nii.gz"):
+        image = read_dicom_series(path, series_uid)
+        check_geometry(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(), path)
+        return image
+    nifti = nifti_header(path) if suffix_of(path) in (".nii", ".nii.gz") else None
+    if nifti is not None:
+        check_nifti_header(nifti, path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    call_quietly(reader.ReadImageInformation, path)
+    check_header(reader, path, volume)
+    check_bytes_present(path, math.prod(reader.GetSize()) * reader.GetNumberOfComponents()
+                        * bytes_per_component(reader.GetPixelID()))
+    if nifti is not None:
         _check_nifti_data(path)
-    return image
+    return call_quietly(reader.Execute, path)
+
+
+def check_header(reader: sitk.ImageFileReader, path: Path, volume: bool) -> None:
+    """Everything a header tells that can refuse the file before its voxels are read. ``volume``: also refuse what
+    no model takes (vector voxels, not 3D), as :func:`check_volume` does after reading."""
+    size, components = reader.GetSize(), reader.GetNumberOfComponents()
+    check_pixel_type(reader.GetPixelID(), path)  # first: ITK counts a complex voxel as two components
+    if volume and components != 1:
+        raise CadError(f"expected a scalar volume, got {components} components per voxel", path)
+    if volume and reader.GetDimension() != 3:
+        raise CadError(f"expected a 3D volume, got a {reader.GetDimension()}D image of size {size}", path)
+    check_geometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
+    check_memory(size, components, reader.GetPixelID(), path)
 
 
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes of float32 and float64
@@ -87,7 +122,7 @@ def _check_nifti_data(path: Path) -> None:
 
 def read_volume(path: str | Path, series_uid: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume and refuse what no model can use: 2D, 4D/vector, NaN/Inf, constant (empty) images."""
-    image = read_image(path, series_uid)
+    image = _read(Path(path), series_uid, volume=True)
     check_volume(image, path)
     return image
 

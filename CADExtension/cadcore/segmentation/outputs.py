@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from cadcore.io.dicom import series_source
 from cadcore.io.writing import write_image
 from cadcore.registry.bundles import BundleModel
 from cadcore.registry.packages import ModelPackage
@@ -41,6 +42,7 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
         "model_name": package.name,
         "model_version": package.version,
         **{key: paths.get(key) for key in ("input", "output", "probabilities", "overlay_png")},
+        "source": series_source(image),  # the DICOM series segmented (UID, description); None for a file
         "labels": [
             {**{k: label[k] for k in ("value", "name", "color") if k in label},
              "terminology": label.get("terminology"),

@@ -209,6 +209,28 @@ def data_location(path: Path) -> tuple[Path, int] | None:
     return None
 
 
+METAIMAGE_GEOMETRY = ("offset", "origin", "position", "elementspacing", "elementsize", "transformmatrix",
+                      "orientation", "rotation")
+
+
+def check_text_geometry(path: Path) -> None:
+    """Refuse a MetaImage header whose geometry holds NaN or infinity: ITK's MetaIO reads "nan" as 0, so the volume
+    would silently move to the origin. (ITK's NRRD reader refuses such values itself.)"""
+    if not Path(path).name.lower().endswith((".mha", ".mhd")):
+        return
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(1 << 16)
+    except OSError:
+        return
+    fields = _key_values(head.split(b"ElementDataFile")[0].splitlines(), b"=")
+    for field in METAIMAGE_GEOMETRY:
+        value = fields.get(field, "").lower()
+        if any(word in value for word in ("nan", "inf")):
+            raise CadError(f"header field '{field}' is not finite ({fields[field]}); the volume's position is unknown",
+                           path)
+
+
 def check_bytes_present(path: Path, needed: int) -> None:
     """Refuse an uncompressed single-file NIfTI, MetaImage or NRRD shorter than its header says; ITK would zero-fill
     or fail after allocating."""

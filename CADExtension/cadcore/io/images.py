@@ -25,6 +25,7 @@ from cadcore.io.headers import (
     check_memory,
     check_nifti_header,
     check_pixel_type,
+    check_text_geometry,
     nifti_header,
 )
 from cadcore.io.native import call_quietly
@@ -61,6 +62,7 @@ def _read(path: Path, series_uid: str | None, volume: bool) -> sitk.Image:
     nifti = nifti_header(path) if suffix_of(path) in (".nii", ".nii.gz") else None
     if nifti is not None:
         check_nifti_header(nifti, path)
+    check_text_geometry(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     call_quietly(reader.ReadImageInformation, path)

@@ -165,7 +165,7 @@ def read_csv_rows(path: Path) -> list[CsvRow]:
     from cadcore.io.datasets import grid_difference, read_grid
 
     try:
-        with open(path, newline="") as stream:
+        with open(path, newline="", encoding="utf-8-sig") as stream:  # a BOM (spreadsheet export) is not a column
             reader = csv.DictReader(stream)
             rows = list(reader)
             columns = set(reader.fieldnames or [])

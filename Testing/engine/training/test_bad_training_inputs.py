@@ -333,3 +333,39 @@ def test_a_bad_csv_is_refused_naming_it_and_the_line(csv_root: Path, tmp_path: P
     path.write_text(text)
     output = tmp_path / "never"
     refused(train(path, output, "--task", "classify", "--epochs", "1"), output, capfd, str(path), message)
+
+
+# --- unusual but valid: the stricter reading still accepts these ------------------------------------------------
+
+def test_valid_unusual_datasets_still_load(dataset: Path, tmp_path: Path) -> None:
+    """Absolute paths, a validation list, a pseudo flag, no modality; folders with nnU-Net's _0000 image suffix."""
+    from cadcore.io.datasets import load_dataset
+
+    spec = write_spec(dataset, {"modality": None, "labels": {"1": "cube"},
+                                "training": [{"image": str(dataset / "images" / "case_0.nii.gz"),
+                                              "label": str(dataset / "labels" / "case_0.nii.gz"), "pseudo": True},
+                                             entry("case_1")],
+                                "validation": [entry("case_2")]})
+    loaded = load_dataset(spec)
+    assert [c.id for c in loaded.cases] == ["case_0", "case_1"] and loaded.cases[0].pseudo
+    assert [c.id for c in loaded.validation] == ["case_2"] and loaded.label_names == {1: "cube"}
+    spec.unlink()
+    for path in (dataset / "images").iterdir():
+        path.rename(path.with_name(path.name.replace(".nii.gz", "_0000.nii.gz")))
+    assert [c.id for c in load_dataset(dataset).cases] == ["case_0", "case_1", "case_2"]
+
+
+def test_valid_compressed_npz_and_a_csv_with_a_bom_are_read(csv_root: Path, tmp_path: Path) -> None:
+    from cadcore.classification.datasets import load_npz_split, read_csv_rows
+
+    path = tmp_path / "set.npz"
+    arrays = good_arrays()
+    arrays["val_labels"] = arrays["val_labels"].astype(np.float64)  # whole-number floats are class indices too
+    np.savez_compressed(path, **arrays)
+    data = load_npz_split(path, "val")
+    assert data.inputs.shape == (4, 1, 8, 8, 8) and data.labels.tolist() == [0, 1, 0, 1]
+    table = csv_root / "lesions.csv"
+    table.write_text("\ufeffimage,label,mask\nlesion_0.nii.gz,0,mask_0.nii.gz\nlesion_1.nii.gz,1,mask_1.nii.gz\n",
+                     encoding="utf-8")
+    rows = read_csv_rows(table)
+    assert [(r.line, r.label, r.mask.name) for r in rows] == [(2, 0, "mask_0.nii.gz"), (3, 1, "mask_1.nii.gz")]

@@ -8,6 +8,9 @@ Both become ``(N, 1, I, J, K)`` float32 network inputs plus integer labels, and,
 from __future__ import annotations
 
 import csv
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,22 +36,75 @@ def load_npz_split(path: Path, split: str) -> ClassificationSet:
     """One split of a MedMNIST .npz (``{split}_images`` uint8 (N, D, H, W), ``{split}_labels`` (N, 1))."""
     if split not in NPZ_SPLITS:
         raise CadError(f"unknown split {split!r} (use one of {', '.join(NPZ_SPLITS)})")
-    try:
-        archive = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise CadError(f"cannot read .npz ({exc})", path) from exc
     keys = (f"{split}_images", f"{split}_labels")
-    missing = [key for key in keys if key not in archive.files]
-    if missing:
-        raise CadError(f"split {split!r} is missing ({', '.join(missing)} not in {', '.join(archive.files)})", path)
-    images = archive[keys[0]].astype(np.float32)
-    if images.ndim != 4:
-        raise CadError(f"{keys[0]} must be (N, D, H, W) volumes, got shape {images.shape}", path)
+    arrays = read_npz_arrays(Path(path), keys)
+    images, labels = arrays[keys[0]], arrays[keys[1]]
+    if images.ndim != 4 or images.shape[0] == 0 or min(images.shape[1:]) < 2:
+        raise CadError(f"{keys[0]} must be (N, D, H, W) volumes with N >= 1, got shape {images.shape}", path)
+    if images.dtype.kind not in "buif":
+        raise CadError(f"{keys[0]} must hold numbers, got dtype {images.dtype}", path)
+    if labels.ndim not in (1, 2) or (labels.ndim == 2 and labels.shape[1] != 1):
+        raise CadError(f"{keys[1]} must be (N,) or (N, 1) class indices, got shape {labels.shape}", path)
+    if len(labels) != len(images):
+        raise CadError(f"{keys[1]} has {len(labels)} labels for {len(images)} images in {keys[0]}", path)
+    labels = integer_labels(labels.reshape(-1), keys[1], path)
+    images = images.astype(np.float32)
+    if not np.isfinite(images).all():
+        raise CadError(f"{keys[0]} contains NaN or infinite values", path)
     images /= max(1.0, float(images.max()))
-    labels = archive[keys[1]].reshape(len(images), -1)[:, 0].astype(np.int64)
     masks = images > 0.5
     return ClassificationSet(images[:, None], labels, images, masks, (1.0, 1.0, 1.0),
                              [f"{split}_{i}" for i in range(len(images))])
+
+
+def integer_labels(values: np.ndarray, what: str, path: Path) -> np.ndarray:
+    """Class indices 0, 1, ...: integer arrays, or floats that are whole numbers; anything else is refused."""
+    if values.dtype.kind == "f" and np.isfinite(values).all() and (values == np.round(values)).all():
+        values = values.astype(np.int64)
+    if values.dtype.kind not in "ui":
+        raise CadError(f"{what} must be integer class indices, got dtype {values.dtype}", path)
+    if len(values) and values.min() < 0:
+        raise CadError(f"{what} must be class indices >= 0, got {int(values.min())}", path)
+    return values.astype(np.int64)
+
+
+def read_npz_arrays(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of a .npz, each header checked before its data is read: object (pickled) arrays are never
+    loaded, a member shorter than its header claims is refused before anything is allocated, and every zip or
+    decompression failure becomes one line naming the file."""
+    from numpy.lib import format as npy
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CadError(f"cannot read .npz (not a zip archive of arrays: {exc})", path) from exc
+    with archive:
+        members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
+        missing = [key for key in keys if key not in members]
+        if missing:
+            raise CadError(f"split {keys[0].split('_')[0]!r} is missing ({', '.join(missing)} not in "
+                           f"{', '.join(sorted(members)) or 'the archive'})", path)
+        arrays = {}
+        for key in keys:
+            info = archive.getinfo(members[key])
+            try:
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read_header(member)
+                    if dtype.hasobject:
+                        raise CadError(f"{key} is an object array (pickled Python objects are never loaded)", path)
+                    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if info.file_size - member.tell() < needed:
+                        raise CadError(f"{key} is truncated ({info.file_size - member.tell()} bytes, its header "
+                                       f"{tuple(shape)} {dtype} needs {needed})", path)
+                with archive.open(info) as member:
+                    arrays[key] = npy.read_array(member, allow_pickle=False)
+            except CadError:
+                raise
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error, SyntaxError) as exc:
+                raise CadError(f"cannot read {key} from the .npz ({exc})", path) from exc
+    return arrays
 
 
 def through_roi(data: ClassificationSet, roi_spec: dict[str, Any]) -> ClassificationSet:
@@ -87,32 +143,96 @@ def extent_margin(masks: np.ndarray) -> float:
     return round(float(1.0 / np.median(fractions) - 1.0), 3) if fractions else 0.1
 
 
+@dataclass(frozen=True)
+class CsvRow:
+    line: int
+    image: Path
+    label: int
+    mask: Path | None
+    mask_value: int | None
+    name: str
+
+
+def _cell(row: dict[Any, Any], name: str) -> str:
+    """A CSV cell, stripped; a short row's missing cells are empty."""
+    value = row.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def read_csv_rows(path: Path) -> list[CsvRow]:
+    """Every row checked before any voxel is read: columns, integer labels and mask values, files that exist, and
+    each mask's grid (from the headers) against its image's; a refusal names the CSV and the line."""
+    from cadcore.io.datasets import grid_difference, read_grid
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:  # a BOM (spreadsheet export) is not a column
+            reader = csv.DictReader(stream)
+            rows = list(reader)
+            columns = set(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CadError(f"cannot read CSV ({exc})", path) from exc
+    missing = [name for name in ("image", "label") if name not in columns]
+    if missing:
+        raise CadError(f"CSV needs a header with at least 'image' and 'label' columns (missing: "
+                       f"{', '.join(missing)})", path)
+    if not rows:
+        raise CadError("CSV has a header but no rows", path)
+    checked = []
+    for number, row in enumerate(rows, start=2):
+        def cell(name: str) -> str:
+            return _cell(row, name)  # noqa: B023 (called only inside this iteration)
+
+        if None in row:
+            raise CadError(f"line {number}: more fields than the header has columns", path)
+        if not cell("image"):
+            raise CadError(f"line {number}: empty 'image'", path)
+        try:
+            label = int(cell("label"))
+        except ValueError as exc:
+            raise CadError(f"line {number}: label must be an integer class index, got {row['label']!r}", path) from exc
+        if label < 0:
+            raise CadError(f"line {number}: label must be a class index >= 0, got {label}", path)
+        value = None
+        if cell("mask_value"):
+            try:
+                value = int(cell("mask_value"))
+            except ValueError as exc:
+                raise CadError(f"line {number}: mask_value must be an integer label value, got "
+                               f"{row['mask_value']!r}", path) from exc
+        image = (path.parent / cell("image")).resolve()
+        mask = (path.parent / cell("mask")).resolve() if cell("mask") else None
+        for what, file in (("image", image), ("mask", mask)):
+            if file is not None and not file.exists():
+                raise CadError(f"line {number}: {what} file not found: {file}", path)
+        if mask is not None and not image.is_dir():
+            try:
+                difference = grid_difference(read_grid(image), read_grid(mask))
+            except CadError as exc:
+                raise CadError(f"line {number}: {exc}", path) from exc
+            if difference:
+                raise CadError(f"line {number}: mask {mask.name} is not on the grid of {image.name} ({difference})",
+                               path)
+        checked.append(CsvRow(number, image, label, mask, value, Path(cell("image")).name))
+    return checked
+
+
 def load_csv(path: Path, roi_spec: dict[str, Any], normalization: dict[str, Any]) -> ClassificationSet:
     """Rows ``image,label[,mask,mask_value]`` (paths relative to the CSV); ROIs cut exactly as ``cad classify`` does."""
     from cadcore.classification.roi import extract_roi, network_input
     from cadcore.io.images import read_image, read_volume
 
-    try:
-        rows = list(csv.DictReader(open(path, newline="")))
-    except OSError as exc:
-        raise CadError(f"cannot read CSV ({exc})", path) from exc
-    if not rows or not {"image", "label"} <= set(rows[0]):
-        raise CadError("CSV needs a header with at least 'image' and 'label' columns", path)
+    path = Path(path)
+    rows = read_csv_rows(path)
     inputs, labels, images, masks, ids = [], [], [], [], []
-    for number, row in enumerate(rows, start=2):
-        image_path = (path.parent / row["image"]).resolve()
-        image = read_volume(image_path)
-        mask = read_image((path.parent / row["mask"]).resolve()) if row.get("mask") else None
-        value = int(row["mask_value"]) if row.get("mask_value") else None
-        roi = extract_roi(image, roi_spec, mask, value, source=str(image_path))
-        try:
-            labels.append(int(row["label"]))
-        except ValueError as exc:
-            raise CadError(f"line {number}: label must be an integer class index, got {row['label']!r}", path) from exc
+    for row in rows:
+        image = read_volume(row.image)
+        mask = read_image(row.mask) if row.mask is not None else None
+        roi = extract_roi(image, roi_spec, mask, row.mask_value, source=str(row.image))
+        labels.append(row.label)
         inputs.append(network_input(roi, roi_spec, normalization))
         images.append(roi.image)
         masks.append(roi.mask if roi.mask is not None else np.ones(roi.image.shape, dtype=bool))
-        ids.append(Path(row["image"]).name)
+        ids.append(row.name)
     spacing = tuple(float(s) for s in roi.grid.GetSpacing())
     return ClassificationSet(np.stack(inputs), np.array(labels, dtype=np.int64), np.stack(images), np.stack(masks),
                              spacing, ids)  # type: ignore[arg-type]

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cadcore.errors import CadError
+import SimpleITK as sitk
+
+from cadcore.errors import CadError, native_message
 from cadcore.io.images import VOLUME_SUFFIXES, suffix_of
 
 
@@ -45,52 +48,161 @@ def case_id(path: Path) -> str:
 
 
 def load_dataset(source: str | Path) -> Dataset:
-    """Read ``dataset.json`` (a file, or inside a folder) or pair ``images*/``+``labels*/`` folders by name."""
+    """Read ``dataset.json`` (a file, or inside a folder) or pair ``images*/``+``labels*/`` folders by name.
+
+    Everything that can be checked without reading voxels is checked here, before the first case is preprocessed:
+    the description's types, that every file exists, unique case ids, and that every label's header describes its
+    image's grid (a mismatch found at case 40 would otherwise cost the 39 cases before it)."""
     source = Path(source)
     if not source.exists():
         raise CadError("dataset not found", source)
     if source.is_dir() and (source / "dataset.json").is_file():
         source = source / "dataset.json"
-    if source.is_file():
-        return _from_json(source)
-    return _from_folders(source)
+    dataset = _from_json(source) if source.is_file() else _from_folders(source)
+    for case in dataset.cases + (dataset.validation or []):
+        if case.label is not None:
+            check_pair_grid(case.image, case.label)
+    return dataset
+
+
+GRID_TOLERANCE = 1e-3  # mm (and direction cosines): what check_same_grid accepts when the voxels are read
+
+
+def read_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(size, spacing, origin, direction) from the header alone (``ReadImageInformation``: no voxels read), with
+    ITK's warnings kept off stderr so a refusal stays one line."""
+    if path.is_dir():
+        raise CadError("is a folder, expected a volume file", path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise CadError(f"cannot read image header ({native_message(exc)})", path) from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+
+
+def grid_difference(a: tuple, b: tuple, tolerance: float = GRID_TOLERANCE) -> str | None:
+    """Which of size/spacing/origin/direction differ between two :func:`read_grid` results (``None``: same grid)."""
+    if a[0] != b[0]:
+        return f"size {list(b[0])} vs {list(a[0])}"
+    for name, first, second in zip(("spacing", "origin", "direction"), a[1:], b[1:]):
+        if len(first) != len(second) or any(abs(x - y) > tolerance for x, y in zip(first, second)):
+            shown = [round(v, 4) for v in second], [round(v, 4) for v in first]
+            return f"{name} {shown[0]} vs {shown[1]}"
+    return None
+
+
+def check_pair_grid(image: Path, label: Path, what: str = "label") -> None:
+    """Refuse, from the headers, a label (or mask) that is not on its image's grid; the message names the label."""
+    if image.is_dir():  # a DICOM series: its grid is known only once read (check_same_grid does it then)
+        return
+    difference = grid_difference(read_grid(image), read_grid(label))
+    if difference:
+        raise CadError(f"{what} grid differs from its image {image.name} ({difference})", label)
 
 
 def _from_json(path: Path) -> Dataset:
     try:
         spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CadError(f"cannot parse dataset description ({exc})", path) from exc
+    if not isinstance(spec, dict):
+        raise CadError(f"a dataset description is a JSON object, got {type(spec).__name__}", path)
     entries = spec.get("training")
     if not isinstance(entries, list) or not entries:
         raise CadError("dataset.json has no 'training' list of image/label pairs", path)
     validation = spec.get("validation")
     if validation is not None and (not isinstance(validation, list) or not validation):
         raise CadError("dataset.json 'validation' must be a non-empty list of image/label pairs", path)
-    cases = _cases(entries, path)
-    held_out = _cases(validation, path) if validation else None
+    labels = _label_names(spec.get("labels", {}), path)
+    modality = spec.get("modality")
+    if modality is not None and (not isinstance(modality, dict) or not all(isinstance(v, str)
+                                                                            for v in modality.values())):
+        raise CadError(f"dataset.json 'modality' must be an object of channel names, e.g. {{\"0\": \"MRI\"}}, got "
+                       f"{modality!r}"[:200], path)
+    for key in ("name", "licence", "license", "description"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise CadError(f"dataset.json '{key}' must be a string, got {type(spec[key]).__name__}", path)
+    cases = _cases(entries, path, "training")
+    held_out = _cases(validation, path, "validation") if validation else None
     if held_out and {c.id for c in held_out} & {c.id for c in cases}:
-        raise CadError("dataset.json lists a case in both 'training' and 'validation'", path)
+        both = sorted({c.id for c in held_out} & {c.id for c in cases})
+        raise CadError(f"dataset.json lists a case in both 'training' and 'validation' ({', '.join(both[:3])})", path)
     if held_out and any(c.pseudo for c in held_out):  # validation scores against pseudo-labels would mean nothing
         raise CadError("dataset.json 'validation' lists a pseudo-labelled case", path)
-    labels = {int(k): str(v) for k, v in spec.get("labels", {}).items() if int(k) != 0}
-    modality = next(iter(spec.get("modality", {}).values()), None)
-    return Dataset(path.parent, cases, labels, modality, spec.get("licence") or spec.get("license"), spec.get("name"),
-                   held_out)
+    first_modality = next(iter(modality.values()), None) if modality else None
+    return Dataset(path.parent, cases, labels, first_modality, spec.get("licence") or spec.get("license"),
+                   spec.get("name"), held_out)
 
 
-def _cases(entries: list, path: Path) -> list[Case]:
-    cases = []
-    for entry in entries:
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise CadError(f"dataset.json entry without an 'image': {entry!r}", path)
+LABEL_KEY = re.compile(r"0|[1-9][0-9]{0,2}")
+
+
+def _label_names(labels: Any, path: Path) -> dict[int, str]:
+    """``{"0": "background", "1": "liver"}`` -> ``{1: "liver"}``; anything else (nnU-Net v2's ``{"background": 0}``,
+    names that are not strings, values a uint8 labelmap cannot hold) is refused naming the key."""
+    if not isinstance(labels, dict):
+        raise CadError(f"dataset.json 'labels' must be an object {{\"1\": \"name\", ...}}, got "
+                       f"{type(labels).__name__}", path)
+    names = {}
+    for key, name in labels.items():
+        if not LABEL_KEY.fullmatch(key) or int(key) >= 255:  # 255: the ignore value of pseudo-labels
+            hint = " (labels map values to names, e.g. {\"1\": \"liver\"}, not names to values)" \
+                if isinstance(name, int) else ""
+            raise CadError(f"dataset.json 'labels' key {key!r} is not a label value 0-254{hint}", path)
+        if not isinstance(name, str) or not name.strip():
+            raise CadError(f"dataset.json 'labels' entry {key!r} must name the label with a string, got {name!r}",
+                           path)
+        if int(key) != 0:
+            names[int(key)] = name
+    return names
+
+
+def _cases(entries: list, path: Path, section: str) -> list[Case]:
+    cases: list[Case] = []
+    seen: dict[str, Path] = {}
+    for number, entry in enumerate(entries):
+        where = f"dataset.json '{section}' entry {number}"
+        if not isinstance(entry, dict):
+            raise CadError(f"{where} must be an object with 'image' and 'label', got {entry!r}"[:200], path)
+        for key in ("image", "label"):
+            if not isinstance(entry.get(key), str) or not entry[key].strip():
+                raise CadError(f"{where} needs {key!r} as a file path string, got {entry.get(key)!r}"[:200], path)
+        if "pseudo" in entry and not isinstance(entry["pseudo"], bool):
+            raise CadError(f"{where}: 'pseudo' must be true or false, got {entry['pseudo']!r}", path)
         image = (path.parent / entry["image"]).resolve()
-        label = (path.parent / entry["label"]).resolve() if entry.get("label") else None
+        label = (path.parent / entry["label"]).resolve()
         for file in (image, label):
-            if file is not None and not file.exists():
-                raise CadError(f"dataset.json refers to a missing file: {file}", path)
-        cases.append(Case(case_id(image), image, label, entry.get("pseudo") is True))
+            if not file.exists():
+                raise CadError(f"{where} refers to a missing file: {file}", path)
+        cid = case_id(image)
+        if cid in seen:
+            raise CadError(f"{where}: case id {cid!r} is listed twice ({seen[cid].name} and {image.name})", path)
+        seen[cid] = image
+        cases.append(Case(cid, image, label, entry.get("pseudo") is True))
     return cases
+
+
+def _volumes(folder: Path) -> dict[str, Path]:
+    """The volume files of an images/ or labels/ folder by case id; two files with one id are refused."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if suffix_of(p) in VOLUME_SUFFIXES)
+    except OSError as exc:
+        raise CadError(f"cannot list folder ({exc.strerror or exc})", folder) from exc
+    found: dict[str, Path] = {}
+    for entry in entries:
+        cid = case_id(entry)
+        if cid in found:
+            raise CadError(f"two files have the case id {cid!r}: {found[cid].name} and {entry.name}", folder)
+        if not entry.is_file():
+            raise CadError("is not a readable volume file", entry)
+        found[cid] = entry
+    return found
 
 
 def _from_folders(folder: Path) -> Dataset:
@@ -98,16 +210,16 @@ def _from_folders(folder: Path) -> Dataset:
     labels_dir = next((folder / n for n in ("labelsTr", "labels") if (folder / n).is_dir()), None)
     if images_dir is None or labels_dir is None:
         raise CadError("expected dataset.json or images/ and labels/ (or imagesTr/ and labelsTr/) folders", folder)
-    labels = {case_id(p): p for p in labels_dir.iterdir() if suffix_of(p) in VOLUME_SUFFIXES}
-    cases = []
-    for image in sorted(p for p in images_dir.iterdir() if suffix_of(p) in VOLUME_SUFFIXES):
-        cid = case_id(image)
+    images, labels = _volumes(images_dir), _volumes(labels_dir)
+    if not images:
+        raise CadError("no images found", images_dir)
+    for cid, image in images.items():
         if cid not in labels:
             raise CadError(f"image {image.name} has no label with the same name", labels_dir)
-        cases.append(Case(cid, image, labels[cid]))
-    if not cases:
-        raise CadError("no images found", images_dir)
-    return Dataset(folder, cases, {})
+    for cid, label in labels.items():
+        if cid not in images:
+            raise CadError(f"label {label.name} has no image with the same name", images_dir)
+    return Dataset(folder, [Case(cid, images[cid], labels[cid]) for cid in sorted(images)], {})
 
 
 def split_cases(cases: list[Case], seed: int, val_fraction: float) -> tuple[list[Case], list[Case]]:

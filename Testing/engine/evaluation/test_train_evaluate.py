@@ -94,9 +94,11 @@ def _one_case_dataset(folder: Path, label_names: dict[str, str], shift_origin: b
     label = sitk.ReadImage(str(SAMPLES / "labelsTr" / "hippocampus_015.nii.gz"))
     if shift_origin:
         label.SetOrigin([o + 3.0 for o in label.GetOrigin()])
-    for name, img in (("img.nii.gz", image), ("lab.nii.gz", label)):
+    for name, img in (("img.nii.gz", image), ("lab.nii.gz", label), ("copy_img.nii.gz", image),
+                      ("copy_lab.nii.gz", label)):  # two case ids: a case listed twice is refused
         sitk.WriteImage(img, str(folder / name))
-    entries = [{"image": "./img.nii.gz", "label": "./lab.nii.gz"}] * 2
+    entries = [{"image": "./img.nii.gz", "label": "./lab.nii.gz"},
+               {"image": "./copy_img.nii.gz", "label": "./copy_lab.nii.gz"}]
     (folder / "dataset.json").write_text(json.dumps({"labels": label_names, "training": entries}))
     return folder
 

@@ -323,7 +323,7 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
     train_cases, val_cases = split_of(dataset, config)
     parent = find_model(config.init) if config.init else None
     if parent is not None:  # refused before any crop is written, not inside a stage
-        check_parent_overlap(parent, dataset, train_cases, val_cases, bool(getattr(config, "allow_overlap", False)),
+        check_parent_overlap(parent, dataset, train_cases, val_cases, config.allow_overlap,
                              config.data)
     n_classes = len(sorted(dataset.label_names) or (parent_label_values(parent.card) if parent else []) or [1]) + 1
     coarse_config, fine_config = stage_configs(config, options, train_cases, n_classes)

@@ -97,6 +97,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
     pretrained_lr_factor: float = 0.1
     labels: str | None = None  # JSON file: [{"value", "name", "color", "terminology"?}] for the model card
+    allow_overlap: bool = False  # with init: accept validation cases the parent may have trained on
 
     def __post_init__(self) -> None:
         at_least("--epochs", self.epochs, 1)

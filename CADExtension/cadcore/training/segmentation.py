@@ -129,7 +129,7 @@ def train(config: TrainConfig) -> ModelPackage:
         from cadcore.training.transfer import check_parent_overlap
 
         held_out_check = check_parent_overlap(parent, dataset, train_cases, val_cases,
-                                              bool(getattr(config, "allow_overlap", False)), config.data)
+                                              config.allow_overlap, config.data)
     if not config.spacing:
         config.spacing = median_spacing(train_cases, config.orientation)
     preprocessing = preprocessing_for(config)

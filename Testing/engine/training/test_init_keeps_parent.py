@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
 from pathlib import Path
-
-import pytest
 
 from cadcore.cli import main
 from cadcore.registry.packages import find_model
@@ -106,7 +103,7 @@ def test_validation_on_the_parents_held_out_cases_is_accepted(tmp_path, capsys):
 
 
 def test_allow_overlap_trains_and_the_card_records_the_overlap(tmp_path):
-    """Library use (TrainConfig.allow_overlap, read with getattr until the field exists); a version the caller gives
+    """Library use (TrainConfig.allow_overlap); a version the caller gives
     is kept."""
     from cadcore.training.segmentation import train
 
@@ -114,7 +111,7 @@ def test_allow_overlap_trains_and_the_card_records_the_overlap(tmp_path):
     data = dataset(tmp_path / "leaky", ["hippocampus_015"])
     config = TrainConfig(data=str(data), output=str(tmp_path / "child"), init=str(tiny.folder), epochs=1,
                          patch_size=[16, 16, 16], spacing=[2.0, 2.0, 2.0], device="cpu", val_every=1, version="3.0.0")
-    config.allow_overlap = True  # type: ignore[attr-defined]
+    config.allow_overlap = True
     card = train(config).card.raw
     assert card["training"]["parent_held_out"]["validation_cases_parent_trained_on"] == ["hippocampus_015"]
     assert card["training"]["parent_held_out"]["allowed"] is True
@@ -122,8 +119,6 @@ def test_allow_overlap_trains_and_the_card_records_the_overlap(tmp_path):
 
 
 def test_allow_overlap_flag_reaches_the_training(tmp_path, capsys):
-    if "allow_overlap" not in {f.name for f in fields(TrainConfig)}:
-        pytest.skip("TrainConfig has no allow_overlap field yet (training/config.py; the parser has the flag)")
     tiny = parent(tmp_path, data=PARENT_DATA, split={"val": ["hippocampus_040"]})
     data = dataset(tmp_path / "leaky", ["hippocampus_015"])
     output = tmp_path / "child"

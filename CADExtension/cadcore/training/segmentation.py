@@ -121,6 +121,9 @@ def train(config: TrainConfig) -> ModelPackage:
     trained_model_id(config.model_id, output)  # a name the registry refuses fails now, not after training
     dataset = load_dataset(config.data)
     train_cases, val_cases = split_for(config, dataset)
+    if not val_cases or not train_cases:  # one case: nothing to validate on, and a "best" model chosen on nothing
+        raise CadError(f"training needs at least two labelled cases (one held out for validation), got "
+                       f"{len(train_cases) + len(val_cases)}", config.data)
     parent = find_model(config.init) if config.init else None
     label_values = sorted(dataset.label_names) or (parent_label_values(parent.card) if parent else []) or [1]
     label_metadata(config, dataset, label_values, parent)  # a bad --labels file fails before training, not after

@@ -37,21 +37,19 @@ class PlainLines:
         self.printed_at = float("-inf")
 
     def set_description(self, stage: str) -> None:
-        if stage != self.stage:
-            self.stage = stage
-            self.emit(force=True)
+        self.stage = stage
 
     def update(self, amount: float) -> None:
         self.value = min(100.0, self.value + amount)
-        self.emit(force=False)
 
-    def emit(self, force: bool) -> None:
-        """One line when the stage changed (``force``), or the whole percent grew and ``mininterval`` has passed."""
+    def emit(self, force: bool = False) -> None:
+        """One line for a new stage, or for a whole percent gained once ``mininterval`` has passed (or ``force``)."""
         now = time.monotonic()
         state = (self.stage, int(self.value))
         if not self.enabled or state == self.printed:
             return
-        if not force and now - self.printed_at < self.mininterval:
+        new_stage = self.printed is None or self.printed[0] != self.stage
+        if not (force or new_stage) and now - self.printed_at < self.mininterval:
             return
         elapsed = int(now - self.started)
         prefix = f"{self.stage}: " if self.stage else ""
@@ -83,7 +81,8 @@ class StagedProgress:
                             bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
         else:
             self.bar = PlainLines(stream, enabled)
-            self.bar.set_description(next(iter(stages)))  # the 0 % line: the job has started
+            self.bar.set_description(next(iter(stages)))
+            self.bar.emit()  # the 0 % line: the job has started
         self.value = 0.0
 
     def update(self, stage: str, fraction: float = 0.0) -> None:
@@ -93,6 +92,8 @@ class StagedProgress:
         if target > self.value:
             self.bar.update(target - self.value)
             self.value = target
+        if isinstance(self.bar, PlainLines):
+            self.bar.emit()  # after the move: a new stage is one line, already at its new percentage
 
     def close(self, completed: bool = True) -> None:
         """Finish the bar; at 100 % only when the job ``completed`` (a failed run must not look done to Slicer)."""

@@ -51,8 +51,13 @@ def interrupt_on_signals() -> Callable[[], None]:
 
     def raise_interrupt(signum, frame):  # noqa: ARG001
         _received.append(signum)
-        if len(_received) == 1:
-            raise KeyboardInterrupt
+        if len(_received) > 1:
+            return
+        writing = sys.modules.get("cadcore.io.writing")  # never import in a handler; not loaded: nothing held
+        if writing is not None and writing.interrupts_held():
+            writing.defer_interrupt()  # a file was just published: raised once it is recorded for the rollback
+            return
+        raise KeyboardInterrupt
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     _received.clear()

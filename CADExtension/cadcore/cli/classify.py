@@ -11,7 +11,7 @@ from cadcore.classification.predict import classify_image
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.io.images import read_image, read_volume
-from cadcore.io.writing import check_output_file, check_output_path, publishing, write_image, write_json
+from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_image, write_json
 from cadcore.registry.packages import find_model
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -55,17 +55,11 @@ def run(args: argparse.Namespace) -> int:
     source = args.mask if args.mask else args.input
     result = classify_image(image, package, mask, args.label, centre, size, bool(args.heatmap), args.heatmap_class,
                             args.device, source=str(source))
-    written: list[Path] = []
-    try:
-        with publishing(replace=args.force):  # without --force, a file that appeared meanwhile is not replaced
-            if result.heatmap is not None:
-                written.append(write_image(result.heatmap, args.heatmap))
-                result.report["heatmap"] = str(args.heatmap)
-            write_json(output, result.report)
-    except BaseException:  # the result JSON and its heatmap: both or neither
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    with all_or_none(replace=args.force):  # the result JSON and its heatmap: both or neither
+        if result.heatmap is not None:
+            write_image(result.heatmap, args.heatmap)
+            result.report["heatmap"] = str(args.heatmap)
+        write_json(output, result.report)
     report = result.report
     print(f"{report['model']}: {report['predicted']}  " + "  ".join(
         f"{name} {p:.3f}" for name, p in report["probabilities"].items()))

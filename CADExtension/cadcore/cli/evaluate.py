@@ -13,7 +13,7 @@ from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.evaluation.segmentation import evaluate
 from cadcore.io.readback import check_png_file
-from cadcore.io.writing import atomic_path, check_output_file, check_output_path, publishing, write_json
+from cadcore.io.writing import all_or_none, atomic_path, check_output_file, check_output_path, write_json
 from cadcore.registry.packages import find_model
 
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.split == "test":
         raise CadError("--split test is for .npz classification data; segmentation uses val or all")
     report = evaluate(args.model, args.data, args.split, args.device, getattr(args, "fast", False))
-    with publishing(replace=args.force):
+    with all_or_none(replace=args.force):
         write_json(output, report)
     print(f"report: {output}")
     print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {report['mean_dice']:.4f}")
@@ -44,15 +44,11 @@ def _evaluate_classifier_command(args: argparse.Namespace, package, output: Path
     from cadcore.evaluation.classification import evaluate_classifier
 
     package.verify()
-    with publishing(replace=args.force):
+    with all_or_none(replace=args.force):  # the report and its ROC plot: both or neither
         with atomic_path(roc_path, check_png_file) as roc_tmp:  # the plot is drawn under a hidden name
             report = evaluate_classifier(package, args.data, args.split, args.device, roc_tmp)
             report["roc_png"] = str(roc_path)
-        try:
-            write_json(output, report)
-        except BaseException:
-            roc_path.unlink(missing_ok=True)
-            raise
+        write_json(output, report)
     print(f"report: {output}")
     sens = report["sensitivity"]
     spec = report["specificity"]

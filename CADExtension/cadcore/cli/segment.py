@@ -14,7 +14,7 @@ from pathlib import Path
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.io.images import read_volume
-from cadcore.io.writing import check_output_file, check_output_path, publishing, write_json
+from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_json
 from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel
@@ -52,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     image = read_volume(args.input, args.series)
     configure_cpu_threads()
     progress = StagedProgress({"preprocess": 1, "network": 8, "postprocess": 1, "write": 0.5})
-    written: list[Path] = []
     completed = False
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
@@ -63,23 +62,18 @@ def run(args: argparse.Namespace) -> int:
             "probabilities": str(args.probabilities) if args.probabilities else None,
             "overlay_png": str(args.png) if args.png else None})
         progress.update("write", 0.0)
-        with publishing(replace=args.force):
-            written.append(write_labelmap(result.labels, output, package.labels))
+        with all_or_none(replace=args.force):  # a sidecar never describes a missing file, nor the reverse
+            write_labelmap(result.labels, output, package.labels)
             if args.probabilities:
                 write_probabilities(result.probabilities, image, Path(args.probabilities))
-                written.append(Path(args.probabilities))
             if args.png:
                 from cadcore.io.overlay import render_overlay
 
-                written.append(render_overlay(image, result.labels, package.labels, args.png,
-                                              f"{package.id} on {Path(args.input).name}"))
-            written.append(write_json(sidecar_path, report))  # last: a sidecar means every output is in place
+                render_overlay(image, result.labels, package.labels, args.png,
+                               f"{package.id} on {Path(args.input).name}")
+            write_json(sidecar_path, report)  # last: a sidecar means every output is in place
         progress.update("write", 1.0)
         completed = True
-    except BaseException:
-        for path in written:  # all outputs or none: a sidecar never describes a missing file, nor the reverse
-            path.unlink(missing_ok=True)
-        raise
     finally:
         progress.close(completed)
     print(f"segmentation: {output}")

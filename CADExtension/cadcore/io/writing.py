@@ -36,6 +36,8 @@ from cadcore.io.readback import check_image_file, check_json_file, check_nonempt
 Check = Callable[[Path, Path], object]
 
 _REPLACE: ContextVar[bool] = ContextVar("cad_replace_outputs", default=True)
+_JOURNAL: ContextVar[list[Path] | None] = ContextVar("cad_published_outputs", default=None)
+_HELD = [0, 0]  # [depth of _interrupts_held blocks, an interrupt is waiting]
 _NO_HARD_LINKS = {errno.EPERM, errno.EMLINK, errno.ENOSYS, errno.EXDEV, getattr(errno, "ENOTSUP", -1),
                   getattr(errno, "EOPNOTSUPP", -1)}
 
@@ -106,15 +108,60 @@ def _probe(folder: Path, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def publishing(replace: bool) -> Iterator[None]:
+def publishing(replace: bool) -> Iterator[list[Path]]:
     """Within the block, :func:`atomic_path` replaces existing files only if ``replace`` (a command's ``--force``);
     otherwise a file that appeared since the checks (another process) is refused. Outside, it replaces (library
-    callers such as training rewrite their own files)."""
-    token = _REPLACE.set(replace)
+    callers such as training rewrite their own files).
+
+    Yields the list of every file published in the block, recorded with interrupts held back between the rename
+    and the record, so a rollback removes exactly what this run published: nothing more (a racing process's file), and
+    nothing less (a SIGTERM landing just after a rename)."""
+    published: list[Path] = []
+    tokens = _REPLACE.set(replace), _JOURNAL.set(published)
+    try:
+        yield published
+    finally:
+        _JOURNAL.reset(tokens[1])
+        _REPLACE.reset(tokens[0])
+
+
+@contextlib.contextmanager
+def all_or_none(replace: bool) -> Iterator[list[Path]]:
+    """:func:`publishing` for a command's set of outputs: when the block fails (a full disk, a racing writer, a
+    signal), every file it had already published is removed, so no output is left without its companions."""
+    with publishing(replace) as published:
+        try:
+            yield published
+        except BaseException:
+            for path in published:
+                path.unlink(missing_ok=True)
+            raise
+
+
+def interrupts_held() -> bool:
+    """True while a file is being published and recorded: the CLI's signal handler then defers its interrupt
+    (:func:`defer_interrupt`), which is raised as soon as the record is made."""
+    return _HELD[0] > 0
+
+
+def defer_interrupt() -> None:
+    _HELD[1] = 1
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Publish and record as one step: an interrupt arriving in between is raised at the end of the block (a
+    Python-level hold: a signal mask would not do, since any thread may receive the signal)."""
+    _HELD[0] += 1
     try:
         yield
     finally:
-        _REPLACE.reset(token)
+        _HELD[0] -= 1
+        waiting = _HELD[0] == 0 and _HELD[1]
+        if waiting:
+            _HELD[1] = 0  # cleared even when the block failed: its own exception already stops the command
+    if waiting:
+        raise KeyboardInterrupt
 
 
 def os_error(exc: OSError, path: str | Path) -> CadError:
@@ -154,20 +201,24 @@ def atomic_path(path: str | Path, check: Check | None = check_nonempty) -> Itera
 
 def _publish(tmp_dir: Path, tmp: Path, path: Path, replace: bool) -> None:
     moves = [(c, path.parent / c.name) for c in sorted(tmp_dir.iterdir()) if c != tmp] + [(tmp, path)]
-    if replace:
-        for source, target in moves:
-            if target.is_dir():
-                raise CadError("is a folder; give a file name for the output", target)
-            os.replace(source, target)
-        return
+    journal = _JOURNAL.get()
     published: list[Path] = []
     try:
         for source, target in moves:
-            _publish_new(source, target)
-            published.append(target)
+            if replace and target.is_dir():
+                raise CadError("is a folder; give a file name for the output", target)
+            with _interrupts_held():
+                if replace:
+                    os.replace(source, target)
+                else:
+                    _publish_new(source, target)
+                published.append(target)
+                if journal is not None:
+                    journal.append(target)
     except BaseException:
-        for target in published:
-            target.unlink(missing_ok=True)
+        if not replace:  # a detached header's data file without its header is no use to anyone
+            for target in published:
+                target.unlink(missing_ok=True)
         raise
 
 

@@ -21,7 +21,7 @@ from cli_checks import engine_command, engine_env, messages, one_message, snapsh
 
 from cadcore.cli import main
 from cadcore.errors import CadError
-from cadcore.io.writing import atomic_path, publishing, write_image, write_json
+from cadcore.io.writing import all_or_none, atomic_path, publishing, write_image, write_json
 
 
 @pytest.fixture
@@ -300,6 +300,29 @@ def test_signal_during_inference_in_a_real_process(tmp_path, case, tiny_model, s
     assert code == 128 + sig
     assert messages(err) == ["cad segment: interrupted"]
     assert snapshot(out) == {}  # no labelmap, no sidecar, no hidden ".seg.nii.gz.*" temporary folder
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_signal_right_after_the_rename_is_still_rolled_back(tmp_path, monkeypatch, replace):
+    """The one-bytecode window between publishing a file and recording it: the interrupt waits for the record."""
+    from cadcore.cli import interrupt_on_signals
+
+    name = "replace" if replace else "link"
+    real = getattr(os, name)
+
+    def move_then_signal(source, target):
+        real(source, target)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, name, move_then_signal)
+    restore = interrupt_on_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt), all_or_none(replace=replace):
+            write_json(tmp_path / "first.json", {"a": 1})
+            raise AssertionError("the interrupt should have stopped the block after the first file")
+    finally:
+        restore()
+    assert snapshot(tmp_path) == {}
 
 
 def test_write_image_refuses_to_replace_a_folder_even_when_forced(tmp_path, oblique_image):

@@ -24,7 +24,8 @@ def is_terminal(stream: TextIO) -> bool:
 
 
 class PlainLines:
-    """The non-terminal stand-in for the tqdm bar: the same few methods, whole lines only."""
+    """The non-terminal stand-in for the tqdm bar: the methods StagedProgress calls (``set_description``,
+    ``update``, ``close``, and ``emit`` after each move), whole lines only."""
 
     def __init__(self, stream: TextIO, enabled: bool = True, mininterval: float = 1.0) -> None:
         self.stream = stream
@@ -40,7 +41,7 @@ class PlainLines:
         self.stage = stage
 
     def update(self, amount: float) -> None:
-        self.value = min(100.0, self.value + amount)
+        self.value = min(100.0, round(self.value + amount, 6))  # sums of stage shares must still reach 100
 
     def emit(self, force: bool = False) -> None:
         """One line for a new stage, or for a whole percent gained once ``mininterval`` has passed (or ``force``)."""

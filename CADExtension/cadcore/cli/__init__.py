@@ -3,16 +3,26 @@
 Contract: exit 0 on success; exit 2 with one line on stderr naming the file and the problem on bad input or usage;
 nothing written on failure. Each subcommand's handler lives in its own module here and is imported only when that
 subcommand runs, so ``cad models list`` never pays for torch's training stack.
+
+For every command, SIGTERM (Slicer's or a scheduler's cancel) and SIGINT (Ctrl-C) become ``KeyboardInterrupt``, so
+the rollback each command already has runs (``cad segment`` writes all outputs or none; temporary folders are
+removed; ``cad train`` saves its checkpoint); the exit code is then 128 + the signal (130, 143) after one line.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import warnings
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from cadcore.cli.parser import build_parser
 from cadcore.errors import CadError
+
+_received: list[int] = []  # the signals that interrupted this run, first one first
 
 
 def handler_of(command: str) -> ModuleType:
@@ -30,11 +40,84 @@ def handler_of(command: str) -> ModuleType:
     return handler
 
 
+def interrupt_on_signals() -> Callable[[], None]:
+    """SIGTERM and SIGINT both become KeyboardInterrupt; returns the function that restores the previous handlers.
+
+    SIGINT is re-armed because shells start background jobs with it ignored. Only the first signal interrupts: a
+    second one (an impatient Ctrl-C) is ignored so it cannot cut the rollback short; SIGKILL still stops the process.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return lambda: None
+
+    def raise_interrupt(signum, frame):  # noqa: ARG001
+        _received.append(signum)
+        if len(_received) > 1:
+            return
+        writing = sys.modules.get("cadcore.io.writing")  # never import in a handler; not loaded: nothing held
+        if writing is not None and writing.interrupts_held():
+            writing.defer_interrupt()  # a file was just published: raised once it is recorded for the rollback
+            return
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _received.clear()
+    for sig in previous:
+        signal.signal(sig, raise_interrupt)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
+
+
+def quiet_library_warnings() -> None:
+    """MONAI's FutureWarnings and DeprecationWarnings are about its own API, not the user's data: they would be
+    extra stderr lines on every ``cad evaluate`` (and the Slicer module shows stderr). ``python -W`` still wins."""
+    if sys.warnoptions:
+        return
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"monai(\.|$)")
+        warnings.filterwarnings("ignore", category=category, message=r".*\bmonai\.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = handler_of(args.command)
+    restore = interrupt_on_signals()
     try:
-        return handler.run(args)
+        with warnings.catch_warnings():
+            quiet_library_warnings()
+            code = handler_of(args.command).run(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handling below, not at interpreter exit
+            return code
     except CadError as exc:
-        sys.stderr.write(f"cad {args.command}: error: {exc}\n")
-        return 2
+        return _error(args.command, str(exc), 2)
+    except KeyboardInterrupt:
+        return _error(args.command, "interrupted", 128 + (_received[0] if _received else signal.SIGINT))
+    except BrokenPipeError:  # `cad models show X | head`: the reader left; say nothing, like any Unix tool
+        _detach_stdout()
+        return 128 + getattr(signal, "SIGPIPE", 13)
+    except OSError as exc:  # a file the engine could not read or write, named, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(args.command, f"{where}{exc.strerror or exc}", 2)
+    finally:
+        restore()
+
+
+def _error(command: str, message: str, code: int) -> int:
+    try:
+        sys.stderr.write(f"cad {command}: {'error: ' if code == 2 else ''}{message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return code
+
+
+def _detach_stdout() -> None:
+    """Point stdout at the null device so the interpreter's final flush does not raise a second BrokenPipeError."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass

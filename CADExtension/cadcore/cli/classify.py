@@ -1,4 +1,6 @@
-"""``cad classify``: parse the ROI flags, check every path before computing, write the result JSON and heatmap."""
+"""``cad classify``: parse the ROI flags, check every path before computing, write the result JSON and heatmap.
+
+No progress bar: nothing is drawn on stderr, so a refusal is always its one line."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from cadcore.classification.predict import classify_image
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.io.images import read_image, read_volume
-from cadcore.io.writing import check_output_path, refuse_existing, write_image, write_json
+from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_image, write_json
 from cadcore.registry.packages import find_model
 
 HEATMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -30,12 +32,15 @@ def _triple(text: str | None, what: str) -> list[float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    refuse_existing(output.exists(), "output exists", output, args.force)
-    if not output.parent.exists():
-        raise CadError("output folder does not exist", output.parent)
+    output = check_output_file(args.output, args.force)
     if args.heatmap:
         check_output_path(args.heatmap, args.force, HEATMAP_SUFFIXES)
+        if Path(args.heatmap).resolve() == output.resolve():
+            raise CadError("is given as both the result JSON and the heatmap", output)
+    for source in (args.input, args.mask):
+        if source and Path(source).resolve() in (output.resolve(), Path(args.heatmap or output).resolve()):
+            raise CadError("is given as both an input and an output (even --force does not replace an input)",
+                           source)
     if args.mask and args.center:
         raise CadError("give either --mask/--label or --center/--size, not both")
     centre = _triple(args.center, "--center")
@@ -50,16 +55,11 @@ def run(args: argparse.Namespace) -> int:
     source = args.mask if args.mask else args.input
     result = classify_image(image, package, mask, args.label, centre, size, bool(args.heatmap), args.heatmap_class,
                             args.device, source=str(source))
-    written: list[Path] = []
-    try:
+    with all_or_none(replace=args.force):  # the result JSON and its heatmap: both or neither
         if result.heatmap is not None:
-            written.append(write_image(result.heatmap, args.heatmap))
+            write_image(result.heatmap, args.heatmap)
             result.report["heatmap"] = str(args.heatmap)
         write_json(output, result.report)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
     report = result.report
     print(f"{report['model']}: {report['predicted']}  " + "  ".join(
         f"{name} {p:.3f}" for name, p in report["probabilities"].items()))

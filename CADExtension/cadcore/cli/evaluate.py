@@ -1,4 +1,8 @@
-"""``cad evaluate``: score a segmentation or classification model and write the report JSON (and ROC PNG)."""
+"""``cad evaluate``: score a segmentation or classification model and write the report JSON (and ROC PNG).
+
+Every output is checked (name, folder, --force) before the model is run; outputs are published without replacing
+anything unless ``--force``, and a report is never left without its ROC plot nor the reverse.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,26 @@ from pathlib import Path
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.evaluation.segmentation import evaluate
-from cadcore.io.writing import refuse_existing, write_json
+from cadcore.io.readback import check_png_file
+from cadcore.io.writing import all_or_none, atomic_path, check_output_file, check_output_path, write_json
 from cadcore.registry.packages import find_model
 
 
 def run(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    refuse_existing(output.exists(), "report exists", output, args.force)
-    if not output.parent.exists():
-        raise CadError("output folder does not exist", output.parent)
-    configure_cpu_threads()
+    output = check_output_file(args.output, args.force, "report exists")
     package = find_model(args.model)
+    configure_cpu_threads()
     if package.task == "classification":
-        return _evaluate_classifier_command(args, package, output)
+        roc_path = check_output_path(output.with_name(output.name.removesuffix(".json") + "_roc.png"), args.force,
+                                     (".png",))
+        if roc_path.resolve() == output.resolve():
+            raise CadError("is given as both the report and its ROC plot", output)
+        return _evaluate_classifier_command(args, package, output, roc_path)
     if args.split == "test":
         raise CadError("--split test is for .npz classification data; segmentation uses val or all")
     report = evaluate(args.model, args.data, args.split, args.device, getattr(args, "fast", False))
-    write_json(output, report)
+    with all_or_none(replace=args.force):
+        write_json(output, report)
     print(f"report: {output}")
     print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {report['mean_dice']:.4f}")
     for value, row in report["per_label"].items():
@@ -33,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_classifier_command(args: argparse.Namespace, package, output: Path) -> int:
+def _evaluate_classifier_command(args: argparse.Namespace, package, output: Path, roc_path: Path) -> int:
     from cadcore.evaluation.classification import evaluate_classifier
 
     package.verify()
-    roc_path = output.with_name(output.name.removesuffix(".json") + "_roc.png")
-    report = evaluate_classifier(package, args.data, args.split, args.device, roc_path)
-    write_json(output, report)
+    with all_or_none(replace=args.force):  # the report and its ROC plot: both or neither
+        with atomic_path(roc_path, check_png_file) as roc_tmp:  # the plot is drawn under a hidden name
+            report = evaluate_classifier(package, args.data, args.split, args.device, roc_tmp)
+            report["roc_png"] = str(roc_path)
+        write_json(output, report)
     print(f"report: {output}")
     sens = report["sensitivity"]
     spec = report["specificity"]

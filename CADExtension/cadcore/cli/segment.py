@@ -1,4 +1,9 @@
-"""``cad segment``: check every output path and the model before reading the image, then write all outputs or none."""
+"""``cad segment``: check every output path and the model before reading the image, then write all outputs or none.
+
+Outputs are published without replacing anything unless ``--force`` (a second ``cad segment`` racing onto the same
+name is refused, exit 2); an interruption (SIGTERM/SIGINT, armed in :func:`cadcore.cli.main`), a full disk or any
+other failure while writing removes what this run had already published, so a labelmap never lacks its sidecar.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
 from cadcore.io.images import read_volume
-from cadcore.io.writing import check_output_path, refuse_existing, write_json
+from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_json
 from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel
@@ -22,9 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from cadcore.io.labelmaps import write_labelmap
 
     started = time.perf_counter()
-    output = check_output_path(args.output, args.force)
-    sidecar_path = Path(f"{output}.json")
-    refuse_existing(sidecar_path.exists(), "output sidecar exists", sidecar_path, args.force)
+    output, sidecar_path = Path(args.output), Path(f"{args.output}.json")
+    _refuse_repeated(Path(args.input), [output, sidecar_path, *(Path(p) for p in (args.probabilities, args.png) if p)])
+    check_output_path(output, args.force)
+    check_output_file(sidecar_path, args.force, "output sidecar exists")
     if args.probabilities:
         check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
     if args.png:
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_volume(args.input, args.series)
     configure_cpu_threads()
     progress = StagedProgress({"preprocess": 1, "network": 8, "postprocess": 1, "write": 0.5})
-    written: list[Path] = []
+    completed = False
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
                                keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
@@ -55,23 +61,21 @@ def run(args: argparse.Namespace) -> int:
             "input": str(args.input), "output": str(args.output),
             "probabilities": str(args.probabilities) if args.probabilities else None,
             "overlay_png": str(args.png) if args.png else None})
-        written.append(write_labelmap(result.labels, output, package.labels))
-        if args.probabilities:
-            write_probabilities(result.probabilities, image, Path(args.probabilities))
-            written.append(Path(args.probabilities))
-        if args.png:
-            from cadcore.io.overlay import render_overlay
+        progress.update("write", 0.0)
+        with all_or_none(replace=args.force):  # a sidecar never describes a missing file, nor the reverse
+            write_labelmap(result.labels, output, package.labels)
+            if args.probabilities:
+                write_probabilities(result.probabilities, image, Path(args.probabilities))
+            if args.png:
+                from cadcore.io.overlay import render_overlay
 
-            written.append(render_overlay(image, result.labels, package.labels, args.png,
-                                          f"{package.id} on {Path(args.input).name}"))
-        written.append(write_json(sidecar_path, report))
+                render_overlay(image, result.labels, package.labels, args.png,
+                               f"{package.id} on {Path(args.input).name}")
+            write_json(sidecar_path, report)  # last: a sidecar means every output is in place
         progress.update("write", 1.0)
-    except BaseException:
-        for path in written:  # all outputs or none: a sidecar never describes a missing file, nor the reverse
-            path.unlink(missing_ok=True)
-        raise
+        completed = True
     finally:
-        progress.close()
+        progress.close(completed)
     print(f"segmentation: {output}")
     print(f"sidecar:      {sidecar_path}")
     if args.png:
@@ -79,3 +83,14 @@ def run(args: argparse.Namespace) -> int:
     for label in report["labels"]:
         print(f"  {label['value']:>3}  {label['name']:<32} {label['volume_ml']:8.3f} mL")
     return 0
+
+
+def _refuse_repeated(source: Path, targets: list[Path]) -> None:
+    """Two outputs with one name (``-o x.nrrd --probabilities x.nrrd``) would overwrite each other, and an output
+    named like the input would replace it (even ``--force`` does not mean that)."""
+    seen: dict[Path, str] = {source.resolve(): "the input"}
+    for target in targets:
+        key = target.resolve()
+        if key in seen:
+            raise CadError(f"is given twice (as {seen[key]} and as an output)", target)
+        seen[key] = "an output"

@@ -1,29 +1,17 @@
-"""``cad train``: signals become a saved checkpoint, flags become a typed config, the config picks the trainer."""
+"""``cad train``: flags become a typed config, the config picks the trainer; a signal (SIGTERM/SIGINT, armed for
+every command in :func:`cadcore.cli.main`) becomes a saved checkpoint in the trainers."""
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-
-
-def interrupt_on_signals() -> None:
-    """SIGTERM (a cancel from Slicer, a batch scheduler) and SIGINT both become KeyboardInterrupt, so training saves
-    its last checkpoint; SIGINT is re-armed because shells start background jobs with it ignored."""
-
-    def raise_interrupt(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_interrupt)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run(args: argparse.Namespace) -> int:
     from cadcore.device import configure_cpu_threads
+    from cadcore.io.writing import check_output_folder
 
-    configure_cpu_threads()
-    interrupt_on_signals()
+    check_output_folder(args.output)  # a file in the way or a read-only place: refused before loading any data
+    configure_cpu_threads()  # SIGTERM/SIGINT are armed for every command by cadcore.cli.main
     values = {key: value for key, value in vars(args).items() if value is not None}  # unset: the config's default
     from cadcore.training.cascade import check_flags as check_cascade_flags
 

@@ -35,7 +35,8 @@ import SimpleITK as sitk
 
 from cadcore.errors import CadError
 from cadcore.io.images import LABELMAP_SUFFIXES, suffix_of
-from cadcore.io.writing import atomic_path
+from cadcore.io.readback import check_image_file
+from cadcore.io.writing import atomic_path, write_sitk
 
 SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
@@ -48,7 +49,8 @@ def write_labelmap(image: sitk.Image, path: str | Path, labels: list[dict[str, A
     """Write a label image atomically, in the format its suffix names, with ``image``'s exact geometry.
 
     ``labels`` is the model card's list (``value``, ``name``, ``color``, optional ``terminology``); only
-    ``.seg.nrrd`` stores it. Nothing is left at ``path`` (nor beside it) when writing fails.
+    ``.seg.nrrd`` stores it. Nothing is left at ``path`` (nor beside it) when writing fails, and a write the
+    library did not report as failed (a full disk) is caught by reading the file back.
     """
     path = Path(path)
     suffix = suffix_of(path)
@@ -57,8 +59,8 @@ def write_labelmap(image: sitk.Image, path: str | Path, labels: list[dict[str, A
     label_image = _as_uint8(image, path)
     if suffix == ".seg.nrrd":
         _add_segmentation_fields(label_image, labels, path)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(label_image, str(tmp), True)  # compressed: gzip for NIfTI/NRRD, zlib for MetaImage
+    with atomic_path(path, check_image_file) as tmp:  # read back (size, header, every byte) before publishing
+        write_sitk(label_image, tmp, path, True)  # compressed: gzip for NIfTI/NRRD, zlib for MetaImage
     return path
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from cadcore.io.readback import check_png_file
 from cadcore.io.writing import atomic_path
 
 
@@ -43,19 +44,22 @@ def render_overlay(image: sitk.Image, labels: sitk.Image, label_info: list[dict[
     cmap = ListedColormap(colours)
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
-    for axis, name, base, overlay, aspect in zip(axes, ("axial", "coronal", "sagittal"), _views(image_lps, centre),
-                                                  _views(labels_lps, centre), aspects):
-        axis.imshow(base, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
-        axis.imshow(overlay, cmap=cmap, vmin=0, vmax=max_value, aspect=aspect, interpolation="nearest")
-        axis.set_title(name)
-        axis.axis("off")
-    handles = [Patch(color=colours[int(label["value"])][:3], label=f"{label['value']}: {label['name']}")
-               for label in label_info]
-    fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:  # the figure is closed on failure too: a long-lived caller must not accumulate figures
+        views = zip(axes, ("axial", "coronal", "sagittal"), _views(image_lps, centre), _views(labels_lps, centre),
+                    aspects)
+        for axis, name, base, overlay, aspect in views:
+            axis.imshow(base, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            axis.imshow(overlay, cmap=cmap, vmin=0, vmax=max_value, aspect=aspect, interpolation="nearest")
+            axis.set_title(name)
+            axis.axis("off")
+        handles = [Patch(color=colours[int(label["value"])][:3], label=f"{label['value']}: {label['name']}")
+                   for label in label_info]
+        fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), frameon=False)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        with atomic_path(path, check_png_file) as tmp:  # a full disk or a cut stream is refused
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return Path(path)

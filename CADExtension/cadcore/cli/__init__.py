@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             quiet_library_warnings()
+            if getattr(args, "device", None) not in (None, "auto"):  # an unknown or absent device: before any work
+                from cadcore.device import pick_device
+
+                pick_device(args.device)
             code = handler_of(args.command).run(args)
             sys.stdout.flush()  # a closed pipe shows here, inside the handling below, not at interpreter exit
             return code

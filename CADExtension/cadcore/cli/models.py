@@ -1,15 +1,13 @@
 """``cad models list|show|verify|import``: the registry from the command line.
 
-Output is often piped (``cad models show X | head``): a reader that stops early is not an error, so a closed pipe
-ends the command quietly instead of with a ``BrokenPipeError`` traceback.
+Output is often piped (``cad models show X | head``); a reader that stops early ends the command quietly (exit 141,
+as a shell tool stopped by SIGPIPE), which :func:`cadcore.cli.main` handles for every command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 from cadcore.errors import CadError
 from cadcore.registry import find_model_or_bundle, import_package, list_all, list_shadowed
@@ -18,16 +16,7 @@ SHADOWED = "(shadowed by the shipped model of this id: not used)"
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        code = dispatch(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
-        return code
-    except BrokenPipeError:
-        # The reader went away (``| head``): stop quietly. Point stdout at /dev/null so the interpreter's own flush
-        # at exit does not raise again (the documented idiom, docs.python.org/3/library/signal.html#note-on-sigpipe).
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+    return dispatch(args)
 
 
 def line_of(model: object, note: str = "") -> str:

@@ -11,52 +11,22 @@ Each check takes the temporary file and the final name; a failure is a :class:`C
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import math
 import os
 import struct
-import sys
-import tempfile
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from cadcore.errors import CadError, native_message
+from cadcore.io.native import quiet_native
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _HEADER_LIMIT = 1 << 20  # NRRD and MetaImage headers are text; a megabyte is far more than any real one
-
-
-@contextlib.contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """ITK warnings off and descriptor 2 pointed at a scratch file for the block: native writers and readers print
-    there directly (NIfTI's ``NWAD`` lines, MetaIO's stream messages), below Python's ``sys.stderr``."""
-    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-        sink = tempfile.TemporaryFile()
-    except OSError:  # no descriptor 2 (a daemon) or no room for a scratch file: run unsilenced
-        try:
-            yield
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(previous)
-        return
-    try:
-        os.dup2(sink.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        sink.close()
-        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
 def disk_hint(folder: Path) -> str:
@@ -101,7 +71,7 @@ def check_image_file(tmp: Path, final: Path) -> None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(tmp))
     try:
-        with quiet_native_stderr():
+        with quiet_native():
             reader.ReadImageInformation()
     except RuntimeError as exc:
         raise CadError(f"does not read back after writing ({native_message(exc)}){disk_hint(tmp.parent)}",

@@ -31,7 +31,8 @@ import SimpleITK as sitk
 
 from cadcore.errors import CadError, native_message
 from cadcore.io.images import LABELMAP_SUFFIXES, suffix_of
-from cadcore.io.readback import check_image_file, check_json_file, check_nonempty, disk_hint, quiet_native_stderr
+from cadcore.io.native import quiet_native
+from cadcore.io.readback import check_image_file, check_json_file, check_nonempty, disk_hint
 
 Check = Callable[[Path, Path], object]
 
@@ -243,7 +244,7 @@ def _publish_new(source: Path, target: Path) -> None:
 def write_sitk(image: sitk.Image, tmp: Path, final: Path, compress: bool = True) -> None:
     """``sitk.WriteImage`` with the native library's stderr silenced and its errors as one line naming ``final``."""
     try:
-        with quiet_native_stderr():
+        with quiet_native():
             sitk.WriteImage(image, str(tmp), compress)
     except RuntimeError as exc:
         raise CadError(f"could not be written: {native_message(exc)}{disk_hint(tmp.parent)}", final) from exc

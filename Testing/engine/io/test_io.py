@@ -152,7 +152,7 @@ def test_write_labelmap_leaves_nothing_when_the_writer_fails(tmp_path, oblique_i
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", failing_write)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(CadError, match="disk full"):  # a failed write is the one-line error, naming the file
         write_labelmap(labels_on(oblique_image), target / "result.seg.nrrd", LABELS)
     assert listing(target) == []
 

@@ -112,3 +112,10 @@ def test_unusual_valid_input_succeeds_on_its_own_grid(kind, tmp_path, capfd, mod
     assert labels.GetSpacing() == pytest.approx(image.GetSpacing(), abs=1e-5)
     assert labels.GetOrigin() == pytest.approx(image.GetOrigin(), abs=1e-4)
     assert labels.GetDirection() == pytest.approx(image.GetDirection(), abs=1e-6)
+
+
+def test_the_reliability_page_lists_every_corpus_entry():
+    """docs/reliability.md's table is the corpus: an entry added here must be documented there."""
+    page = (Path(__file__).resolve().parents[3] / "docs" / "reliability.md").read_text()
+    missing = [name for name in CORPUS if f"| {name} |" not in page]
+    assert missing == []

@@ -145,6 +145,30 @@ def killProcessTree(pid: int) -> None:
         pass
 
 
+CANCEL_GRACE_SECONDS = 3.0
+"""How long a cancelled engine gets to roll back (remove what it published, keep a training checkpoint) after SIGTERM,
+before its process tree is killed."""
+
+
+def terminateProcessTree(pid: int, exited: threading.Event, grace: float = CANCEL_GRACE_SECONDS) -> None:
+    """SIGTERM to ``pid``'s process group now (the engine turns it into its rollback and exits 143), then, from a
+    daemon thread, :func:`killProcessTree` if the process has not exited within ``grace`` seconds (a stuck native
+    call, DataLoader workers). Windows has no SIGTERM for a tree: it is killed at once."""
+    if os.name == "nt":
+        killProcessTree(pid)
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+    def killLater() -> None:
+        exited.wait(grace)
+        killProcessTree(pid)  # what is left: a stuck engine, or workers that outlived it
+
+    threading.Thread(target=killLater, name=f"CADExtension cancel {pid}", daemon=True).start()
+
+
 class SubprocessRunner:
     """The default :class:`ProcessRunner`: ``subprocess.Popen`` with stdout+stderr merged and a reader thread."""
 
@@ -190,7 +214,7 @@ class SubprocessRunner:
             if self._process is None or self._exited.is_set():
                 return
             self._cancelRequested = True
-            killProcessTree(self._process.pid)
+            terminateProcessTree(self._process.pid, self._exited)
 
     def isRunning(self) -> bool:
         return self._process is not None and not self._exited.is_set()

@@ -137,3 +137,57 @@ def test_python_executable_outside_and_inside_slicer(fakeSlicerApp, monkeypatch,
     launcher = binDir / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
     launcher.write_text("")
     assert Path(pythonExecutable()) == launcher
+
+
+ROLLBACK = r"""
+import signal, sys, time
+from pathlib import Path
+marker = Path(sys.argv[1])
+def on_term(signum, frame):
+    marker.write_text("rolled back")  # what cad does on SIGTERM: remove what it published, then exit 143
+    sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+STUBBORN = r"""
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stuck native call: SIGTERM does nothing
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _started(script: str, *args: str) -> tuple[SubprocessRunner, list[str]]:
+    lines: list[str] = []
+    runner = SubprocessRunner()
+    runner.start([sys.executable, "-c", script, *args], None, lines.append)
+    deadline = time.monotonic() + 30
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lines == ["ready"]
+    return runner, lines
+
+
+def test_cancel_lets_the_engine_roll_back_first(tmp_path):
+    """Cancel sends SIGTERM first: the engine's own rollback runs (Slicer's Cancel used to SIGKILL at once, leaving
+    the rollback no chance)."""
+    marker = tmp_path / "marker"
+    runner, _ = _started(ROLLBACK, str(marker))
+    runner.cancel()
+    assert runner.wait(10) == CANCELLED
+    assert marker.read_text() == "rolled back"
+
+
+def test_cancel_kills_an_engine_that_ignores_sigterm_after_the_grace(monkeypatch):
+    import CADExtensionLib.process as process
+
+    monkeypatch.setattr(process, "CANCEL_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr(process.terminateProcessTree, "__defaults__", (0.5,))
+    runner, _ = _started(STUBBORN)
+    pid = runner.pid
+    started = time.monotonic()
+    runner.cancel()
+    assert runner.wait(10) == CANCELLED
+    assert time.monotonic() - started < 8 and not processAlive(pid)

@@ -28,7 +28,7 @@ from cadcore.preprocessing.working_space import orient, to_array
 @dataclass
 class Roi:
     grid: sitk.Image  # the ROI grid (geometry only matters), float32 image samples
-    image: np.ndarray  # (I, J, K) float32 intensities on the ROI grid
+    image: np.ndarray  # (I, J, K) float32 intensities on the ROI grid; for ``input: mask`` models the lesion (0..1)
     mask: np.ndarray | None  # (I, J, K) bool lesion mask on the ROI grid, when a mask was given
     padded: bool
     info: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +110,11 @@ def extract_roi(image: sitk.Image, spec: dict[str, Any], mask: sitk.Image | None
         mask_array = _sample(lesion, grid, sitk.sitkNearestNeighbor, 0) > 0
     padded = not _inside(grid, image)
     info.update(centre_ras=lps_to_ras(centre_lps), spacing=[round(s, 5) for s in spacing], size=size, padded=padded)
+    if mask is not None and spec.get("input") == "mask":
+        # a model of lesion shape sees (and its baseline's features are computed on) the lesion, not the scan's
+        # intensities: exactly what training sampled from its mask arrays (classification.datasets.through_roi)
+        return Roi(grid, _sample(sitk.Cast(lesion, sitk.sitkFloat32), grid, sitk.sitkLinear, 0.0), mask_array, padded,
+                   info)
     return Roi(grid, _sample(image, grid, sitk.sitkLinear, background), mask_array, padded, info)
 
 

@@ -297,3 +297,27 @@ def test_roi_feature_spacing():
     """Extent-fitted (MedMNIST-style) ROIs give features in ROI-voxel units, the units of the training arrays."""
     assert roi_feature_spacing({"fit": "extent"}, (0.8, 0.8, 0.8)) == (1.0, 1.0, 1.0)
     assert roi_feature_spacing({"fit": "fixed", "spacing": [1, 1, 2]}, (1.0, 1.0, 2.0)) == (1.0, 1.0, 2.0)
+
+
+def test_a_shape_models_features_do_not_depend_on_the_scans_intensities(tmp_path, capsys):
+    """adrenal-svm classifies lesion *shape* (``roi.input: mask``, trained on mask arrays): the same mask over two
+    scans with unrelated intensities must give the same features and probabilities (its first-order and texture
+    features used to be computed on the scan, out of range for a model trained on 0..1 masks)."""
+    import json
+
+    import SimpleITK as sitk
+
+    from cadcore.cli import main
+
+    shipped = Path(__file__).resolve().parents[3] / "sample_data" / "hippocampus"
+    scan = sitk.ReadImage(str(shipped / "imagesTr" / "hippocampus_015.nii.gz"), sitk.sitkFloat32)
+    brighter = sitk.Cast(scan * 7.0 + 900.0, sitk.sitkFloat32)
+    sitk.WriteImage(brighter, str(tmp_path / "brighter.nii.gz"))
+    results = []
+    for name, source in (("a", shipped / "imagesTr" / "hippocampus_015.nii.gz"), ("b", tmp_path / "brighter.nii.gz")):
+        output = tmp_path / f"{name}.json"
+        assert main(["classify", str(source), "-m", "adrenal-svm", "--mask",
+                     str(shipped / "labelsTr" / "hippocampus_015.nii.gz"), "--label", "1", "-o", str(output)]) == 0
+        results.append(json.loads(output.read_text()))
+    assert results[0]["features"] == results[1]["features"]
+    assert results[0]["probabilities"] == results[1]["probabilities"]

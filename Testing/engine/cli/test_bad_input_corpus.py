@@ -1,6 +1,8 @@
 """The reliability contract, input by input: every entry of the corpus (``bad_inputs.CORPUS``) is refused with exit 2
 and exactly one line on stderr (file descriptor 2, so native libraries' own prints count) that names the file and the
-problem, no traceback, and nothing written or changed in its folder, the user registry included.
+problem, no traceback, nothing written or changed in its folder (the user registry included), and the process's peak
+memory still under a bound (the memory-hostile entries are also measured alone, in subprocesses, in
+``io/test_reading_checks.py`` and ``registry/test_registry_security.py``).
 
 docs/reliability.md lists the same inputs in a table.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,9 @@ def snapshot(*folders: Path) -> dict[str, str]:
     return found
 
 
+PEAK_MEMORY_BOUND_KIB = 3 * 1024 * 1024  # 3 GiB for the whole test process: torch and the tiny models need ~1
+
+
 def test_the_corpus_is_large_enough():
     assert len(CORPUS) >= 60
 
@@ -58,6 +64,8 @@ def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, capfd, models
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert "Traceback" not in err and str(refusal.names) in err and refusal.word in err, err
     assert snapshot(work, registry, models.segmentation, models.classification) == before
+    # peak memory bounded: a refusal that allocated what a lying header or card claims (4-43 GB) would show here
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < PEAK_MEMORY_BOUND_KIB
 
 
 # --- unusual but valid inputs: each must succeed, on the input's exact grid ----------------------------------------

@@ -1,4 +1,5 @@
-"""The reliability contract, input by input: every entry of the corpus (``bad_inputs.CORPUS``) is refused with exit 2
+"""The reliability contract, input by input: every entry of the corpus (``bad_inputs.CORPUS``, filled by
+``bad_inputs*.py``) is refused with exit 2
 and exactly one line on stderr (file descriptor 2, so native libraries' own prints count) that names the file and the
 problem, no traceback, nothing written or changed in its folder (the user registry included), and the process's peak
 memory still under a bound (the memory-hostile entries are also measured alone, in subprocesses, in
@@ -14,6 +15,8 @@ import os
 import resource
 from pathlib import Path
 
+import bad_inputs_commands  # noqa: F401 (registers its entries)
+import bad_inputs_hostile  # noqa: F401 (registers its entries)
 import pytest
 from bad_inputs import CORPUS, Models
 

@@ -35,6 +35,8 @@ def handler_of(command: str) -> ModuleType:
         from cadcore.cli import train as handler
     elif command == "evaluate":
         from cadcore.cli import evaluate as handler
+    elif command == "interact":
+        from cadcore.cli import interact as handler
     else:
         from cadcore.cli import models as handler
     return handler

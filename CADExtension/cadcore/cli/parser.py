@@ -26,6 +26,22 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
+def _click(text: str) -> tuple[str, list[float]]:
+    """``+R,A,S`` (the structure; the sign may be left out) or ``-R,A,S`` (not the structure), RAS mm."""
+    sign = "-" if text.startswith("-") else "+"
+    values = _floats(text[1:] if text[:1] in "+-" else text)
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"a click is +R,A,S or -R,A,S in mm, got {text!r}")
+    return sign, values
+
+
+def _box(text: str) -> list[float]:
+    values = _floats(text)
+    if len(values) != 6:
+        raise argparse.ArgumentTypeError(f"a box is R0,A0,S0,R1,A1,S1 in mm, got {text!r}")
+    return values
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
@@ -156,6 +172,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--fast", action="store_true", help="segmentation: score the card's fast resolution")
     ev.add_argument("--force", action="store_true")
+
+    it = sub.add_parser("interact", help="segment one structure from clicks, a box or scribbles (any segmentation "
+                                         "model, on the prompts' region only)")
+    it.add_argument("input", help="volume (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM folder")
+    it.add_argument("-m", "--model", required=True, help="registry id or model package folder")
+    it.add_argument("-o", "--output", required=True, help="binary mask to write (0/1 on the input's grid)")
+    it.add_argument("--label", type=int, required=True, help="the model's label value to segment")
+    it.add_argument("--click", action="append", type=_click, default=[], metavar="+R,A,S",
+                    help="a point in RAS mm: +R,A,S is the structure, -R,A,S is not (the first sign is the "
+                         "click's kind: write --click=+-12.5,30,4 for a positive click at R = -12.5); repeat for more")
+    it.add_argument("--box", type=_box, default=None, metavar="R0,A0,S0,R1,A1,S1",
+                    help="two opposite corners in RAS mm: the region to segment")
+    it.add_argument("--scribble", default=None, help="labelmap on INPUT's grid: 1 = the structure, 2 = not it")
+    it.add_argument("--previous", default=None, help="the current segment to refine (binary, INPUT's grid); kept "
+                                                     "unchanged outside the region the network looks at")
+    it.add_argument("--uncertainty", default=None,
+                    help="also write the voxel entropy of flip test-time augmentation (0..1, INPUT's grid); the "
+                         "sidecar's suggested_click is the centre of its most uncertain blob")
+    it.add_argument("--series", default=None, help="DICOM series UID")
+    it.add_argument("--device", default="auto")
+    it.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     cf = sub.add_parser("classify", help="classify a lesion, ROI or volume (probabilities + Grad-CAM)")
     cf.add_argument("input", help="volume file or DICOM folder")

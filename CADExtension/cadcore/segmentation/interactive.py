@@ -1,0 +1,246 @@
+"""Interactive segmentation with any segmentation model: the prompts say *where*, the network says *what*.
+
+A click (or box, or scribble) defines a region; the model's main network (a cascade's fine stage) runs only there, at
+its own working spacing; of the chosen label, the connected components holding a positive prompt are kept and those
+under a negative prompt removed. This makes crop-trained models usable on whole scans (the hippocampus model given a
+whole head) and lets a cascade's fine stage work where its coarse stage fails, without retraining anything.
+
+:class:`InteractiveSession` is the in-process API a warm server or the Segment Editor effect keeps between prompts: it
+holds the network and, per region, the working-space probabilities, so a second prompt in the same region runs no
+network and reads nothing again. ``cad interact`` is its cold path (one prompt per process).
+
+Geometry: prompts are RAS millimetres (as ``cad classify --center``); the region is a box of input voxels cut with
+``RegionOfInterest`` (so oblique directions are kept), and every output lies on the input's exact grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from cadcore.errors import CadError
+from cadcore.preprocessing.input_grid import probabilities_to_input_grid
+from cadcore.preprocessing.working_space import prepare, to_array
+from cadcore.registry.networks import load_network
+from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabilities, tta_probabilities
+
+Region = tuple[tuple[int, int, int], tuple[int, int, int]]  # (index, size) in the input's I, J, K voxels
+CONNECTIVITY = np.ones((3, 3, 3), bool)
+REGION_MARGIN_MM = 5.0  # around clicks, scribbles and the previous segment, so a structure at the edge is whole
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """What the user said: points in RAS mm, a box (two opposite RAS corners), scribbles and the current segment
+    (both on the image's grid: scribble 1 = this is it, 2 = this is not; previous: the segment to refine)."""
+
+    positive: tuple[tuple[float, float, float], ...] = ()
+    negative: tuple[tuple[float, float, float], ...] = ()
+    box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    scribble: sitk.Image | None = None
+    previous: sitk.Image | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"positive": [list(p) for p in self.positive], "negative": [list(p) for p in self.negative],
+                "box": [list(c) for c in self.box] if self.box else None,
+                "scribble": self.scribble is not None, "previous": self.previous is not None}
+
+
+@dataclass
+class InteractiveResult:
+    mask: sitk.Image  # uint8 0/1 on the image's exact grid
+    region: Region
+    uncertainty: sitk.Image | None  # float32 voxel entropy (0..1) on the image's grid, 0 outside the region
+    suggested_click: list[float] | None  # RAS mm: the centre of the most uncertain blob
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    reused: bool = False  # the region's probabilities came from the session's cache
+
+
+def ras_to_index(image: sitk.Image, ras: tuple[float, float, float]) -> np.ndarray:
+    """Continuous (I, J, K) index of a RAS point (LPS = RAS with x and y negated)."""
+    return np.array(image.TransformPhysicalPointToContinuousIndex((-float(ras[0]), -float(ras[1]), float(ras[2]))))
+
+
+def index_to_ras(image: sitk.Image, index: np.ndarray) -> list[float]:
+    point = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
+    return [round(-point[0], 3), round(-point[1], 3), round(point[2], 3)]
+
+
+def check_prompts(image: sitk.Image, prompts: Prompts, source: str) -> None:
+    """Refuse prompts that cannot mean anything, before any computing: nothing positive, points outside the volume,
+    scribbles or a previous segment on another grid."""
+    size = np.array(image.GetSize())
+    for kind, points in (("positive click", prompts.positive), ("negative click", prompts.negative),
+                         ("box corner", prompts.box or ())):
+        for point in points:
+            index = ras_to_index(image, point)
+            if np.any(index < -0.5) or np.any(index > size - 0.5):
+                raise CadError(f"{kind} ({', '.join(f'{v:g}' for v in point)}) RAS mm is outside the volume", source)
+    from cadcore.io.images import check_same_grid
+
+    for what, other in (("scribble", prompts.scribble), ("previous segment", prompts.previous)):
+        if other is not None:
+            check_same_grid(image, other, what, source, what=what)
+    has_strokes = prompts.scribble is not None and bool((sitk.GetArrayViewFromImage(prompts.scribble) == 1).any())
+    if not (prompts.positive or prompts.box or has_strokes):
+        raise CadError("give at least one positive click, a box or a foreground scribble (value 1)", source)
+
+
+def prompt_region(image: sitk.Image, prompts: Prompts, extent_mm: np.ndarray) -> Region:
+    """The box when given; else the model's window (``extent_mm``) centred on the prompts, grown to hold every click,
+    stroke and the previous segment (plus a margin), clipped to the volume."""
+    size = np.array(image.GetSize())
+    spacing = np.array(image.GetSpacing())
+    if prompts.box is not None:
+        corners = np.array([ras_to_index(image, c) for c in prompts.box])
+        low, high = corners.min(0), corners.max(0)
+    else:
+        points = [ras_to_index(image, p) for p in (*prompts.positive, *prompts.negative)]
+        for other, values in ((prompts.scribble, (1, 2)), (prompts.previous, (1,))):
+            if other is not None:
+                hits = np.argwhere(np.isin(sitk.GetArrayViewFromImage(other), values))
+                if len(hits):
+                    points += [hits.min(0)[::-1].astype(float), hits.max(0)[::-1].astype(float)]
+        points_array = np.array(points)
+        low, high = points_array.min(0), points_array.max(0)
+        margin = REGION_MARGIN_MM / spacing
+        low, high = low - margin, high + margin
+        half = extent_mm / spacing / 2
+        centre = (low + high) / 2
+        low, high = np.minimum(low, centre - half), np.maximum(high, centre + half)
+    start = np.clip(np.floor(low), 0, size - 1).astype(int)
+    stop = np.clip(np.ceil(high) + 1, start + 1, size).astype(int)
+    return tuple(int(v) for v in start), tuple(int(v) for v in stop - start)  # type: ignore[return-value]
+
+
+def entropy_map(probabilities: np.ndarray) -> np.ndarray:
+    """Voxel entropy of (C, I, J, K) probabilities, normalised to 0..1 by log C."""
+    clipped = np.clip(probabilities, 1e-8, 1.0)
+    return (-(clipped * np.log(clipped)).sum(0) / math.log(probabilities.shape[0])).astype(np.float32)
+
+
+def most_uncertain_blob(entropy: np.ndarray) -> np.ndarray | None:
+    """(I, J, K) centre of the connected blob of high entropy (over half the maximum) holding the most entropy."""
+    if entropy.max() <= 1e-3:
+        return None
+    blobs, count = ndimage.label(entropy > 0.5 * entropy.max(), structure=CONNECTIVITY)
+    totals = ndimage.sum(entropy, blobs, index=range(1, count + 1))
+    best = int(np.argmax(totals)) + 1
+    return np.array(ndimage.center_of_mass(entropy, blobs, best))
+
+
+class InteractiveSession:
+    """One model on one image, prompt after prompt (see the module docstring)."""
+
+    def __init__(self, package: ModelPackage, image: sitk.Image, device: Any = "cpu", source: str = "input") -> None:
+        if package.task != "segmentation":
+            raise CadError(f"is a {package.task} model; interactive segmentation needs a segmentation model",
+                           package.folder)
+        self.package, self.image, self.source = package, image, source
+        self.stage = package.card.main_stage  # a cascade's fine network: the prompt replaces the coarse stage
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.network = None
+        self.cache: dict[tuple[Region, bool], np.ndarray] = {}
+        self.network_runs = 0
+
+    def extent_mm(self) -> np.ndarray:
+        """The physical size of the network's window: what the model was trained to see around its target."""
+        patch = np.array(self.stage.inference.patch_size or (64, 64, 64), dtype=float)
+        spacing = self.stage.preprocessing.get("spacing") or self.image.GetSpacing()
+        return patch * np.array(spacing, dtype=float)
+
+    def probabilities(self, region: Region, tta: bool) -> tuple[np.ndarray, bool]:
+        """(C, I, J, K) probabilities on the region's input voxels; cached per region."""
+        key = (region, tta)
+        if key in self.cache:
+            return self.cache[key], True
+        if self.network is None:
+            self.network = load_network(self.package, self.stage, self.device)
+            if self.device.type == "cpu":
+                fold_batch_norm(self.network)
+        crop = sitk.RegionOfInterest(self.image, list(region[1]), list(region[0]))
+        working = prepare(crop, self.stage.preprocessing)
+        patch = list(self.stage.inference.patch_size or ())
+        if tta:
+            axes = list(self.package.card.training.get("config", {}).get("mirror_axes", [0]))
+            values = tta_probabilities(self.network, working.array, patch, self.device, axes,
+                                       self.stage.inference.overlap)
+        else:
+            values = predict_probabilities(self.network, working.array, patch, self.device,
+                                           self.stage.inference.overlap, self.stage.inference.sw_batch_size,
+                                           self.stage.inference.mode)
+        self.network_runs += 1
+        on_region = probabilities_to_input_grid(values, working).astype(np.float32)
+        self.cache[key] = on_region
+        return on_region, False
+
+    def segment(self, prompts: Prompts, label: int, uncertainty: bool = False) -> InteractiveResult:
+        if label not in self.package.label_names():
+            raise CadError(f"label {label} is not one of the model's labels {sorted(self.package.label_names())}",
+                           self.package.folder)
+        check_prompts(self.image, prompts, self.source)
+        started = time.perf_counter()
+        region = prompt_region(self.image, prompts, self.extent_mm())
+        probabilities, reused = self.probabilities(region, uncertainty)
+        timings = {"network_s" if not reused else "cached_s": round(time.perf_counter() - started, 3)}
+        started = time.perf_counter()
+        index, size = region
+        window = tuple(slice(i, i + s) for i, s in zip(index, size))
+        mask, warnings = self.select(probabilities.argmax(0) == label, prompts, window)
+        full = np.zeros(self.image.GetSize(), np.uint8)
+        if prompts.previous is not None:  # outside the region the network looked at, the segment stays as it was
+            full[:] = to_array(prompts.previous) > 0
+        full[window] = mask
+        result = sitk.GetImageFromArray(np.ascontiguousarray(full.transpose(2, 1, 0)))
+        result.CopyInformation(self.image)
+        uncertainty_image, suggestion = None, None
+        if uncertainty:
+            entropy = np.zeros(self.image.GetSize(), np.float32)
+            entropy[window] = entropy_map(probabilities)
+            centre = most_uncertain_blob(entropy[window])
+            suggestion = index_to_ras(self.image, centre + np.array(index)) if centre is not None else None
+            uncertainty_image = sitk.GetImageFromArray(np.ascontiguousarray(entropy.transpose(2, 1, 0)))
+            uncertainty_image.CopyInformation(self.image)
+        timings["postprocess_s"] = round(time.perf_counter() - started, 3)
+        return InteractiveResult(result, region, uncertainty_image, suggestion, timings, warnings, reused)
+
+    def select(self, labelled: np.ndarray, prompts: Prompts, window: tuple[slice, ...]) -> tuple[np.ndarray, list[str]]:
+        """Keep the components holding a positive prompt (all of them inside a box when no point is given), drop those
+        under a negative one; foreground strokes are always in, background strokes always out."""
+        offset = np.array([s.start for s in window])
+        strokes = to_array(prompts.scribble)[window] if prompts.scribble is not None else None
+        components, _ = ndimage.label(labelled, structure=CONNECTIVITY)
+
+        def voxels(points) -> list[tuple[int, ...]]:
+            found = []
+            for point in points:
+                voxel = np.rint(ras_to_index(self.image, point)).astype(int) - offset
+                if np.all(voxel >= 0) and np.all(voxel < labelled.shape):
+                    found.append(tuple(int(v) for v in voxel))
+            return found
+
+        keep = {components[v] for v in voxels(prompts.positive)} - {0}
+        if strokes is not None:
+            keep |= set(np.unique(components[strokes == 1]).tolist()) - {0}
+        if not prompts.positive and (strokes is None or not (strokes == 1).any()):  # a box alone: all it holds
+            keep = set(np.unique(components).tolist()) - {0}
+        drop = {components[v] for v in voxels(prompts.negative)} - {0}
+        if strokes is not None:
+            drop |= set(np.unique(components[strokes == 2]).tolist()) - {0}
+        mask = np.isin(components, sorted(keep - drop))
+        warnings = []
+        if prompts.positive and not keep:
+            warnings.append("no voxel of the label lies under the positive clicks: nothing was added there")
+        if strokes is not None:
+            mask |= strokes == 1
+            mask &= strokes != 2
+        return mask.astype(np.uint8), warnings

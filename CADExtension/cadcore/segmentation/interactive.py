@@ -228,15 +228,19 @@ class InteractiveSession:
                     found.append(tuple(int(v) for v in voxel))
             return found
 
-        keep = {components[v] for v in voxels(prompts.positive)} - {0}
+        positive, negative = voxels(prompts.positive), voxels(prompts.negative)
+        keep = {components[v] for v in positive} - {0}
         if strokes is not None:
             keep |= set(np.unique(components[strokes == 1]).tolist()) - {0}
         if not prompts.positive and (strokes is None or not (strokes == 1).any()):  # a box alone: all it holds
             keep = set(np.unique(components).tolist()) - {0}
-        drop = {components[v] for v in voxels(prompts.negative)} - {0}
+        drop = {components[v] for v in negative} - {0}
         if strokes is not None:
             drop |= set(np.unique(components[strokes == 2]).tolist()) - {0}
+        shared = drop & {components[v] for v in positive}  # one component under both kinds of click
         mask = np.isin(components, sorted(keep - drop))
+        for component in shared:  # split it: each voxel follows the nearest click, so a "no" trims, not erases
+            mask |= self.nearer_positive(components == component, positive, negative)
         warnings = []
         if prompts.positive and not keep:
             warnings.append("no voxel of the label lies under the positive clicks: nothing was added there")
@@ -244,3 +248,17 @@ class InteractiveSession:
             mask |= strokes == 1
             mask &= strokes != 2
         return mask.astype(np.uint8), warnings
+
+    def nearer_positive(self, component: np.ndarray, positive: list[tuple[int, ...]],
+                        negative: list[tuple[int, ...]]) -> np.ndarray:
+        """The voxels of ``component`` nearer (in mm) to a positive click than to every negative one."""
+        spacing = np.array(self.image.GetSpacing())
+        points = np.argwhere(component)
+        nearest = {}
+        for kind, clicks in (("+", positive), ("-", negative)):
+            distances = [np.sqrt((((points - np.array(c)) * spacing) ** 2).sum(1)) for c in clicks]
+            nearest[kind] = np.min(distances, axis=0) if distances else np.full(len(points), np.inf)
+        kept = np.zeros(component.shape, bool)
+        chosen = points[nearest["+"] < nearest["-"]]
+        kept[tuple(chosen.T)] = True
+        return kept

@@ -31,6 +31,8 @@ TASKS = ("segmentation", "classification")
 INTERPOLATIONS = ("bspline", "linear")
 NORMALIZATIONS = ("ct", "mr", "none")
 BLEND_MODES = ("gaussian", "constant")
+PROMPT_CHANNELS = ("image", "positive", "negative", "previous")  # what a guided network's input channels can hold
+PROMPT_KINDS = ("gaussian", "disk")
 FAST_PREFIX = "fast."  # a card's own fast network is stored beside the main one under this prefix
 COARSE_PREFIX, FINE_PREFIX = "coarse.", "fine."  # a cascade's two networks
 
@@ -110,6 +112,17 @@ class FastMode:
 
 
 @dataclass(frozen=True)
+class Interactive:
+    """A guided network (DeepEdit-style): its input channels are the image and prompt maps drawn on the working grid,
+    ``gaussian`` (sigma = ``radius_mm``) or ``disk`` (radius ``radius_mm``) around each click, and optionally the
+    previous segment."""
+
+    channels: tuple[str, ...] = ("image", "positive", "negative")
+    kind: str = "gaussian"
+    radius_mm: float = 3.0
+
+
+@dataclass(frozen=True)
 class Calibration:
     temperature: float = 1.0
     prior: tuple[float, ...] | None = None  # real class frequencies (training sampled classes evenly)
@@ -145,6 +158,7 @@ class ModelCard:
     roi: Mapping[str, Any] = field(default_factory=dict)
     calibration: Calibration = Calibration()
     gradcam_layer: str = "layer4"
+    interactive: Interactive | None = None  # a guided network's prompt channels
     weights: WeightsFile = WeightsFile()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the JSON as read: provenance and all
     path: Path | None = field(default=None, compare=False)  # where it was read from, for error messages

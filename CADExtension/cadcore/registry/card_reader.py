@@ -22,12 +22,15 @@ from cadcore.registry.card import (
     FORMAT_VERSION,
     INTERPOLATIONS,
     NORMALIZATIONS,
+    PROMPT_CHANNELS,
+    PROMPT_KINDS,
     TASKS,
     Calibration,
     Cascade,
     ClassLabel,
     FastMode,
     Inference,
+    Interactive,
     Label,
     ModelCard,
     Stage,
@@ -204,6 +207,27 @@ class _CardReader:
             raise self.fail("cascade.min_component_fraction", f"must be a number in 0..1, got {fraction!r}")
         return Cascade(stage, float(margin), float(fraction))
 
+    def interactive(self, network: Mapping[str, Any]) -> Interactive | None:
+        section = self.data.get("interactive")
+        if section is None:
+            return None
+        if not isinstance(section, Mapping):
+            raise self.fail("interactive", f"must be an object, got {section!r}")
+        channels = section.get("channels", ["image", "positive", "negative"])
+        if (not isinstance(channels, list) or not channels or channels[0] != "image"
+                or len(set(channels)) != len(channels) or not all(c in PROMPT_CHANNELS for c in channels)):
+            raise self.fail("interactive.channels", f"must start with \"image\" and name each of "
+                                                    f"{', '.join(PROMPT_CHANNELS[1:])} at most once, got {channels!r}")
+        kind, radius = section.get("kind", "gaussian"), section.get("radius_mm", 3.0)
+        if kind not in PROMPT_KINDS:
+            raise self.fail("interactive.kind", f"must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+        if not _number(radius) or radius <= 0:
+            raise self.fail("interactive.radius_mm", f"must be a positive number, got {radius!r}")
+        declared = network.get("params", {}).get("in_channels")
+        if declared is not None and declared != len(channels):
+            raise self.fail("interactive.channels", f"has {len(channels)} channels but the network takes {declared}")
+        return Interactive(tuple(channels), str(kind), float(radius))
+
     def fast(self, main: Inference) -> FastMode | None:
         section = self.data.get("fast")
         if section is None:
@@ -272,6 +296,6 @@ class _CardReader:
             cascade=self.cascade(), fast=self.fast(inference), ensemble_members=tuple(members),
             roi=self.section(data, "roi", "roi"),
             calibration=Calibration(float(temperature), tuple(float(p) for p in prior) if prior else None),
-            gradcam_layer=str(layer),
+            gradcam_layer=str(layer), interactive=self.interactive(network),
             weights=self.weights_file(weights),
             raw=copy.deepcopy(dict(data)), path=self.path)

@@ -30,6 +30,7 @@ from cadcore.preprocessing.input_grid import probabilities_to_input_grid
 from cadcore.preprocessing.working_space import prepare, to_array
 from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.prompt_maps import guided_input
 from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabilities, tta_probabilities
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]  # (index, size) in the input's I, J, K voxels
@@ -150,6 +151,7 @@ class InteractiveSession:
         self.device = torch.device(device) if isinstance(device, str) else device
         self.network = None
         self.cache: dict[tuple[Region, bool], np.ndarray] = {}
+        self.working: dict[Region, Any] = {}  # the region's working-space image (guided networks reuse it)
         self.network_runs = 0
 
     def extent_mm(self) -> np.ndarray:
@@ -158,29 +160,38 @@ class InteractiveSession:
         spacing = self.stage.preprocessing.get("spacing") or self.image.GetSpacing()
         return patch * np.array(spacing, dtype=float)
 
-    def probabilities(self, region: Region, tta: bool) -> tuple[np.ndarray, bool]:
-        """(C, I, J, K) probabilities on the region's input voxels; cached per region."""
+    def probabilities(self, region: Region, tta: bool, prompts: Prompts) -> tuple[np.ndarray, bool]:
+        """(C, I, J, K) probabilities on the region's input voxels. A plain model's depend on the region alone, so
+        they are cached per region; a guided network's depend on the prompts, so only its working image is."""
+        guided = self.package.card.interactive
         key = (region, tta)
-        if key in self.cache:
+        if guided is None and key in self.cache:
             return self.cache[key], True
         if self.network is None:
             self.network = load_network(self.package, self.stage, self.device)
             if self.device.type == "cpu":
                 fold_batch_norm(self.network)
-        crop = sitk.RegionOfInterest(self.image, list(region[1]), list(region[0]))
-        working = prepare(crop, self.stage.preprocessing)
+        if region not in self.working:
+            crop = sitk.RegionOfInterest(self.image, list(region[1]), list(region[0]))
+            self.working = {region: prepare(crop, self.stage.preprocessing)}  # one region kept: the one in use
+        working = self.working[region]
+        array = working.array
+        if guided is not None:
+            previous = (sitk.RegionOfInterest(prompts.previous, list(region[1]), list(region[0]))
+                        if prompts.previous is not None else None)
+            array = guided_input(working, guided, prompts.positive, prompts.negative, previous,
+                                 dict(self.stage.preprocessing))
         patch = list(self.stage.inference.patch_size or ())
         if tta:
             axes = list(self.package.card.training.get("config", {}).get("mirror_axes", [0]))
-            values = tta_probabilities(self.network, working.array, patch, self.device, axes,
-                                       self.stage.inference.overlap)
+            values = tta_probabilities(self.network, array, patch, self.device, axes, self.stage.inference.overlap)
         else:
-            values = predict_probabilities(self.network, working.array, patch, self.device,
-                                           self.stage.inference.overlap, self.stage.inference.sw_batch_size,
-                                           self.stage.inference.mode)
+            values = predict_probabilities(self.network, array, patch, self.device, self.stage.inference.overlap,
+                                           self.stage.inference.sw_batch_size, self.stage.inference.mode)
         self.network_runs += 1
         on_region = probabilities_to_input_grid(values, working).astype(np.float32)
-        self.cache[key] = on_region
+        if guided is None:
+            self.cache[key] = on_region
         return on_region, False
 
     def segment(self, prompts: Prompts, label: int, uncertainty: bool = False) -> InteractiveResult:
@@ -190,7 +201,7 @@ class InteractiveSession:
         check_prompts(self.image, prompts, self.source)
         started = time.perf_counter()
         region = prompt_region(self.image, prompts, self.extent_mm())
-        probabilities, reused = self.probabilities(region, uncertainty)
+        probabilities, reused = self.probabilities(region, uncertainty, prompts)
         timings = {"network_s" if not reused else "cached_s": round(time.perf_counter() - started, 3)}
         started = time.perf_counter()
         index, size = region

@@ -75,6 +75,9 @@ BAD_FIELDS = [
     ("fast", {"spacing": [2, 2, 2], "inference": {"overlap": 2}}, "'fast.inference.overlap'"),
     ("cascade", {"coarse": {"network": {"name": "DynUNet"}, "inference": {}}}, "'cascade.coarse.inference.patch_size'"),
     ("calibration", {"temperature": 0}, "'calibration.temperature'"),
+    ("interactive", {"channels": ["positive", "image"]}, "'interactive.channels'"),
+    ("interactive", {"channels": ["image", "positive", "negative"]}, "network takes 1"),
+    ("interactive", {"kind": "square"}, "'interactive.kind'"),
 ]
 
 

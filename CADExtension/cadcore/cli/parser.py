@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{_default(seg, 'pretrained_lr_factor')})")
     tr.add_argument("--labels", default=None, help="JSON list of {value, name, color, terminology} for the card")
     tr.add_argument("--force", action="store_true", help="replace an existing package in OUTPUT")
+    tr.add_argument("--interactive", action="store_true", default=None,
+                    help="train a guided network: the image and click maps in, the prompted structure out (any "
+                         "labelled structure is a prompt target; simulated first and corrective clicks)")
+    tr.add_argument("--prompt-corrections", type=int, default=None,
+                    help=f"with --interactive: simulated corrective clicks per step, at most (default "
+                         f"{_default(seg, 'prompt_corrections')})")
     ca = tr.add_argument_group("cascade (--cascade): coarse network finds the target, fine network segments its ROI")
     ca.add_argument("--cascade", action="store_true",
                     help="train a coarse-to-fine cascade; --spacing/--patch-size/--filters describe the fine stage")

@@ -19,6 +19,15 @@ def run(args: argparse.Namespace) -> int:
     from cadcore.training.self_training import check_flags
 
     check_flags(values)
+    if values.get("interactive") and (values.get("cascade") or values.get("unlabelled") or args.task == "classify"):
+        from cadcore.errors import CadError
+
+        raise CadError("--interactive trains a single-stage segmentation network (not with --cascade, --unlabelled "
+                       "or --task classify)")
+    if values.get("prompt_corrections") is not None and not values.get("interactive"):
+        from cadcore.errors import CadError
+
+        raise CadError("--prompt-corrections only applies to --interactive")
     if args.task == "classify":
         from cadcore.training.classification import train_classifier
         from cadcore.training.config import ClassifyConfig

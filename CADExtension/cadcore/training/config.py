@@ -98,8 +98,13 @@ class TrainConfig:
     pretrained_lr_factor: float = 0.1
     labels: str | None = None  # JSON file: [{"value", "name", "color", "terminology"?}] for the model card
     allow_overlap: bool = False  # with init: accept validation cases the parent may have trained on
+    interactive: bool = False  # a guided network: image + click maps in, "the prompted structure" out
+    prompt_corrections: int = 2  # interactive: at most this many simulated corrective clicks per step
 
     def __post_init__(self) -> None:
+        if not isinstance(self.prompt_corrections, int) or isinstance(self.prompt_corrections, bool) \
+                or not 0 <= self.prompt_corrections <= 20:
+            raise CadError(f"--prompt-corrections must be a whole number from 0 to 20, got {self.prompt_corrections!r}")
         at_least("--epochs", self.epochs, 1)
         at_least("--batch-size", self.batch_size, 1)
         at_least("--val-every", self.val_every, 1)

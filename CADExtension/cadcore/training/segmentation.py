@@ -30,6 +30,8 @@ from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.config import TrainConfig
 from cadcore.training.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
+from cadcore.training.interactive import card_section as interactive_card_section
+from cadcore.training.interactive import prompted_batch, validate_prompted
 from cadcore.training.losses import MaskedDiceCELoss
 from cadcore.training.patches import PatchDataset, PreparedCase, augmentation, prepare_cases
 from cadcore.training.report import plot_curves, total_training_seconds, write_log
@@ -47,7 +49,10 @@ def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
 
 
 def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
-    spec = dynunet_spec(1, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
+    """The DynUNet of a training: one input channel, or the image and two click maps for a guided network
+    (``--interactive``, which answers 0 or 1: "the prompted structure")."""
+    channels, n_classes = (3, 2) if config.interactive else (1, n_classes)
+    spec = dynunet_spec(channels, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
     check_patch(config.patch_size, spec)
     return spec
 
@@ -139,7 +144,10 @@ def train(config: TrainConfig) -> ModelPackage:
     if parent is not None:
         from cadcore.training.transfer import parent_spec
 
-        parent, spec = parent_spec(parent, "DynUNet", len(label_values) + 1, config.spacing, config.init_stage)
+        parent, spec = parent_spec(parent, "DynUNet", 2 if config.interactive else len(label_values) + 1,
+                                   config.spacing, config.init_stage)
+        if config.interactive:  # the first convolution gains the click maps and starts fresh (shapes differ)
+            spec["params"]["in_channels"] = 3
         check_patch(config.patch_size, spec, " (the --init network)")
     else:
         spec = network_for(config, len(label_values) + 1)
@@ -207,6 +215,7 @@ def train(config: TrainConfig) -> ModelPackage:
                     "scheduler": scheduler.state_dict(), "state_json": json.dumps(state)}, ckpt_dir / ".last.pt")
         (ckpt_dir / ".last.pt").replace(ckpt_dir / "last.pt")
 
+    prompt_rng = np.random.default_rng(config.seed + ranks.rank)  # the simulated clicks (--interactive)
     started = time.time()
     progress = tqdm(range(state["epoch"], config.epochs), desc=f"{bar}training", unit="epoch",
                     initial=state["epoch"], total=config.epochs)
@@ -222,7 +231,11 @@ def train(config: TrainConfig) -> ModelPackage:
             losses = []
             for batch in loader:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(batch["image"].to(device)), batch["label"].to(device))
+                inputs, targets = batch["image"], batch["label"]
+                if config.interactive:
+                    inputs, targets = prompted_batch(inputs, targets, network, config.spacing, prompt_rng,
+                                                     config.prompt_corrections, device)
+                loss = loss_fn(model(inputs.to(device)), targets.to(device))
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
@@ -231,7 +244,9 @@ def train(config: TrainConfig) -> ModelPackage:
             row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum[0] / max(1.0, loss_sum[1])),
                                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
-                dice = validate(network, val_prepared, label_values, config.patch_size, device, ranks)
+                dice = ({1: validate_prompted(network, val_prepared, label_values, config.patch_size, config.spacing,
+                                              device)} if config.interactive else
+                        validate(network, val_prepared, label_values, config.patch_size, device, ranks))
                 row.update({f"dice_{v}": d for v, d in dice.items()})
                 row["dice_mean"] = float(np.mean(list(dice.values())))
                 if row["dice_mean"] > state["best_mean_dice"]:
@@ -304,6 +319,9 @@ def card_version(config: TrainConfig, parent: ModelPackage | None) -> str:
     return child_version(parent.version or "") or config.version
 
 
+INTERACTIVE_LABELS = [{"value": 1, "name": "prompted structure", "color": [0.95, 0.6, 0.1]}]
+
+
 def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, train_cases, val_cases, state,
                seconds: float, parent: ModelPackage | None = None) -> dict[str, Any]:
     return {
@@ -314,7 +332,7 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
         "description": config.description or f"3D U-Net trained with cad train on {dataset.name or dataset.root.name}",
         "modality": config.modality.upper(),
         "network": spec,
-        "labels": label_metadata(config, dataset, label_values, parent),
+        "labels": INTERACTIVE_LABELS if config.interactive else label_metadata(config, dataset, label_values, parent),
         "preprocessing": preprocessing,
         "inference": {"patch_size": config.patch_size, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2},
         "postprocessing": {"largest_component": True, "fill_holes": True, "min_size_voxels": 10},
@@ -332,4 +350,5 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
             "config": {k: v for k, v in asdict(config).items() if k not in ("data", "output")},
         },
         "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
+        **({"interactive": interactive_card_section()} if config.interactive else {}),
     }

@@ -1,0 +1,125 @@
+"""``cad train --interactive``: a guided network (DeepEdit-style) trained with simulated clicks.
+
+The network takes the image and two prompt maps (positive and negative clicks, Gaussians of
+:data:`PROMPT_RADIUS_MM` drawn in millimetres of the working grid, as :mod:`cadcore.segmentation.prompt_maps` draws
+them at inference) and answers "the structure under the positive clicks" (class-agnostic: 0 background, 1 the
+prompted structure). Per patch and step, one labelled structure present in the patch is the target; its first click
+is drawn inside it, preferring its interior (probability grows with the distance to its border); then, as DeepEdit
+does, 0 to ``corrections`` rounds run the network on the current prompts without gradients and add a click in its
+largest error (``+`` in a missed part, ``-`` in a false one). So the network learns to use first and corrective
+clicks, and each label of the dataset becomes a prompt target.
+
+Not used from MONAI's ``apps.deepedit`` transforms: they work on whole volumes with a label dictionary, draw guidance
+as channels of fixed voxel size and need the network inside the transform chain; here clicks are drawn on the
+augmented patches the trainer already has, in millimetres, with the batched network the loop already holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cadcore.evaluation.metrics import dice
+from cadcore.segmentation.sliding_window import predict_probabilities
+from cadcore.training.losses import IGNORE_LABEL
+
+PROMPT_RADIUS_MM = 3.0
+CHANNELS = ("image", "positive", "negative")
+CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+def card_section() -> dict[str, Any]:
+    return {"channels": list(CHANNELS), "kind": "gaussian", "radius_mm": PROMPT_RADIUS_MM}
+
+
+def interior_voxel(region: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """A voxel of ``region`` drawn with probability growing with its distance to the border (squared)."""
+    if not region.any():
+        return None
+    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1][region]
+    weights = distance ** 2
+    choice = rng.choice(len(weights), p=weights / weights.sum())
+    return np.argwhere(region)[choice]
+
+
+def gaussian_maps(shape: tuple[int, ...], clicks: list[np.ndarray], spacing: np.ndarray) -> np.ndarray:
+    values = np.zeros(shape, np.float32)
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    for click in clicks:
+        squared = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, click, spacing))
+        np.maximum(values, np.exp(-squared / (2 * PROMPT_RADIUS_MM ** 2)), out=values)
+    return values
+
+
+def largest_error_click(prediction: np.ndarray, target: np.ndarray, spacing: np.ndarray,
+                        rng: np.random.Generator) -> tuple[str, np.ndarray] | None:
+    best = None
+    for sign, error in (("+", target & ~prediction), ("-", prediction & ~target)):
+        components, count = ndimage.label(error, structure=CONNECTIVITY)
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            if best is None or sizes.max() > best[2]:
+                best = (sign, components == 1 + int(np.argmax(sizes)), int(sizes.max()))
+    if best is None:
+        return None
+    voxel = interior_voxel(best[1], spacing, rng)
+    return None if voxel is None else (best[0], voxel)
+
+
+def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn.Module, spacing: list[float],
+                   rng: np.random.Generator, corrections: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, I, J, K) images and labels -> (B, 3, I, J, K) inputs with prompt maps and (B, 1, ...) binary targets
+    (:data:`IGNORE_LABEL` kept where the label is unknown)."""
+    spacing_array = np.asarray(spacing, dtype=float)
+    label_array = labels[:, 0].cpu().numpy()
+    targets, clicks = [], []
+    for sample in label_array:
+        present = [v for v in np.unique(sample).tolist() if v not in (0, IGNORE_LABEL)]
+        target = sample == (rng.choice(present) if present else -1)
+        first = interior_voxel(target, spacing_array, rng)
+        clicks.append({"+": [first] if first is not None else [], "-": []})
+        targets.append(target)
+
+    def inputs() -> torch.Tensor:
+        maps = [np.stack([gaussian_maps(t.shape, c["+"], spacing_array), gaussian_maps(t.shape, c["-"], spacing_array)])
+                for t, c in zip(targets, clicks)]
+        return torch.cat([images, torch.from_numpy(np.stack(maps))], dim=1)
+
+    for _ in range(int(rng.integers(0, corrections + 1))):
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            predicted = network(inputs().to(device)).argmax(1).cpu().numpy() == 1
+        network.train(was_training)
+        for index, (target, prediction) in enumerate(zip(targets, predicted)):
+            click = largest_error_click(prediction, target, spacing_array, rng)
+            if click is not None:
+                clicks[index][click[0]].append(click[1])
+    binary = np.stack(targets).astype(np.int64)
+    binary[label_array == IGNORE_LABEL] = IGNORE_LABEL
+    return inputs(), torch.from_numpy(binary[:, None])
+
+
+def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[int], patch: list[int],
+                      spacing: list[float], device: torch.device) -> float:
+    """Mean Dice after one click at the deepest point of each labelled structure of each validation case."""
+    spacing_array = np.asarray(spacing, dtype=float)
+    scores = []
+    for case in cases:
+        truth = case.label[0]
+        for value in labels:
+            target = truth == value
+            if not target.any():
+                continue
+            distance = ndimage.distance_transform_edt(np.pad(target, 1), sampling=spacing_array)[1:-1, 1:-1, 1:-1]
+            click = np.array(np.unravel_index(int(np.argmax(distance)), target.shape))
+            stacked = np.stack([case.image[0] if case.image.ndim == 4 else case.image,
+                                gaussian_maps(target.shape, [click], spacing_array),
+                                np.zeros(target.shape, np.float32)])
+            prediction = predict_probabilities(network, stacked, patch, device, overlap=0.5).argmax(0) == 1
+            scores.append(dice(prediction, target))
+    return float(np.mean(scores)) if scores else 0.0

@@ -87,12 +87,17 @@ def ball(image: sitk.Image, clicks: list[tuple[str, tuple]], radius_mm: float = 
 
 
 def run_case(image_path: Path, mask_path: Path, package, label: int, n_clicks: int) -> dict:
+    """One target (``label`` of the data) of one case. A guided model (card section ``interactive``) answers its
+    label 1, "the prompted structure", for any target, and has no automatic mode."""
     image, truth_image = read_volume(image_path), read_image(mask_path)
     truth = to_kji(truth_image) == label
     if not truth.any():
         return {}
-    automatic = to_kji(segment_image(image, package, "cpu").labels) == label
-    row: dict = {"case": image_path.name, "label": label, "automatic": round(dice(automatic, truth), 4)}
+    guided = package.card.interactive is not None
+    model_label = 1 if guided else label
+    automatic = None if guided else to_kji(segment_image(image, package, "cpu").labels) == label
+    row: dict = {"case": image_path.name, "label": label,
+                 "automatic": None if automatic is None else round(dice(automatic, truth), 4)}
     session = InteractiveSession(package, image, "cpu")
     for method in ("model on the region", "6 mm ball"):
         clicks = [("+", deepest_ras(largest_component(truth), image))]
@@ -104,7 +109,7 @@ def run_case(image_path: Path, mask_path: Path, package, label: int, n_clicks: i
             else:
                 prompts = Prompts(tuple(c for s, c in clicks if s == "+"), tuple(c for s, c in clicks if s == "-"),
                                   previous=previous)
-                result = session.segment(prompts, label)
+                result = session.segment(prompts, model_label)
                 previous = result.mask
                 prediction = to_kji(result.mask) > 0
             seconds.append(time.perf_counter() - started)
@@ -118,14 +123,14 @@ def run_case(image_path: Path, mask_path: Path, package, label: int, n_clicks: i
     return row
 
 
-def cold_prompt(image_path: Path, mask_path: Path, model: str, label: int) -> float:
+def cold_prompt(image_path: Path, mask_path: Path, model: str, label: int, model_label: int) -> float:
     """Wall time of one ``cad interact`` process (the first click): start-up, imports, reading, network, writing."""
     truth_image = read_image(mask_path)
     click = deepest_ras(largest_component(to_kji(truth_image) == label), truth_image)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cadcore", "interact", str(image_path), "-m", model, "-o",
-                        str(Path(folder) / "mask.nii.gz"), "--label", str(label), "--device", "cpu",
+                        str(Path(folder) / "mask.nii.gz"), "--label", str(model_label), "--device", "cpu",
                         f"--click=+{click[0]},{click[1]},{click[2]}"], check=True, capture_output=True)
         return time.perf_counter() - started
 
@@ -136,7 +141,8 @@ def summary(rows: list[dict], labels: list[int], n_clicks: int) -> dict:
         mine = [r for r in rows if r.get("label") == label]
         if not mine:
             continue
-        entry = {"n_cases": len(mine), "automatic": round(float(np.mean([r["automatic"] for r in mine])), 4)}
+        automatic = [r["automatic"] for r in mine if r["automatic"] is not None]
+        entry = {"n_cases": len(mine), "automatic": round(float(np.mean(automatic)), 4) if automatic else None}
         for method in ("model on the region", "6 mm ball"):
             entry[method] = [round(float(np.mean([r[method]["dice"][k] for r in mine])), 4) for k in range(n_clicks)]
         entry["warm_prompt_seconds_median"] = round(statistics.median(
@@ -167,20 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         held_out = set(package.card.validation_ids)
         pairs += [(c.image, c.label) for c in cases if args.split == "all" or c.id in held_out]
     pairs = pairs[: args.max_cases] if args.max_cases else pairs
-    labels = args.labels or sorted(package.label_names())
+    labels = args.labels or sorted(package.label_names())  # a guided model: pass the data's labels (--labels 1,2)
     rows = []
     for index, (image_path, mask_path) in enumerate(pairs):
         for label in labels:
             row = run_case(image_path, mask_path, package, label, args.clicks)
             if row:
                 rows.append(row)
-                print(f"[{index + 1}/{len(pairs)}] {image_path.name} label {label}: automatic {row['automatic']:.3f}"
+                print(f"[{index + 1}/{len(pairs)}] {image_path.name} label {label}: automatic {row['automatic']}"
                       f"  region {row['model on the region']['dice']}  ball {row['6 mm ball']['dice']}", flush=True)
     report = {"model": args.model, "model_version": package.version, "split": args.split, "clicks": args.clicks,
               "n_pairs": len(pairs), "summary": summary(rows, labels, args.clicks), "cases": rows,
               "command": "benchmarks/interactive.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.cold:
-        report["cold_prompt_seconds"] = [round(cold_prompt(i, m, args.model, labels[0]), 2)
+        model_label = 1 if package.card.interactive is not None else labels[0]
+        report["cold_prompt_seconds"] = [round(cold_prompt(i, m, args.model, labels[0], model_label), 2)
                                          for i, m in pairs[: args.cold]]
     print(json.dumps(report["summary"], indent=1))
     if args.cold:

@@ -119,3 +119,32 @@ def make_tiny_classification_package(folder: Path, seed: int = 0, **card_overrid
 @pytest.fixture
 def tiny_classifier(tmp_path: Path):
     return make_tiny_classification_package(tmp_path / "tiny-resnet")
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty user model folder: tests never see (or touch) the real ~/.cadextension/models."""
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    monkeypatch.setenv("CAD_MODELS", str(folder))
+    return folder
+
+
+def edit_card(folder: Path, **changes: object) -> None:
+    """Rewrite a package's card in place (what a careless user or a bad download does)."""
+    import json
+
+    card = json.loads((folder / "model.json").read_text())
+    card.update(changes)
+    (folder / "model.json").write_text(json.dumps(card))
+
+
+def run_segment_fd(capfd, model, source: Path, tmp_path: Path, *extra: str) -> tuple[int, str, Path]:
+    """``cad segment`` into a fresh folder; capfd sees descriptor 2, so native library output counts too."""
+    from cadcore.cli import main
+
+    out_dir = tmp_path / "result"
+    out_dir.mkdir(exist_ok=True)
+    capfd.readouterr()
+    code = main(["segment", str(source), "-m", str(model.folder), "-o", str(out_dir / "seg.nii.gz"), *extra])
+    return code, capfd.readouterr().err, out_dir

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cadcore.cli import main
 from cadcore.errors import CadError
 from cadcore.io.dicom import SERIES_DESCRIPTION_KEY, SERIES_UID_KEY
 from cadcore.io.images import read_volume
-from conftest import SHARED_DATA, oblique_direction, require_shared
+from conftest import SHARED_DATA, oblique_direction, require_shared, run_segment_fd
 
 IMAGE_UID, MASK_UID, OTHER_UID = "1.2.826.0.1.3680043.9.7.1", "1.2.826.0.1.3680043.9.7.2", "1.2.826.0.1.3680043.9.7.3"
 
@@ -69,16 +68,9 @@ def _write_series(folder, uid, description, slices, image_type, modality, positi
     return files
 
 
-def run_segment(capfd, model, source: Path, tmp_path: Path, *extra: str) -> tuple[int, str, Path]:
-    out_dir = tmp_path / "result"
-    out_dir.mkdir(exist_ok=True)
-    capfd.readouterr()
-    code = main(["segment", str(source), "-m", str(model.folder), "-o", str(out_dir / "seg.nii.gz"), *extra])
-    return code, capfd.readouterr().err, out_dir
-
 
 def assert_refused(capfd, model, source: Path, tmp_path: Path, *words: str, named: Path | None = None) -> str:
-    code, err, out_dir = run_segment(capfd, model, source, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, model, source, tmp_path)
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert f": {named or source}: " in err, err
@@ -107,7 +99,7 @@ def test_series_option_chooses_even_a_mask_series_and_the_sidecar_records_it(tmp
     write_series(study, IMAGE_UID, "T1 post")
     write_series(study, MASK_UID, "Mask Tumor", image_type="DERIVED\\SECONDARY", mask=True)
     for uid, description in ((MASK_UID, "Mask Tumor"), (IMAGE_UID, "T1 post")):
-        code, err, out_dir = run_segment(capfd, tiny_model, study, tmp_path, "--series", uid, "--force")
+        code, err, out_dir = run_segment_fd(capfd, tiny_model, study, tmp_path, "--series", uid, "--force")
         assert code == 0, err
         assert sidecar_source(out_dir) == {"dicom_series_uid": uid, "dicom_series_description": description}
 
@@ -132,11 +124,11 @@ def test_two_image_series_the_larger_is_chosen_and_the_other_by_option(tmp_path,
     study = tmp_path / "étude Ü 2"
     write_series(study / "a", IMAGE_UID, "T1 3D", slices=14)
     write_series(study / "b", OTHER_UID, "T2 axial", slices=10)
-    code, err, out_dir = run_segment(capfd, tiny_model, study, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, tiny_model, study, tmp_path)
     assert code == 0, err
     assert sidecar_source(out_dir)["dicom_series_description"] == "T1 3D"
     assert sitk.ReadImage(str(out_dir / "seg.nii.gz")).GetSize() == (20, 20, 14)
-    code, err, out_dir = run_segment(capfd, tiny_model, study, tmp_path, "--series", OTHER_UID, "--force")
+    code, err, out_dir = run_segment_fd(capfd, tiny_model, study, tmp_path, "--series", OTHER_UID, "--force")
     assert code == 0, err
     assert sidecar_source(out_dir) == {"dicom_series_uid": OTHER_UID, "dicom_series_description": "T2 axial"}
     assert sitk.ReadImage(str(out_dir / "seg.nii.gz")).GetSize() == (20, 20, 10)
@@ -150,7 +142,7 @@ def test_stray_files_beside_the_series_are_ignored(tmp_path, capfd, tiny_model):
     (study / "DICOMDIR.bak").write_bytes(bytes(200))
     (study / "thumbs").mkdir()
     (study / "thumbs" / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
-    code, err, out_dir = run_segment(capfd, tiny_model, study, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, tiny_model, study, tmp_path)
     assert code == 0, err
     assert sidecar_source(out_dir)["dicom_series_uid"] == IMAGE_UID
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cadcore.cli import main
 from cadcore.errors import CadError
 from cadcore.io.headers import check_geometry
 from cadcore.io.native import quiet_native
+from conftest import run_segment_fd
 
 ENGINE = Path(__file__).resolve().parents[3] / "CADExtension"
 
@@ -57,17 +57,9 @@ def claims_1024_cubed(path: Path) -> Path:
     return path
 
 
-def run_segment(capfd, model, source: Path, tmp_path: Path, *extra: str) -> tuple[int, str, Path]:
-    """``cad segment`` into a fresh folder; capfd sees descriptor 2, so native library output counts too."""
-    out_dir = tmp_path / "result"
-    out_dir.mkdir(exist_ok=True)
-    capfd.readouterr()
-    code = main(["segment", str(source), "-m", str(model.folder), "-o", str(out_dir / "seg.nii.gz"), *extra])
-    return code, capfd.readouterr().err, out_dir
-
 
 def assert_refused(capfd, model, source: Path, tmp_path: Path, word: str) -> str:
-    code, err, out_dir = run_segment(capfd, model, source, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, model, source, tmp_path)
     assert code == 2, err
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert f": {source}: " in err and word in err.split(str(source), 1)[1], err
@@ -192,7 +184,7 @@ def test_native_warning_on_success_prints_nothing_extra(tmp_path, capfd, tiny_mo
     capfd.readouterr()
     sitk.ReadImage(str(source))  # proof that this file makes ITK print
     assert "unexpected scales in sform" in capfd.readouterr().err
-    code, err, out_dir = run_segment(capfd, tiny_model, source, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, tiny_model, source, tmp_path)
     assert code == 0, err
     assert "sform" not in err and "WARNING" not in err, err
     assert sorted(p.name for p in out_dir.iterdir()) == ["seg.nii.gz", "seg.nii.gz.json"]
@@ -239,7 +231,7 @@ def test_unusual_but_valid_files_still_segment(tmp_path, capfd, tiny_model, obli
     folder = tmp_path / "dossier patiënt 北京"
     folder.mkdir()
     source = write(oblique_image, folder / f"T1 scan ü{suffix}", compress=suffix in (".nii.gz", ".nrrd"))
-    code, err, out_dir = run_segment(capfd, tiny_model, source, tmp_path)
+    code, err, out_dir = run_segment_fd(capfd, tiny_model, source, tmp_path)
     assert code == 0, err
     report = json.loads((out_dir / "seg.nii.gz.json").read_text())
     assert report["source"] is None and report["input"] == str(source)
@@ -254,5 +246,5 @@ def test_scaled_integer_nifti_is_not_mistaken_for_truncated(tmp_path, capfd, tin
     data = bytearray(source.read_bytes())
     data[112:120] = struct.pack("<2f", 0.5, 10.0)
     source.write_bytes(bytes(data))
-    code, err, _ = run_segment(capfd, tiny_model, source, tmp_path)
+    code, err, _ = run_segment_fd(capfd, tiny_model, source, tmp_path)
     assert code == 0, err

@@ -19,7 +19,7 @@ import cadcore.registry.packages
 from cadcore.cli import main
 from cadcore.registry.locations import CARD_NAME, sha256_of
 from cadcore.registry.packages import ModelPackage, find_model
-from conftest import make_tiny_segmentation_package
+from conftest import edit_card, make_tiny_segmentation_package
 
 
 def run_cad(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -37,20 +37,6 @@ def assert_one_line_error(code: int, err: str, *words: str) -> None:
         assert word in err, (word, err)
 
 
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty user model folder: tests never see (or touch) the real ~/.cadextension/models."""
-    folder = tmp_path / "registry"
-    folder.mkdir()
-    monkeypatch.setenv("CAD_MODELS", str(folder))
-    return folder
-
-
-def edit_card(folder: Path, **changes: object) -> None:
-    """Rewrite a package's card in place (what a careless user or a bad download does)."""
-    card = json.loads((folder / CARD_NAME).read_text())
-    card.update(changes)
-    (folder / CARD_NAME).write_text(json.dumps(card))
 
 
 def corrupt_weights(package: ModelPackage) -> None:

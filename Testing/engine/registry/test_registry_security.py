@@ -24,7 +24,7 @@ from cadcore.errors import CadError
 from cadcore.registry.card_reader import is_model_id, parse_card
 from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, sha256_of
 from cadcore.registry.packages import ModelPackage, find_model, read_card, save_package
-from conftest import make_tiny_classification_package, make_tiny_segmentation_package
+from conftest import edit_card, make_tiny_classification_package, make_tiny_segmentation_package
 
 ENGINE = Path(__file__).resolve().parents[3] / "CADExtension"
 
@@ -44,18 +44,6 @@ def assert_refused(code: int, err: str, *words: str) -> None:
         assert word in err, (word, err)
 
 
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "registry"
-    folder.mkdir()
-    monkeypatch.setenv("CAD_MODELS", str(folder))
-    return folder
-
-
-def edit_card(folder: Path, **changes: object) -> None:
-    card = json.loads((folder / CARD_NAME).read_text())
-    card.update(changes)
-    (folder / CARD_NAME).write_text(json.dumps(card))
 
 
 def replace_weights(folder: Path, data: bytes) -> Path:

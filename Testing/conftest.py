@@ -148,3 +148,12 @@ def run_segment_fd(capfd, model, source: Path, tmp_path: Path, *extra: str) -> t
     capfd.readouterr()
     code = main(["segment", str(source), "-m", str(model.folder), "-o", str(out_dir / "seg.nii.gz"), *extra])
     return code, capfd.readouterr().err, out_dir
+
+
+def run_cad(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``cad ARGS`` in process: (exit code, stdout, stderr)."""
+    from cadcore.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

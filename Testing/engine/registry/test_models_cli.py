@@ -16,17 +16,9 @@ import SimpleITK as sitk
 
 import cadcore.registry.locations
 import cadcore.registry.packages
-from cadcore.cli import main
 from cadcore.registry.locations import CARD_NAME, sha256_of
 from cadcore.registry.packages import ModelPackage, find_model
-from conftest import edit_card, make_tiny_segmentation_package
-
-
-def run_cad(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``cad ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import edit_card, make_tiny_segmentation_package, run_cad
 
 
 def assert_one_line_error(code: int, err: str, *words: str) -> None:

@@ -19,20 +19,13 @@ from pathlib import Path
 import pytest
 
 import cadcore.registry.locations
-from cadcore.cli import main
 from cadcore.errors import CadError
 from cadcore.registry.card_reader import is_model_id, parse_card
 from cadcore.registry.locations import CARD_NAME, WEIGHTS_NAME, sha256_of
 from cadcore.registry.packages import ModelPackage, find_model, read_card, save_package
-from conftest import edit_card, make_tiny_classification_package, make_tiny_segmentation_package
+from conftest import edit_card, make_tiny_classification_package, make_tiny_segmentation_package, run_cad
 
 ENGINE = Path(__file__).resolve().parents[3] / "CADExtension"
-
-
-def run_cad(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_refused(code: int, err: str, *words: str) -> None:

@@ -17,9 +17,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cadcore.cli import main
 from cadcore.registry.bundles import label_color, read_bundle
-from conftest import oblique_direction
+from conftest import oblique_direction, run_cad
 
 # The real bundle's sliding window (Project-MONAI/model-zoo models/spleen_ct_segmentation/configs/inference.json).
 # A 96³ window on 2 CPU cores would make every test slow, so the tests use TEST_ROI_SIZE; nothing else differs.
@@ -134,20 +133,6 @@ def ct_volume(tmp_path: Path) -> tuple[sitk.Image, Path]:
     path = tmp_path / "ct.nrrd"
     sitk.WriteImage(image, str(path))
     return image, path
-
-
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "registry"
-    folder.mkdir()
-    monkeypatch.setenv("CAD_MODELS", str(folder))
-    return folder
-
-
-def run_cad(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_exact_grid(result: sitk.Image, reference: sitk.Image) -> None:

@@ -1,12 +1,15 @@
 """``cad train --interactive``: a guided network (DeepEdit-style) trained with simulated clicks.
 
-The network takes the image and two prompt maps (positive and negative clicks, Gaussians of
+The network takes the image, two prompt maps (positive and negative clicks, Gaussians of
 :data:`PROMPT_RADIUS_MM` drawn in millimetres of the working grid, as :mod:`cadcore.segmentation.prompt_maps` draws
-them at inference) and answers "the structure under the positive clicks" (class-agnostic: 0 background, 1 the
-prompted structure). Per patch and step, one labelled structure present in the patch is the target; its first click
+them at inference) and the current segment (empty before the first answer), and answers "the structure under the
+positive clicks" (class-agnostic: 0 background, 1 the prompted structure). The current segment is what keeps later
+clicks local: without it (DeepEdit's design) the network re-decides the whole structure from the clicks alone at each
+prompt, and our 8-epoch trial drifted after the second click. Per patch and step, one labelled structure present in the patch is the target; its first click
 is drawn inside it, preferring its interior (probability grows with the distance to its border); then, as DeepEdit
 does, 0 to ``corrections`` rounds run the network on the current prompts without gradients and add a click in its
-largest error (``+`` in a missed part, ``-`` in a false one). So the network learns to use first and corrective
+largest error (``+`` in a missed part, ``-`` in a false one), its answer becoming the next round's current
+segment. So the network learns to use first and corrective
 clicks, and each label of the dataset becomes a prompt target.
 
 Not used from MONAI's ``apps.deepedit`` transforms: they work on whole volumes with a label dictionary, draw guidance
@@ -27,7 +30,7 @@ from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.losses import IGNORE_LABEL
 
 PROMPT_RADIUS_MM = 3.0
-CHANNELS = ("image", "positive", "negative")
+CHANNELS = ("image", "positive", "negative", "previous")
 CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
@@ -72,8 +75,8 @@ def largest_error_click(prediction: np.ndarray, target: np.ndarray, spacing: np.
 def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn.Module, spacing: list[float],
                    rng: np.random.Generator, corrections: int,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 1, I, J, K) images and labels -> (B, 3, I, J, K) inputs with prompt maps and (B, 1, ...) binary targets
-    (:data:`IGNORE_LABEL` kept where the label is unknown)."""
+    """(B, 1, I, J, K) images and labels -> (B, 4, I, J, K) inputs (image, prompt maps, current segment) and
+    (B, 1, ...) binary targets (:data:`IGNORE_LABEL` kept where the label is unknown)."""
     spacing_array = np.asarray(spacing, dtype=float)
     label_array = labels[:, 0].cpu().numpy()
     targets, clicks = [], []
@@ -83,19 +86,21 @@ def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn
         first = interior_voxel(target, spacing_array, rng)
         clicks.append({"+": [first] if first is not None else [], "-": []})
         targets.append(target)
+    current = np.zeros((len(targets), *label_array.shape[1:]), bool)
 
     def inputs() -> torch.Tensor:
-        maps = [np.stack([gaussian_maps(t.shape, c["+"], spacing_array), gaussian_maps(t.shape, c["-"], spacing_array)])
-                for t, c in zip(targets, clicks)]
+        maps = [np.stack([gaussian_maps(t.shape, c["+"], spacing_array), gaussian_maps(t.shape, c["-"], spacing_array),
+                          segment.astype(np.float32)])
+                for t, c, segment in zip(targets, clicks, current)]
         return torch.cat([images, torch.from_numpy(np.stack(maps))], dim=1)
 
     for _ in range(int(rng.integers(0, corrections + 1))):
         was_training = network.training
         network.eval()
         with torch.no_grad():
-            predicted = network(inputs().to(device)).argmax(1).cpu().numpy() == 1
+            current = network(inputs().to(device)).argmax(1).cpu().numpy() == 1
         network.train(was_training)
-        for index, (target, prediction) in enumerate(zip(targets, predicted)):
+        for index, (target, prediction) in enumerate(zip(targets, current)):
             click = largest_error_click(prediction, target, spacing_array, rng)
             if click is not None:
                 clicks[index][click[0]].append(click[1])
@@ -104,22 +109,48 @@ def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn
     return inputs(), torch.from_numpy(binary[:, None])
 
 
+def deepest_error_click(prediction: np.ndarray, target: np.ndarray,
+                        spacing: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The benchmark's corrective click: the deepest point of the largest error component (deterministic)."""
+    best = None
+    for sign, error in (("+", target & ~prediction), ("-", prediction & ~target)):
+        components, count = ndimage.label(error, structure=CONNECTIVITY)
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            if best is None or sizes.max() > best[2]:
+                best = (sign, components == 1 + int(np.argmax(sizes)), int(sizes.max()))
+    return None if best is None else (best[0], deepest_voxel(best[1], spacing))
+
+
+def deepest_voxel(region: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    distance = ndimage.distance_transform_edt(np.pad(region, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return np.array(np.unravel_index(int(np.argmax(distance)), region.shape))
+
+
 def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[int], patch: list[int],
-                      spacing: list[float], device: torch.device) -> float:
-    """Mean Dice after one click at the deepest point of each labelled structure of each validation case."""
+                      spacing: list[float], device: torch.device, clicks: int = 3) -> float:
+    """Mean Dice over clicks 1 to ``clicks`` of each labelled structure of each validation case: the first click at
+    the structure's deepest point, each next one at the deepest point of the largest error, the answer fed back as
+    the current segment (the benchmark's protocol, in working space)."""
     spacing_array = np.asarray(spacing, dtype=float)
     scores = []
     for case in cases:
         truth = case.label[0]
+        image = case.image[0] if case.image.ndim == 4 else case.image
         for value in labels:
             target = truth == value
             if not target.any():
                 continue
-            distance = ndimage.distance_transform_edt(np.pad(target, 1), sampling=spacing_array)[1:-1, 1:-1, 1:-1]
-            click = np.array(np.unravel_index(int(np.argmax(distance)), target.shape))
-            stacked = np.stack([case.image[0] if case.image.ndim == 4 else case.image,
-                                gaussian_maps(target.shape, [click], spacing_array),
-                                np.zeros(target.shape, np.float32)])
-            prediction = predict_probabilities(network, stacked, patch, device, overlap=0.5).argmax(0) == 1
-            scores.append(dice(prediction, target))
+            given = {"+": [deepest_voxel(target, spacing_array)], "-": []}
+            current = np.zeros(target.shape, bool)
+            for _ in range(clicks):
+                stacked = np.stack([image, gaussian_maps(target.shape, given["+"], spacing_array),
+                                    gaussian_maps(target.shape, given["-"], spacing_array),
+                                    current.astype(np.float32)])
+                current = predict_probabilities(network, stacked, patch, device, overlap=0.5).argmax(0) == 1
+                scores.append(dice(current, target))
+                click = deepest_error_click(current, target, spacing_array)
+                if click is None:
+                    break
+                given[click[0]].append(click[1])
     return float(np.mean(scores)) if scores else 0.0

@@ -30,6 +30,7 @@ from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.config import TrainConfig
 from cadcore.training.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
+from cadcore.training.interactive import CHANNELS as INTERACTIVE_CHANNELS
 from cadcore.training.interactive import card_section as interactive_card_section
 from cadcore.training.interactive import prompted_batch, validate_prompted
 from cadcore.training.losses import MaskedDiceCELoss
@@ -51,7 +52,7 @@ def preprocessing_for(config: TrainConfig) -> dict[str, Any]:
 def network_for(config: TrainConfig, n_classes: int) -> dict[str, Any]:
     """The DynUNet of a training: one input channel, or the image and two click maps for a guided network
     (``--interactive``, which answers 0 or 1: "the prompted structure")."""
-    channels, n_classes = (3, 2) if config.interactive else (1, n_classes)
+    channels, n_classes = (len(INTERACTIVE_CHANNELS), 2) if config.interactive else (1, n_classes)
     spec = dynunet_spec(channels, n_classes, config.filters, strides_for(config.spacing, len(config.filters)))
     check_patch(config.patch_size, spec)
     return spec
@@ -147,7 +148,7 @@ def train(config: TrainConfig) -> ModelPackage:
         parent, spec = parent_spec(parent, "DynUNet", 2 if config.interactive else len(label_values) + 1,
                                    config.spacing, config.init_stage)
         if config.interactive:  # the first convolution gains the click maps and starts fresh (shapes differ)
-            spec["params"]["in_channels"] = 3
+            spec["params"]["in_channels"] = len(INTERACTIVE_CHANNELS)
         check_patch(config.patch_size, spec, " (the --init network)")
     else:
         spec = network_for(config, len(label_values) + 1)

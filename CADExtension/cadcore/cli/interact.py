@@ -1,4 +1,4 @@
-"""``cad interact``: one structure from clicks, a box or scribbles, with any segmentation model package.
+"""``cad interact``: one structure from clicks, a box or scribbles, with any segmentation model package or MONAI bundle.
 
 The cold path of :class:`cadcore.segmentation.interactive.InteractiveSession` (one prompt per process): every path
 and the model are checked before the image is read, then the mask (0/1 on the input's grid), its sidecar and the
@@ -19,8 +19,8 @@ from cadcore.io.images import read_image, read_volume
 from cadcore.io.labelmaps import write_labelmap
 from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_image, write_json
 from cadcore.registry import find_model_or_bundle
-from cadcore.registry.bundles import BundleModel
-from cadcore.segmentation.interactive import InteractiveSession, Prompts
+from cadcore.registry.bundles import METADATA_FILE, BundleModel
+from cadcore.segmentation.interactive import UNCERTAINTY_NEEDS_PROBABILITIES, InteractiveSession, Prompts
 
 UNCERTAINTY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -40,14 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if not (positive or args.box or args.scribble):
         raise CadError("give at least one positive click (--click=+R,A,S), a --box or a --scribble", args.input)
     package = find_model_or_bundle(args.model)
-    if isinstance(package, BundleModel):
-        raise CadError("interactive prompts run model packages; a MONAI bundle is not supported yet", package.folder)
+    bundle = isinstance(package, BundleModel)
+    if bundle and args.uncertainty:
+        raise CadError(UNCERTAINTY_NEEDS_PROBABILITIES, package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad interact needs a segmentation model", package.folder)
     names = package.label_names()
     if args.label not in names:
         raise CadError(f"--label {args.label} is not one of the model's labels ({', '.join(map(str, names))})",
-                       package.folder / "model.json")
+                       package.folder / (METADATA_FILE if bundle else "model.json"))
     package.verify()
     image = read_volume(args.input, args.series)
     box = (tuple(args.box[:3]), tuple(args.box[3:])) if args.box else None
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     result = session.segment(prompts, args.label, uncertainty=bool(args.uncertainty))
     label = next(entry for entry in package.labels if int(entry["value"]) == args.label)
     report = {
-        "model": package.id, "model_version": package.version, "label": args.label, "name": label["name"],
+        "model": package.id, "model_version": package.version, "model_format": "bundle" if bundle else "package",
+        "label": args.label, "name": label["name"],
         "input": str(args.input), "output": str(output), "uncertainty": args.uncertainty,
         "prompts": prompts.describe(),
         "region": {"index": list(result.region[0]), "size": list(result.region[1]),

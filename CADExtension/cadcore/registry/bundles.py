@@ -105,6 +105,37 @@ class BundleModel:
         inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
         return inputs.get(self.input_key, {}).get("modality")
 
+    def label_names(self) -> dict[int, str]:
+        """{value: name} of the foreground labels, as :meth:`.packages.ModelPackage.label_names` gives."""
+        return {int(label["value"]): str(label["name"]) for label in self.labels}
+
+    def window(self) -> tuple[list[int] | None, list[float] | None]:
+        """(window size in voxels, working spacing in mm) as the bundle states them, each None when it does not.
+
+        The window is the inferer's ``roi_size`` (the window the bundle really runs), else the input's
+        ``spatial_shape`` in the metadata; the spacing is the ``pixdim`` of a ``Spacingd`` in the preprocessing. Read
+        from the JSON (``@`` references followed) without evaluating anything, so ``$`` expressions count as unstated.
+        ``cad interact`` sizes a prompt's region with it, as it does with a package's patch size and spacing.
+        """
+        try:
+            config = json.loads((self.folder / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        inferer = _resolve(config, config.get("inferer"))
+        roi = _triple(_resolve(config, inferer.get("roi_size")) if isinstance(inferer, dict) else None, int)
+        if roi is None:
+            inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
+            roi = _triple(inputs.get(self.input_key, {}).get("spatial_shape"), int)
+        pixdim = None
+        preprocessing = _resolve(config, config.get("preprocessing"))
+        steps = _resolve(config, preprocessing.get("transforms")) if isinstance(preprocessing, dict) else None
+        for step in steps if isinstance(steps, list) else []:
+            step = _resolve(config, step)
+            if isinstance(step, dict) and str(step.get("_target_", "")).split(".")[-1] in ("Spacingd", "Spacing"):
+                pixdim = _triple(_resolve(config, step.get("pixdim")), float)
+        return roi, pixdim
+
     def as_json(self) -> dict[str, Any]:
         """A card-like summary for ``cad models show``, with the full metadata."""
         return {"id": self.id, "name": self.name, "version": self.metadata.get("version"), "task": self.task,
@@ -226,3 +257,29 @@ def config_targets(config: Any) -> list[str]:
     if isinstance(config, list):
         return [t for value in config for t in config_targets(value)]
     return []
+
+
+def _resolve(config: dict[str, Any], value: Any, hops: int = 8) -> Any:
+    """Follow ``"@id"`` / ``"@id#key"`` references through the raw config (a ``$`` expression stays a string)."""
+    while hops and isinstance(value, str) and value.startswith("@"):
+        node: Any = config
+        for key in value[1:].split("#"):
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                return None
+        value, hops = node, hops - 1
+    return value
+
+
+def _triple(value: Any, kind: type) -> list[Any] | None:
+    """Three positive numbers (one number meaning all three axes), else None."""
+    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    if not isinstance(values, list) or len(values) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    if kind is int and not all(float(v).is_integer() for v in values):
+        return None
+    return [kind(v) for v in values]

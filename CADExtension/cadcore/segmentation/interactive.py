@@ -3,7 +3,10 @@
 A click (or box, or scribble) defines a region; the model's main network (a cascade's fine stage) runs only there, at
 its own working spacing; of the chosen label, the connected components holding a positive prompt are kept and those
 under a negative prompt removed. This makes crop-trained models usable on whole scans (the hippocampus model given a
-whole head) and lets a cascade's fine stage work where its coarse stage fails, without retraining anything.
+whole head) and lets a cascade's fine stage work where its coarse stage fails, without retraining anything. A MONAI
+bundle runs on the region too: the crop goes through the bundle's own transforms and inferer (as ``cad segment``
+runs it) and its labels come back on the crop's exact grid; the session asks either kind of model the same thing
+("your output on this region", :class:`PackageRegions` / :class:`BundleRegions`) and selects components alike.
 
 :class:`InteractiveSession` is the in-process API a warm server or the Segment Editor effect keeps between prompts: it
 holds the network and, per region, the working-space probabilities, so a second prompt in the same region runs no
@@ -28,6 +31,7 @@ from scipy import ndimage
 from cadcore.errors import CadError
 from cadcore.preprocessing.input_grid import probabilities_to_input_grid
 from cadcore.preprocessing.working_space import prepare, to_array
+from cadcore.registry.bundles import BundleModel
 from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.prompt_maps import guided_input
@@ -36,6 +40,11 @@ from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabi
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]  # (index, size) in the input's I, J, K voxels
 CONNECTIVITY = np.ones((3, 3, 3), bool)
 REGION_MARGIN_MM = 5.0  # around clicks, scribbles and the previous segment, so a structure at the edge is whole
+# A bundle that states no window size (no plain roi_size / spatial_shape): 96 mm a side holds an organ-sized structure
+# and is the window of the Model Zoo's CT bundles at their usual ~1 mm working spacing.
+BUNDLE_EXTENT_MM = 96.0
+UNCERTAINTY_NEEDS_PROBABILITIES = ("--uncertainty needs voxel probabilities, which a MONAI bundle does not give "
+                                   "(its postprocessing returns labels)")
 
 
 @dataclass(frozen=True)
@@ -139,47 +148,41 @@ def most_uncertain_blob(entropy: np.ndarray) -> np.ndarray | None:
     return np.array(ndimage.center_of_mass(entropy, blobs, best))
 
 
-class InteractiveSession:
-    """One model on one image, prompt after prompt (see the module docstring)."""
+class PackageRegions:
+    """A model package on a region: its main network (a cascade's fine stage) at its working spacing, giving
+    probabilities; a guided network also gets the prompts (and the previous segment) as input channels."""
 
-    def __init__(self, package: ModelPackage, image: sitk.Image, device: Any = "cpu", source: str = "input") -> None:
-        if package.task != "segmentation":
-            raise CadError(f"is a {package.task} model; interactive segmentation needs a segmentation model",
-                           package.folder)
-        self.package, self.image, self.source = package, image, source
+    gives_probabilities = True
+
+    def __init__(self, package: ModelPackage, device: torch.device) -> None:
+        self.package, self.device = package, device
         self.stage = package.card.main_stage  # a cascade's fine network: the prompt replaces the coarse stage
-        self.device = torch.device(device) if isinstance(device, str) else device
+        self.guided = package.card.interactive
+        self.depends_on_prompts = self.guided is not None
         self.network = None
-        self.cache: dict[tuple[Region, bool], np.ndarray] = {}
         self.working: dict[Region, Any] = {}  # the region's working-space image (guided networks reuse it)
-        self.network_runs = 0
 
-    def extent_mm(self) -> np.ndarray:
+    def extent_mm(self, image: sitk.Image) -> np.ndarray:
         """The physical size of the network's window: what the model was trained to see around its target."""
         patch = np.array(self.stage.inference.patch_size or (64, 64, 64), dtype=float)
-        spacing = self.stage.preprocessing.get("spacing") or self.image.GetSpacing()
+        spacing = self.stage.preprocessing.get("spacing") or image.GetSpacing()
         return patch * np.array(spacing, dtype=float)
 
-    def probabilities(self, region: Region, tta: bool, prompts: Prompts) -> tuple[np.ndarray, bool]:
-        """(C, I, J, K) probabilities on the region's input voxels. A plain model's depend on the region alone, so
-        they are cached per region; a guided network's depend on the prompts, so only its working image is."""
-        guided = self.package.card.interactive
-        key = (region, tta)
-        if guided is None and key in self.cache:
-            return self.cache[key], True
+    def predict(self, image: sitk.Image, region: Region, tta: bool, prompts: Prompts) -> np.ndarray:
+        """(C, I, J, K) probabilities on the region's input voxels."""
         if self.network is None:
             self.network = load_network(self.package, self.stage, self.device)
             if self.device.type == "cpu":
                 fold_batch_norm(self.network)
         if region not in self.working:
-            crop = sitk.RegionOfInterest(self.image, list(region[1]), list(region[0]))
+            crop = sitk.RegionOfInterest(image, list(region[1]), list(region[0]))
             self.working = {region: prepare(crop, self.stage.preprocessing)}  # one region kept: the one in use
         working = self.working[region]
         array = working.array
-        if guided is not None:
+        if self.guided is not None:
             previous = (sitk.RegionOfInterest(prompts.previous, list(region[1]), list(region[0]))
                         if prompts.previous is not None else None)
-            array = guided_input(working, guided, prompts.positive, prompts.negative, previous,
+            array = guided_input(working, self.guided, prompts.positive, prompts.negative, previous,
                                  dict(self.stage.preprocessing))
         patch = list(self.stage.inference.patch_size or ())
         if tta:
@@ -188,25 +191,83 @@ class InteractiveSession:
         else:
             values = predict_probabilities(self.network, array, patch, self.device, self.stage.inference.overlap,
                                            self.stage.inference.sw_batch_size, self.stage.inference.mode)
+        return probabilities_to_input_grid(values, working).astype(np.float32)
+
+
+class BundleRegions:
+    """A MONAI bundle on a region: the crop runs through the bundle's own transforms, inferer and postprocessing
+    exactly as ``cad segment`` runs a whole volume (:func:`run_bundle`), and comes back as labels on the crop's grid.
+    Bundles give labels only (their postprocessing ends in an argmax), hence no uncertainty."""
+
+    gives_probabilities = False
+    depends_on_prompts = False
+
+    def __init__(self, bundle: BundleModel, device: torch.device) -> None:
+        self.bundle, self.device = bundle, device
+
+    def extent_mm(self, image: sitk.Image) -> np.ndarray:
+        """The bundle's window (``roi_size`` times its ``Spacingd`` spacing, else the image's) when it states one,
+        else :data:`BUNDLE_EXTENT_MM` on each axis."""
+        roi, pixdim = self.bundle.window()
+        if roi is None:
+            return np.full(3, BUNDLE_EXTENT_MM)
+        return np.array(roi, dtype=float) * np.array(pixdim or image.GetSpacing(), dtype=float)
+
+    def predict(self, image: sitk.Image, region: Region, tta: bool, prompts: Prompts) -> np.ndarray:
+        """(I, J, K) labels on the region's input voxels."""
+        from cadcore.segmentation.bundle_inference import run_bundle
+
+        crop = sitk.RegionOfInterest(image, list(region[1]), list(region[0]))
+        labels, _ = run_bundle(crop, self.bundle, self.device)
+        return to_array(labels)
+
+
+class InteractiveSession:
+    """One model (a package or a MONAI bundle) on one image, prompt after prompt (see the module docstring)."""
+
+    def __init__(self, package: ModelPackage | BundleModel, image: sitk.Image, device: Any = "cpu",
+                 source: str = "input") -> None:
+        if package.task != "segmentation":
+            raise CadError(f"is a {package.task} model; interactive segmentation needs a segmentation model",
+                           package.folder)
+        self.package, self.image, self.source = package, image, source
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.model: PackageRegions | BundleRegions = (
+            BundleRegions(package, self.device) if isinstance(package, BundleModel)
+            else PackageRegions(package, self.device))
+        self.cache: dict[tuple[Region, bool], np.ndarray] = {}
+        self.network_runs = 0
+
+    def extent_mm(self) -> np.ndarray:
+        return self.model.extent_mm(self.image)
+
+    def region_output(self, region: Region, tta: bool, prompts: Prompts) -> tuple[np.ndarray, bool]:
+        """The model's output on the region's input voxels: (C, I, J, K) probabilities or (I, J, K) labels. An output
+        that depends on the region alone is cached per region; a guided network's depends on the prompts."""
+        key = (region, tta)
+        if not self.model.depends_on_prompts and key in self.cache:
+            return self.cache[key], True
+        values = self.model.predict(self.image, region, tta, prompts)
         self.network_runs += 1
-        on_region = probabilities_to_input_grid(values, working).astype(np.float32)
-        if guided is None:
-            self.cache[key] = on_region
-        return on_region, False
+        if not self.model.depends_on_prompts:
+            self.cache[key] = values
+        return values, False
 
     def segment(self, prompts: Prompts, label: int, uncertainty: bool = False) -> InteractiveResult:
         if label not in self.package.label_names():
             raise CadError(f"label {label} is not one of the model's labels {sorted(self.package.label_names())}",
                            self.package.folder)
+        if uncertainty and not self.model.gives_probabilities:
+            raise CadError(UNCERTAINTY_NEEDS_PROBABILITIES, self.package.folder)
         check_prompts(self.image, prompts, self.source)
         started = time.perf_counter()
         region = prompt_region(self.image, prompts, self.extent_mm())
-        probabilities, reused = self.probabilities(region, uncertainty, prompts)
+        values, reused = self.region_output(region, uncertainty, prompts)
         timings = {"network_s" if not reused else "cached_s": round(time.perf_counter() - started, 3)}
         started = time.perf_counter()
         index, size = region
         window = tuple(slice(i, i + s) for i, s in zip(index, size))
-        mask, warnings = self.select(probabilities.argmax(0) == label, prompts, window)
+        mask, warnings = self.select((values.argmax(0) if values.ndim == 4 else values) == label, prompts, window)
         full = np.zeros(self.image.GetSize(), np.uint8)
         if prompts.previous is not None:  # outside the region the network looked at, the segment stays as it was
             full[:] = to_array(prompts.previous) > 0
@@ -216,7 +277,7 @@ class InteractiveSession:
         uncertainty_image, suggestion = None, None
         if uncertainty:
             entropy = np.zeros(self.image.GetSize(), np.float32)
-            entropy[window] = entropy_map(probabilities)
+            entropy[window] = entropy_map(values)
             centre = most_uncertain_blob(entropy[window])
             suggestion = index_to_ras(self.image, centre + np.array(index)) if centre is not None else None
             uncertainty_image = sitk.GetImageFromArray(np.ascontiguousarray(entropy.transpose(2, 1, 0)))

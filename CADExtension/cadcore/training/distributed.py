@@ -55,6 +55,15 @@ def wrap(network: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.
     return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def unwrapped(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (else ``network``): forward passes outside the training step (simulated-click
+    rounds, validation) must not go through DDP, whose forward may broadcast buffers, a collective that would hang
+    when ranks run different numbers of such passes."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
 def sampler(dataset, ranks: Ranks, seed: int):
     if not ranks.distributed:
         return None
@@ -71,10 +80,12 @@ def summed(values: np.ndarray, ranks: Ranks) -> np.ndarray:
     return tensor.numpy()
 
 
-def weights_digest(network: torch.nn.Module) -> str:
-    """sha256 over the network's parameters and buffers, to prove every rank holds the same weights."""
+def weights_digest(network: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over the network's parameters and buffers (or over a state dict, such as the best checkpoint each rank
+    kept), to prove every rank holds the same weights."""
+    state = network.state_dict() if isinstance(network, torch.nn.Module) else network
     digest = hashlib.sha256()
-    for name, tensor in sorted(network.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -5,12 +5,17 @@ The network takes the image, two prompt maps (positive and negative clicks, Gaus
 them at inference) and the current segment (empty before the first answer), and answers "the structure under the
 positive clicks" (class-agnostic: 0 background, 1 the prompted structure). The current segment is what keeps later
 clicks local: without it (DeepEdit's design) the network re-decides the whole structure from the clicks alone at each
-prompt, and our 8-epoch trial drifted after the second click. Per patch and step, one labelled structure present in the patch is the target; its first click
-is drawn inside it, preferring its interior (probability grows with the distance to its border); then, as DeepEdit
-does, 0 to ``corrections`` rounds run the network on the current prompts without gradients and add a click in its
-largest error (``+`` in a missed part, ``-`` in a false one), its answer becoming the next round's current
-segment. So the network learns to use first and corrective
-clicks, and each label of the dataset becomes a prompt target.
+prompt, and our 8-epoch trial drifted after the second click. Per patch and step, one labelled structure present in
+the patch is the target; its first click is drawn inside it, preferring its interior (probability grows with the
+distance to its border); then, as DeepEdit does, 0 to ``corrections`` rounds run the network on the current prompts
+without gradients and add a click in its largest error (``+`` in a missed part, ``-`` in a false one), its answer
+becoming the next round's current segment. So the network learns to use first and corrective clicks, and each label
+of the dataset becomes a prompt target.
+
+Under DDP (torchrun) the rounds run the unwrapped network, so they trigger no collective: each rank draws its own
+clicks (its generator is seeded by its rank) and may run a different number of rounds without the others waiting.
+Validation is sharded by rank and the sums reduced, as :func:`cadcore.training.segmentation.validate` does, so every
+rank gets the same score and picks the same best epoch.
 
 Not used from MONAI's ``apps.deepedit`` transforms: they work on whole volumes with a label dictionary, draw guidance
 as channels of fixed voxel size and need the network inside the transform chain; here clicks are drawn on the
@@ -27,6 +32,7 @@ from scipy import ndimage
 
 from cadcore.evaluation.metrics import dice
 from cadcore.segmentation.sliding_window import predict_probabilities
+from cadcore.training.distributed import Ranks, summed, unwrapped
 from cadcore.training.losses import IGNORE_LABEL
 
 PROMPT_RADIUS_MM = 3.0
@@ -94,6 +100,7 @@ def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn
                 for t, c, segment in zip(targets, clicks, current)]
         return torch.cat([images, torch.from_numpy(np.stack(maps))], dim=1)
 
+    network = unwrapped(network)  # the rounds trigger no DDP collective: ranks may run different numbers of them
     for _ in range(int(rng.integers(0, corrections + 1))):
         was_training = network.training
         network.eval()
@@ -128,13 +135,15 @@ def deepest_voxel(region: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 
 def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[int], patch: list[int],
-                      spacing: list[float], device: torch.device, clicks: int = 3) -> float:
+                      spacing: list[float], device: torch.device, clicks: int = 3, ranks: Ranks | None = None) -> float:
     """Mean Dice over clicks 1 to ``clicks`` of each labelled structure of each validation case: the first click at
     the structure's deepest point, each next one at the deepest point of the largest error, the answer fed back as
-    the current segment (the benchmark's protocol, in working space)."""
+    the current segment (the benchmark's protocol, in working space). Under DDP each rank scores its share of the
+    cases (``network`` unwrapped: no collective inside) and the sums are reduced, so all ranks return one value."""
+    ranks, network = ranks or Ranks(), unwrapped(network)
     spacing_array = np.asarray(spacing, dtype=float)
     scores = []
-    for case in cases:
+    for case in cases[ranks.rank::ranks.world]:
         truth = case.label[0]
         image = case.image[0] if case.image.ndim == 4 else case.image
         for value in labels:
@@ -153,4 +162,5 @@ def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[i
                 if click is None:
                     break
                 given[click[0]].append(click[1])
-    return float(np.mean(scores)) if scores else 0.0
+    total, count = summed(np.array([float(np.sum(scores)), len(scores)]), ranks)
+    return float(total / count) if count else 0.0

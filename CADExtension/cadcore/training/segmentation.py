@@ -234,6 +234,7 @@ def train(config: TrainConfig) -> ModelPackage:
                 optimizer.zero_grad(set_to_none=True)
                 inputs, targets = batch["image"], batch["label"]
                 if config.interactive:
+                    # the unwrapped network: its rounds run no DDP collective, however many each rank draws
                     inputs, targets = prompted_batch(inputs, targets, network, config.spacing, prompt_rng,
                                                      config.prompt_corrections, device)
                 loss = loss_fn(model(inputs.to(device)), targets.to(device))
@@ -246,7 +247,7 @@ def train(config: TrainConfig) -> ModelPackage:
                                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
             if (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs:
                 dice = ({1: validate_prompted(network, val_prepared, label_values, config.patch_size, config.spacing,
-                                              device)} if config.interactive else
+                                              device, ranks=ranks)} if config.interactive else
                         validate(network, val_prepared, label_values, config.patch_size, device, ranks))
                 row.update({f"dice_{v}": d for v, d in dice.items()})
                 row["dice_mean"] = float(np.mean(list(dice.values())))
@@ -267,6 +268,8 @@ def train(config: TrainConfig) -> ModelPackage:
         save_last()
         tqdm.write(f"interrupted at epoch {state['epoch']}: last checkpoint saved in {ckpt_dir}")
     rank_digests = gathered(weights_digest(network), ranks)  # DDP: every rank must hold the same weights
+    rank_best = gathered(  # and must have chosen the same best epoch and kept the same best weights
+        [state["best_epoch"], weights_digest(best_weights) if best_weights is not None else None], ranks)
     finish(ranks)
     if not ranks.main:
         return None  # type: ignore[return-value]
@@ -286,7 +289,8 @@ def train(config: TrainConfig) -> ModelPackage:
                                     "pretrained_lr_factor": config.pretrained_lr_factor}
     package = save_package(output, card, best_weights)
     plot_curves(output, state["history"], label_values)
-    summary = {**state, "config": asdict(config), "world_size": ranks.world, "rank_weight_sha256": rank_digests}
+    summary = {**state, "config": asdict(config), "world_size": ranks.world, "rank_weight_sha256": rank_digests,
+               "rank_best": [{"best_epoch": epoch, "sha256": digest} for epoch, digest in rank_best]}
     (output / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return package
 

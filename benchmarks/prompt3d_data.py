@@ -219,7 +219,8 @@ def assign_roles(sources: list[Source], cases: list[SourceCase], luts: dict[str,
         holds_left = [p for p in order if p not in fixed and any(
             int(luts[source.key + ":all"][v]) in left for c in by_patient[p] for v in c.present)]
         trainable = [p for p in order if p not in fixed]
-        eval_patients = set(fixed) | set(holds_left[:max(0, min(n_eval, len(trainable) - 1))])
+        # a source with its own evaluation patients (tumour: the native scans) uses only those
+        eval_patients = set(fixed) or set(holds_left[:max(0, min(n_eval, len(trainable) - 1))])
         useful = [p for p in trainable if p not in eval_patients
                   and any(luts[source.key][v] for c in by_patient[p] for v in c.present)]
         n_val = min(val_patients.get(source.key, 0), max(0, len(useful) - 1))
@@ -285,7 +286,7 @@ def training_files(case: SourceCase, source: Source, lut: np.ndarray, settings: 
     relabelled.CopyInformation(image)
     integer = sitk.GetArrayViewFromImage(image).dtype.kind in "iu"
     image, relabelled = sitk.DICOMOrient(image, "RAS"), sitk.DICOMOrient(relabelled, "RAS")
-    labelled = sitk.GetArrayViewFromImage(sitk.DICOMOrient(sitk.Cast(label, sitk.sitkUInt8) > 0, "RAS"))
+    labelled = sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.Cast(label, sitk.sitkUInt8) > 0, "RAS"))
     k, j, i = np.nonzero(labelled)  # the box of every labelled structure (left-out ones too: same crop any build)
     cap = settings.val_size if validation else settings.max_size
     windows = [axis_windows(int(lo.min()), int(lo.max()), n, s, settings.margin, settings.min_size * settings.spacing,
@@ -297,7 +298,8 @@ def training_files(case: SourceCase, source: Source, lut: np.ndarray, settings: 
 def eval_mask(case: SourceCase, native_value: int, name: str, work: Path) -> Path:
     """A 0/1 mask of one structure on the case's native image grid (what the benchmark scores against)."""
     image, label = read_image(case.image), read_image(case.label)
-    mask = sitk.Cast(sitk.BinaryThreshold(label, native_value - 0.5, native_value + 0.5, 1, 0), sitk.sitkUInt8)
+    mask = sitk.GetImageFromArray((label_array(label) == native_value).astype(np.uint8))
+    mask.CopyInformation(label)
     if mask.GetSize() != image.GetSize():
         mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
     mask.CopyInformation(image)

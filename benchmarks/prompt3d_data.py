@@ -29,8 +29,8 @@ below, fixed whatever is left out, so values mean the same in every build; ``str
 Working spacing 1.5 mm isotropic. The sources span 0.43-1 mm (tumour in-plane, hippocampus), 3 mm (TotalSegmentator
 examples), ~4 x 4 x 2.5 mm (OpenKBP) and 6.5 mm slices (tumour): 1.5 mm keeps the hippocampus (a ~8 mm thick
 structure, ~500 voxels per label) and the larynx resolvable, where 2 mm leaves the hippocampus a few voxels thick,
-while a 48-voxel patch still covers 72 mm, which a CPU trains in ~1 s per batch. Upsampling OpenKBP 2.7x adds no
-detail, only voxels: hence the crops. Volumes are resampled here, once (linear, in the RAS orientation
+while a 48-voxel patch still covers 72 mm (a larynx, most tumours) at a CPU-trainable size. Upsampling OpenKBP
+2.7x adds no detail, only voxels: hence the crops. Volumes are resampled here, once (linear, in the RAS orientation
 ``cad train`` uses), so ``cad train --spacing 1.5,1.5,1.5`` reads them without resampling again.
 
 Volume sizes (CPU memory and time): each case is cropped to its labelled structures' box plus ``--margin`` mm, at

@@ -12,7 +12,9 @@ mask. Methods, each run with its own click sequence:
 
 Cases never trained on: ``--split val`` takes the cases the model card lists as held out of ``--data``; ``--pair
 IMAGE MASK`` adds one case (e.g. the tumour model's native scans of patients it never saw). ``--cold N`` also times N
-``cad interact`` processes (the first click), the cost of a prompt without a warm engine.
+``cad interact`` processes (the first click), the cost of a prompt without a warm engine. ``--pairs FILE`` adds the
+pairs of a JSON list of ``{"image", "mask", "structure"}`` (paths relative to the file; masks 0/1, so ``--labels 1``),
+e.g. ``prompt3d_data.py``'s ``eval_pairs.json``, and summarises per structure as well.
 
     .venv/bin/python benchmarks/interactive.py --model hippocampus-unet --data ../shared/data/msd_task04_hippocampus \\
         --split val --json benchmarks/results/interactive_hippocampus.json --cold 3
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="dataset.json or images/labels folder")
     parser.add_argument("--split", default="val", choices=["val", "all"])
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "MASK"))
+    parser.add_argument("--pairs", type=Path, default=None, help="JSON list of {image, mask, structure}")
     parser.add_argument("--labels", type=lambda t: [int(v) for v in t.split(",")], default=None)
     parser.add_argument("--clicks", type=int, default=5)
     parser.add_argument("--max-cases", type=int, default=None)
@@ -167,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     package = find_model(args.model)
     pairs = [(Path(i), Path(m)) for i, m in args.pair]
+    structure_of: dict[Path, str] = {}
+    if args.pairs:
+        for entry in json.loads(args.pairs.read_text()):
+            image, mask = args.pairs.parent / entry["image"], args.pairs.parent / entry["mask"]
+            pairs.append((image, mask))
+            structure_of[mask] = entry.get("structure", "")
     if args.data:
         dataset = load_dataset(args.data)
         cases = dataset.cases + (dataset.validation or [])
@@ -179,17 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         for label in labels:
             row = run_case(image_path, mask_path, package, label, args.clicks)
             if row:
+                row.update({"structure": structure_of[mask_path]} if mask_path in structure_of else {})
                 rows.append(row)
                 print(f"[{index + 1}/{len(pairs)}] {image_path.name} label {label}: automatic {row['automatic']}"
                       f"  region {row['model on the region']['dice']}  ball {row['6 mm ball']['dice']}", flush=True)
     report = {"model": args.model, "model_version": package.version, "split": args.split, "clicks": args.clicks,
               "n_pairs": len(pairs), "summary": summary(rows, labels, args.clicks), "cases": rows,
+              "by_structure": {name: summary([r for r in rows if r.get("structure") == name], labels, args.clicks)
+                               for name in sorted(set(structure_of.values()))},
               "command": "benchmarks/interactive.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if args.cold:
         model_label = 1 if package.card.interactive is not None else labels[0]
         report["cold_prompt_seconds"] = [round(cold_prompt(i, m, args.model, labels[0], model_label), 2)
                                          for i, m in pairs[: args.cold]]
-    print(json.dumps(report["summary"], indent=1))
+    print(json.dumps(report["by_structure"] or report["summary"], indent=1))
     if args.cold:
         print("cold prompts (s):", report["cold_prompt_seconds"])
     if args.json:

@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"default {_default(seg, 'learning_rate')} / {_default(cls, 'learning_rate')}")
     tr.add_argument("--spacing", type=_floats, default=None, help="working spacing in mm (default: as stored)")
     tr.add_argument("--modality", default=None,
-                    help=f"MR (percentile clip + z-score) or CT (window + scale); default {_default(seg, 'modality')}")
+                    help=f"MR (percentile clip + z-score), CT (window + scale) or any (CT and MR in one network: "
+                         f"percentile clip + z-score per image); default {_default(seg, 'modality')}")
     tr.add_argument("--mirror-axes", type=_ints, default=None,
                     help=f"axes safe to mirror (I=0 is left-right; default {_default(seg, 'mirror_axes')})")
     tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")

@@ -5,12 +5,16 @@ Splits are deterministic from a seed, so ``cad evaluate --split val`` scores exa
 ``validation`` list (same entries as ``training``): that is how a split by patient is given, and how self-training
 keeps pseudo-labelled volumes out of validation. A ``training`` entry with ``"pseudo": true`` is pseudo-labelled:
 its label may mark voxels with 255 (:data:`cadcore.training.losses.IGNORE_LABEL`), which the loss skips; in any
-other label 255 is refused like every value outside the label set.
+other label 255 is refused like every value outside the label set. A ``training`` entry may carry a sampling
+``weight`` (a finite number >= 0, default 1): the training loader draws cases in proportion to it
+(:func:`cadcore.training.patches.case_sampler`), so a data set assembled from sources of very different sizes (260
+hippocampus crops beside 3 TotalSegmentator scans) gives each source the share it chose, and model-made labels less.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ class Case:
     image: Path
     label: Path | None
     pseudo: bool = False  # a pseudo-label (self-training): may contain the ignore value 255
+    weight: float = 1.0  # relative chance of being drawn for a training patch (dataset.json ``weight``)
 
 
 @dataclass
@@ -133,6 +138,8 @@ def _from_json(path: Path) -> Dataset:
     if held_out and {c.id for c in held_out} & {c.id for c in cases}:
         both = sorted({c.id for c in held_out} & {c.id for c in cases})
         raise CadError(f"dataset.json lists a case in both 'training' and 'validation' ({', '.join(both[:3])})", path)
+    if cases and not any(c.weight > 0 for c in cases):  # nothing could ever be drawn
+        raise CadError("dataset.json 'training' entries all have weight 0", path)
     if held_out and any(c.pseudo for c in held_out):  # validation scores against pseudo-labels would mean nothing
         raise CadError("dataset.json 'validation' lists a pseudo-labelled case", path)
     first_modality = next(iter(modality.values()), None) if modality else None
@@ -175,6 +182,10 @@ def _cases(entries: list, path: Path, section: str) -> list[Case]:
                 raise CadError(f"{where} needs {key!r} as a file path string, got {entry.get(key)!r}"[:200], path)
         if "pseudo" in entry and not isinstance(entry["pseudo"], bool):
             raise CadError(f"{where}: 'pseudo' must be true or false, got {entry['pseudo']!r}", path)
+        weight = entry.get("weight", 1.0)
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
+                or weight < 0):
+            raise CadError(f"{where}: 'weight' must be a finite number >= 0, got {weight!r}"[:200], path)
         image = (path.parent / entry["image"]).resolve()
         label = (path.parent / entry["label"]).resolve()
         for file in (image, label):
@@ -184,7 +195,7 @@ def _cases(entries: list, path: Path, section: str) -> list[Case]:
         if cid in seen:
             raise CadError(f"{where}: case id {cid!r} is listed twice ({seen[cid].name} and {image.name})", path)
         seen[cid] = image
-        cases.append(Case(cid, image, label, entry.get("pseudo") is True))
+        cases.append(Case(cid, image, label, entry.get("pseudo") is True, float(weight)))
     return cases
 
 
@@ -260,6 +271,8 @@ def dataset_description(dataset: Dataset, training: list[dict[str, Any]], valida
     return spec
 
 
-def dataset_entry(image: str | Path, label: str | Path, pseudo: bool = False) -> dict[str, Any]:
-    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one."""
-    return {"image": str(image), "label": str(label), **({"pseudo": True} if pseudo else {})}
+def dataset_entry(image: str | Path, label: str | Path, pseudo: bool = False,
+                  weight: float | None = None) -> dict[str, Any]:
+    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one, a sampling weight kept."""
+    return {"image": str(image), "label": str(label), **({"pseudo": True} if pseudo else {}),
+            **({"weight": weight} if weight is not None else {})}

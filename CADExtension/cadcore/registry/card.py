@@ -30,6 +30,13 @@ FORMAT_VERSION = 1
 TASKS = ("segmentation", "classification")
 INTERPOLATIONS = ("bspline", "linear")
 NORMALIZATIONS = ("ct", "mr", "none")
+# A card's ``modality`` is free text ("MR", "CT", ...) except this value: the network was trained on CT and MR
+# together (``cad train --modality any``) and takes either. Its images are normalised per image (percentile clip and
+# z-score, the ``mr`` kind): Hounsfield units mean nothing for MR, and a z-score after clipping the 0.5/99.5
+# percentiles maps a CT (air, soft tissue, bone) and an MR alike to a few units around 0, so one network can read
+# both and learns contrast, not absolute values. A fixed CT window would turn every MR into noise, so a card that
+# says ANY with ``ct`` normalisation is refused when read.
+ANY_MODALITY = "ANY"
 BLEND_MODES = ("gaussian", "constant")
 PROMPT_CHANNELS = ("image", "positive", "negative", "previous")  # what a guided network's input channels can hold
 PROMPT_KINDS = ("gaussian", "disk")

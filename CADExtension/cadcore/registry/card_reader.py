@@ -17,6 +17,7 @@ from typing import Any
 
 from cadcore.errors import CadError
 from cadcore.registry.card import (
+    ANY_MODALITY,
     BLEND_MODES,
     COARSE_PREFIX,
     FORMAT_VERSION,
@@ -287,11 +288,16 @@ class _CardReader:
         for key, value in text.items():
             if value is not None and not isinstance(value, str):
                 raise self.fail(key, f"must be text, got {value!r}")
+        preprocessing = self.preprocessing(data, "preprocessing", "preprocessing")
+        if (text["modality"] or "").upper() == ANY_MODALITY and \
+                preprocessing.get("normalization", {}).get("kind") == "ct":  # see ANY_MODALITY
+            raise self.fail("preprocessing.normalization", "is a CT window, but modality ANY means CT and MR: "
+                                                           "use the per-image 'mr' kind")
         return ModelCard(
             id=data["id"], version=str(data["version"]), task=task, network=network,
             format_version=int(data.get("format_version", FORMAT_VERSION)), name=text["name"],
             description=text["description"] or "", modality=text["modality"], labels=self.labels(),
-            classes=self.classes(), preprocessing=self.preprocessing(data, "preprocessing", "preprocessing"),
+            classes=self.classes(), preprocessing=preprocessing,
             inference=inference, postprocessing=self.section(data, "postprocessing", "postprocessing"),
             cascade=self.cascade(), fast=self.fast(inference), ensemble_members=tuple(members),
             roi=self.section(data, "roi", "roi"),

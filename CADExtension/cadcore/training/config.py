@@ -19,6 +19,10 @@ from typing import Any
 from cadcore.errors import CadError
 
 MIN_UNET_LEVELS = 3  # DynUNet needs an input block, one downsampling level and a bottleneck
+# --modality: CT gets a fixed Hounsfield window; MR and ANY (a network trained on CT and MR together, such as the
+# generic promptable model) get the per-image percentile clip and z-score, the one normalisation that needs no units
+# (see cadcore.registry.card.ANY_MODALITY). The card records the value in capitals.
+MODALITIES = ("MR", "CT", "ANY")
 
 
 def _is_number(value: Any) -> bool:
@@ -117,8 +121,8 @@ class TrainConfig:
         at_least("--warmup-epochs", self.warmup_epochs, 0)
         if self.spacing is not None:
             positive_reals("--spacing", self.spacing)
-        if not isinstance(self.modality, str) or self.modality.upper() not in ("MR", "CT"):
-            raise CadError(f"--modality must be MR or CT, got {self.modality!r}")
+        if not isinstance(self.modality, str) or self.modality.upper() not in MODALITIES:
+            raise CadError(f"--modality must be MR, CT or any (mixed CT and MR), got {self.modality!r}")
         if (not isinstance(self.ct_window, Sequence) or len(self.ct_window) != 2
                 or not all(_is_number(v) for v in self.ct_window) or self.ct_window[0] >= self.ct_window[1]):
             raise CadError(f"--ct-window needs two numbers LOW,HIGH with LOW < HIGH, got {_shown(self.ct_window)}")

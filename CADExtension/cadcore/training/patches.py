@@ -1,7 +1,9 @@
-"""Turn dataset cases into working-space arrays and augmented training patches (MONAI transforms)."""
+"""Turn dataset cases into working-space arrays and augmented training patches (MONAI transforms), and choose
+which case each patch comes from (:func:`case_sampler`: uniform, or in proportion to dataset.json ``weight``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ class PreparedCase:
     id: str
     image: np.ndarray  # (1, I, J, K) float32
     label: np.ndarray  # (1, I, J, K) uint8
+    weight: float = 1.0  # the case's sampling weight (dataset.json ``weight``)
 
 
 def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labels: set[int] | None,
@@ -43,7 +46,7 @@ def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labe
             if extra:
                 raise CadError(f"label values {extra} are not in the model's label set {sorted(allowed_labels)}",
                                case.label)
-        prepared.append(PreparedCase(case.id, working.array[None], label_array[None]))
+        prepared.append(PreparedCase(case.id, working.array[None], label_array[None], case.weight))
     return prepared
 
 
@@ -95,3 +98,47 @@ class PatchDataset:
         sample = self.transform(data)
         sample = sample[0] if isinstance(sample, list) else sample
         return {"image": sample["image"].float(), "label": sample["label"].long()}
+
+
+class WeightedShardSampler:
+    """Case indices drawn with replacement in proportion to their weights, the same draw on every rank (seeded by
+    ``seed + epoch``), each rank taking every ``world``-th index: DDP keeps one shard per rank, of equal length on all
+    ranks (a rank with fewer batches would hang the gradient all-reduce).
+
+    Not torch's ``WeightedRandomSampler``: it has no ``set_epoch`` and no notion of ranks, so under DDP every rank
+    would draw its own (overlapping) sample and an epoch's draw would depend on the loader's generator state."""
+
+    def __init__(self, weights: list[float], rank: int = 0, world: int = 1, seed: int = 0,
+                 num_samples: int | None = None) -> None:
+        values = np.asarray(weights, dtype=np.float64)
+        if values.ndim != 1 or not len(values) or not np.all(np.isfinite(values)) or np.any(values < 0) \
+                or values.sum() <= 0:
+            raise CadError(f"case sampling weights must be finite numbers >= 0, not all 0, got {weights!r}"[:200])
+        self.weights = values / values.sum()
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+        self.per_rank = math.ceil((num_samples or len(values)) / world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        drawn = rng.choice(len(self.weights), size=self.per_rank * self.world, replace=True, p=self.weights)
+        return iter(drawn[self.rank::self.world].tolist())
+
+
+def case_sampler(dataset: PatchDataset, ranks, seed: int):
+    """The training loader's sampler: :class:`WeightedShardSampler` when the cases' weights differ; otherwise what
+    training used before weights existed (``None``: the loader shuffles; under DDP a ``DistributedSampler``).
+
+    An epoch still draws as many patches as there are cases, so epochs, learning-rate schedules and validation
+    intervals keep their meaning; weights only change which cases the patches come from."""
+    from cadcore.training.distributed import sampler
+
+    weights = [case.weight for case in dataset.cases]
+    if len(set(weights)) <= 1:
+        return sampler(dataset, ranks, seed)
+    return WeightedShardSampler(weights, ranks.rank, ranks.world, seed)

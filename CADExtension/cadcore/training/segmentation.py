@@ -29,12 +29,12 @@ from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, s
 from cadcore.registry.packages import ModelPackage, find_model, save_package
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.config import TrainConfig
-from cadcore.training.distributed import Ranks, finish, gathered, sampler, start, summed, weights_digest, wrap
+from cadcore.training.distributed import Ranks, finish, gathered, start, summed, weights_digest, wrap
 from cadcore.training.interactive import CHANNELS as INTERACTIVE_CHANNELS
 from cadcore.training.interactive import card_section as interactive_card_section
 from cadcore.training.interactive import prompted_batch, validate_prompted
 from cadcore.training.losses import MaskedDiceCELoss
-from cadcore.training.patches import PatchDataset, PreparedCase, augmentation, prepare_cases
+from cadcore.training.patches import PatchDataset, PreparedCase, augmentation, case_sampler, prepare_cases
 from cadcore.training.report import plot_curves, total_training_seconds, write_log
 from cadcore.training.transfer import child_version, parent_label_entries, parent_label_values
 
@@ -187,7 +187,7 @@ def train(config: TrainConfig) -> ModelPackage:
     patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes,
                                                           config.augmentation_strength, crop_key=crop_key),
                            foreground=partial)
-    shard = sampler(patches, ranks, config.seed)
+    shard = case_sampler(patches, ranks, config.seed)  # per-case weights (dataset.json), else plain shuffling
     loader = torch.utils.data.DataLoader(
         patches, batch_size=config.batch_size, shuffle=shard is None, sampler=shard,
         drop_last=len(train_prepared) > config.batch_size * ranks.world,

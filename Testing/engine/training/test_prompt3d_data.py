@@ -257,3 +257,26 @@ def test_the_shared_sources_give_177_structures_below_255():
     assert sum(c.eval_only for c in cases) == 4  # the native PGBM-001/-003 scans
     assert not any(c.source == "tumour" and c.patient in ("PGBM-001", "PGBM-003") and not c.eval_only
                    for c in cases)
+
+
+def test_cad_train_draws_no_patch_from_a_case_of_weight_zero(tmp_path, monkeypatch):
+    """The weights reach the real training loop (not only the sampler): a weight-0 case is never drawn."""
+    from cadcore.training import patches
+
+    samples = Path(__file__).resolve().parents[3] / "sample_data" / "hippocampus"
+    spec = json.loads((samples / "dataset.json").read_text())
+    entries = [{k: str(samples / v) for k, v in entry.items()} for entry in spec["training"]]
+    entries[0]["weight"], entries[1]["weight"] = 1.0, 0.0
+    (tmp_path / "dataset.json").write_text(json.dumps({**spec, "training": entries[:2], "validation": entries[2:]}))
+    drawn: list[str] = []
+    original = patches.PatchDataset.__getitem__
+
+    def recording(self, index):
+        drawn.append(self.cases[index].id)
+        return original(self, index)
+
+    monkeypatch.setattr(patches.PatchDataset, "__getitem__", recording)
+    assert main(["train", "--data", str(tmp_path / "dataset.json"), "-o", str(tmp_path / "model"), "--epochs", "3",
+                 "--val-every", "3", "--patch-size", "16,16,16", "--filters", "4,8,16", "--device", "cpu"]) == 0
+    assert drawn and not any("040" in name for name in drawn), drawn
+    assert any("015" in name for name in drawn)

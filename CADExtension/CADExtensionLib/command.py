@@ -111,8 +111,8 @@ def trainArgv(
             raise ValueError(f"patchSize must be whole voxel counts, got {patchSize!r}")
         argv.append("--patch-size=" + ",".join(str(int(size)) for size in sizes))
     if modality is not None:
-        if str(modality).upper() not in ("MR", "CT"):
-            raise ValueError(f"modality must be MR or CT, got {modality!r}")
+        if str(modality).upper() not in ("MR", "CT", "ANY"):
+            raise ValueError(f"modality must be MR, CT or ANY (mixed data), got {modality!r}")
         argv += ["--modality", str(modality).upper()]
     if cascadeMarginMm is not None:
         margin = _numbers(cascadeMarginMm, "cascadeMarginMm", (1,))[0]

@@ -187,7 +187,7 @@ def test_train_argv_exact_and_accepted_by_the_engine():
     ({"device": "gpu"}, "unknown device"), ({"epochs": 0}, "epochs must be"), ({"epochs": 2.5}, "epochs must be"),
     ({"freezeEncoderEpochs": -1}, "freezeEncoderEpochs"), ({"valEvery": 0}, "valEvery"),
     ({"spacing": [1, 1]}, "3 numbers"), ({"spacing": [1, 0, 1]}, "positive"), ({"patchSize": [16, 16, 16.5]}, "whole"),
-    ({"modality": "PET"}, "MR or CT"), ({"modelId": " "}, "needs an id"),
+    ({"modality": "PET"}, "MR, CT or ANY"), ({"modelId": " "}, "needs an id"),
     ({"cascadeMarginMm": -1}, "cascadeMarginMm must be >= 0"), ({"cascadeMarginMm": "10"}, "numbers"),
 ])
 def test_train_argv_refuses_bad_values(kwargs, message):

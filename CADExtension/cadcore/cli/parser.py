@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     it = sub.add_parser("interact", help="segment one structure from clicks, a box or scribbles (any segmentation "
                                          "model, on the prompts' region only)")
     it.add_argument("input", help="volume (.nii/.nii.gz/.nrrd/.mha/.mhd) or DICOM folder")
-    it.add_argument("-m", "--model", required=True, help="registry id or model package folder")
+    it.add_argument("-m", "--model", required=True, help="registry id, model package folder or MONAI bundle")
     it.add_argument("-o", "--output", required=True, help="binary mask to write (0/1 on the input's grid)")
     it.add_argument("--label", type=int, required=True, help="the model's label value to segment")
     it.add_argument("--click", action="append", type=_click, default=[], metavar="+R,A,S",

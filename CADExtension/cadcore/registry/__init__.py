@@ -40,7 +40,8 @@ def shipped_ids() -> set[str]:
 
 def find_model_or_bundle(model: str | Path) -> ModelPackage | BundleModel:
     """Like :func:`find_model`, but a MONAI bundle folder (or an installed bundle's id) gives a
-    :class:`cadcore.registry.bundles.BundleModel`; only ``cad segment`` and ``cad models`` accept bundles."""
+    :class:`cadcore.registry.bundles.BundleModel`; ``cad segment``, ``cad interact`` and ``cad models`` accept
+    bundles."""
     path = Path(model)
     if looks_like_bundle(path):
         return read_bundle(path)

@@ -139,6 +139,8 @@ def train(config: TrainConfig) -> ModelPackage:
 
         held_out_check = check_parent_overlap(parent, dataset, train_cases, val_cases,
                                               config.allow_overlap, config.data)
+    if parent is not None and config.interactive and parent.card.cascade is not None and config.init_stage is None:
+        config.init_stage = "fine"  # a prompt replaces the coarse stage: a cascade becomes interactive by its fine one
     if not config.spacing:
         config.spacing = median_spacing(train_cases, config.orientation)
     preprocessing = preprocessing_for(config)

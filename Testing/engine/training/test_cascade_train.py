@@ -306,3 +306,14 @@ def test_defaults_and_crop_arithmetic() -> None:
     assert index == [4, 6, 3] and size == [11, 6, 4]
     index, size = crop_region(image, box, np.full((2, 3), 100.0))
     assert index == [0, 0, 0] and size == [20, 20, 10]
+
+
+def test_interactive_init_from_a_cascade_starts_from_its_fine_stage(cascade_package: Path, dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    """A user's cascade becomes interactive: ``--interactive --init CASCADE`` takes the fine stage (the one a prompt
+    runs), not a refusal asking for ``--cascade``."""
+    output = tmp_path / "guided"
+    assert main(["train", "--interactive", "--init", str(cascade_package), "--allow-overlap", "--data", str(dataset),
+                 "-o", str(output), *TINY[:12]]) == 0  # the fine stage's flags only
+    report = json.loads((output / "init_report.json").read_text())
+    assert report["parent_stage"] == "fine" and report["loaded"] > 0

@@ -185,10 +185,11 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
         self.applySettings()
         return ModelManagerLogic(modelsFolder=self.modelsFolder())
 
-    def listModels(self, task: str | None = None) -> list:
+    def listModels(self, task: str | None = None, guided: bool | None = None) -> list:
         """Every model (``CADExtensionLib.ModelSummary`` objects); with ``task``, only the models the engine can run
-        for it."""
-        return [m for m in self._models().listModels() if task is None or m.task == task]
+        for it; ``guided=False`` leaves out guided (interactive) networks, which need clicks (automatic panels)."""
+        return [m for m in self._models().listModels()
+                if (task is None or m.task == task) and (guided is None or m.guided == guided)]
 
     def importModel(self, path: str):
         """Install a package folder, its .zip or a MONAI bundle folder; returns the new model's ``ModelSummary``."""

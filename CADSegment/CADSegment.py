@@ -168,7 +168,7 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import CADExtension
 
         try:
-            models = CADExtension.CADExtensionLogic().listModels(task="segmentation")
+            models = CADExtension.CADExtensionLogic().listModels(task="segmentation", guided=False)
         except Exception as exc:  # e.g. the model manager is not installed: the panel still opens and says why
             logging.error("CADSegment: cannot list models: %s", exc)
             self.ui.modelDescriptionLabel.text = _("Cannot list models: {error}").format(error=exc)

@@ -55,6 +55,7 @@ class ModelSummary:
     baseline: bool = False  # the classical hand-crafted-feature classifier ("network": {"name": "baseline"})
     bundleTask: str = ""  # a bundle's own metadata "task" (free text); "" for a model package
     fast: Mapping[str, Any] | None = None
+    guided: bool = False  # a guided (interactive) network: it needs clicks, so only the CAD AI effect offers it
 
     def __post_init__(self) -> None:
         # Copies, so neither the card dict it came from nor a caller holding the argument can change the summary.

@@ -174,6 +174,7 @@ def _summary(folder: Path, shipped: bool) -> ModelSummary:
             shipped=shipped,
             baseline=(card.get("network") or {}).get("name") == "baseline",
             fast=card.get("fast") if isinstance(card.get("fast"), dict) else None,
+            guided=isinstance(card.get("interactive"), dict),
         )
     if (folder / BUNDLE_METADATA).is_file():
         return _bundleSummary(folder, shipped)

@@ -93,6 +93,15 @@ def test_listing_reads_cards_shipped_first_and_skips_broken_folders(folders, pac
                                   path=str(user / "tiny-resnet"), shipped=False)
 
 
+def test_a_guided_network_is_marked_so_automatic_panels_leave_it_out(folders, packages):
+    shipped, user = folders
+    copy_package(packages["segmenter"], user / "guided", id="guided",
+                 interactive={"channels": ["image", "positive", "negative"], "kind": "gaussian", "radius_mm": 3})
+    copy_package(packages["segmenter"], user / "plain", id="plain")
+    flags = {m.id: m.guided for m in ModelManagerLogic(user, shipped).listModels()}
+    assert flags == {"guided": True, "plain": False}
+
+
 def test_listing_agrees_with_the_engines_registry(tmp_path, packages, monkeypatch):
     from cadcore.registry.packages import list_models
 

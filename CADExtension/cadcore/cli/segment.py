@@ -19,7 +19,7 @@ from cadcore.progress import StagedProgress
 from cadcore.registry import find_model_or_bundle
 from cadcore.registry.bundles import BundleModel
 from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities
-from cadcore.segmentation.predict import segment_image
+from cadcore.segmentation.predict import check_automatic, segment_image
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
                        package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
+    if not isinstance(package, BundleModel):
+        check_automatic(package)
     if args.fast:
         if isinstance(package, BundleModel):
             raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",

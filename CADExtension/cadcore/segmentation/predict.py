@@ -40,6 +40,14 @@ class SegmentationResult:
     fast: bool = False
 
 
+def check_automatic(package: ModelPackage) -> None:
+    """Refuse a guided (interactive) network: its input holds click maps, so without a prompt it has nothing to
+    segment (``cad segment``, ``cad evaluate`` and batches would fail deep in the network, or answer nothing)."""
+    if package.card.interactive is not None:
+        raise CadError("is a guided (interactive) model: it segments the structure under a click, so run it with "
+                       "cad interact (or the Segment Editor's CAD AI effect)", package.folder)
+
+
 def segment_image(
     image: sitk.Image,
     package: ModelPackage | BundleModel,
@@ -63,6 +71,7 @@ def segment_image(
         return SegmentationResult(labels, None, timings)
     if package.task != "segmentation":
         raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
+    check_automatic(package)
     torch_device = pick_device(device)
     card = package.card
     stage = card.fast_stage() if fast else card.main_stage

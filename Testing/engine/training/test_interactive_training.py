@@ -95,6 +95,13 @@ def test_a_guided_training_ends_in_a_package_cad_interact_runs(tmp_path, capsys)
     assert main(["interact", str(SAMPLES / "imagesTr" / "hippocampus_015.nii.gz"), "-m", str(output), "-o",
                  str(mask), "--label", "1", "--click=+18,36,12", "--device", "cpu"]) == 0, capsys.readouterr().err
     assert mask.exists()
+    refused = tmp_path / "automatic.nii.gz"  # without a click a guided network has nothing to segment
+    capsys.readouterr()
+    assert main(["segment", str(SAMPLES / "imagesTr" / "hippocampus_015.nii.gz"), "-m", str(output), "-o",
+                 str(refused), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "guided (interactive) model" in err and "cad interact" in err
+    assert not refused.exists() and not Path(f"{refused}.json").exists()
 
 
 def test_init_from_an_automatic_model_keeps_all_but_the_first_layer(tmp_path):

@@ -19,6 +19,7 @@ Geometry: prompts are RAS millimetres (as ``cad classify --center``); the region
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabi
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]  # (index, size) in the input's I, J, K voxels
 CONNECTIVITY = np.ones((3, 3, 3), bool)
+CACHE_BYTES = 512 * 2 ** 20  # region outputs a session keeps (least recently used dropped first): a warm server
+# holds one session per image, so this bounds what a long annotation session costs in memory
 REGION_MARGIN_MM = 5.0  # around clicks, scribbles and the previous segment, so a structure at the edge is whole
 # A bundle that states no window size (no plain roi_size / spatial_shape): 96 mm a side holds an organ-sized structure
 # and is the window of the Model Zoo's CT bundles at their usual ~1 mm working spacing.
@@ -226,7 +229,7 @@ class InteractiveSession:
     """One model (a package or a MONAI bundle) on one image, prompt after prompt (see the module docstring)."""
 
     def __init__(self, package: ModelPackage | BundleModel, image: sitk.Image, device: Any = "cpu",
-                 source: str = "input") -> None:
+                 source: str = "input", cache_bytes: int = CACHE_BYTES) -> None:
         if package.task != "segmentation":
             raise CadError(f"is a {package.task} model; interactive segmentation needs a segmentation model",
                            package.folder)
@@ -235,7 +238,8 @@ class InteractiveSession:
         self.model: PackageRegions | BundleRegions = (
             BundleRegions(package, self.device) if isinstance(package, BundleModel)
             else PackageRegions(package, self.device))
-        self.cache: dict[tuple[Region, bool], np.ndarray] = {}
+        self.cache: OrderedDict[tuple[Region, bool], np.ndarray] = OrderedDict()  # least recently used first
+        self.cache_bytes = cache_bytes
         self.network_runs = 0
 
     def extent_mm(self) -> np.ndarray:
@@ -246,11 +250,14 @@ class InteractiveSession:
         that depends on the region alone is cached per region; a guided network's depends on the prompts."""
         key = (region, tta)
         if not self.model.depends_on_prompts and key in self.cache:
+            self.cache.move_to_end(key)
             return self.cache[key], True
         values = self.model.predict(self.image, region, tta, prompts)
         self.network_runs += 1
         if not self.model.depends_on_prompts:
             self.cache[key] = values
+            while len(self.cache) > 1 and sum(v.nbytes for v in self.cache.values()) > self.cache_bytes:
+                self.cache.popitem(last=False)  # the region prompted longest ago; the newest is always kept
         return values, False
 
     def segment(self, prompts: Prompts, label: int, uncertainty: bool = False) -> InteractiveResult:

@@ -138,6 +138,23 @@ def test_the_session_reuses_its_regions_network_output(session):
     assert session.network_runs == runs and again.reused
 
 
+def test_the_region_cache_is_bounded_least_recently_used_first(session):
+    """A long annotation session keeps at most ``cache_bytes`` of region outputs: the region prompted longest ago goes
+    first, a region just used stays."""
+    bounded = InteractiveSession(session.package, session.image, "cpu", cache_bytes=1)  # room for the newest only
+    click = centre_click(sitk.ReadImage(str(TRUTH)), 2)
+    box = ((click[0] - 3, click[1] - 3, click[2] - 3), (click[0] + 3, click[1] + 3, click[2] + 3))
+    bounded.segment(Prompts(positive=(click,)), 2)
+    bounded.segment(Prompts(box=box), 2)  # another region: the first one is dropped
+    assert len(bounded.cache) == 1 and bounded.network_runs == 2
+    assert bounded.segment(Prompts(box=box), 2).reused
+    assert not bounded.segment(Prompts(positive=(click,)), 2).reused and bounded.network_runs == 3
+    roomy = InteractiveSession(session.package, session.image, "cpu")
+    roomy.segment(Prompts(positive=(click,)), 2)
+    roomy.segment(Prompts(box=box), 2)
+    assert roomy.segment(Prompts(positive=(click,)), 2).reused and len(roomy.cache) == 2
+
+
 def test_uncertainty_map_on_the_input_grid_and_a_suggested_click(tmp_path, capsys):
     click = centre_click(sitk.ReadImage(str(TRUTH)), 1)
     uncertainty = tmp_path / "entropy.nrrd"

@@ -19,8 +19,8 @@ Geometry: prompts are RAS millimetres (as ``cad classify --center``); the region
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 

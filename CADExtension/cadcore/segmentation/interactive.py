@@ -318,9 +318,14 @@ class InteractiveSession:
             drop |= set(np.unique(components[strokes == 2]).tolist()) - {0}
         shared = drop & {components[v] for v in positive}  # one component under both kinds of click
         mask = np.isin(components, sorted(keep - drop))
-        for component in shared:  # split it: each voxel follows the nearest click, so a "no" trims, not erases
-            mask |= self.nearer_positive(components == component, positive, negative)
         warnings = []
+        if self.model.depends_on_prompts:  # a guided network has weighed the "no" itself: its answer stands
+            mask |= np.isin(components, sorted(shared))
+            if shared:
+                warnings.append("the guided network kept voxels under a negative click (its answer is kept there)")
+        else:
+            for component in shared:  # split it: each voxel follows the nearest click, so a "no" trims, not erases
+                mask |= self.nearer_positive(components == component, positive, negative)
         if prompts.positive and not keep:
             warnings.append("no voxel of the label lies under the positive clicks: nothing was added there")
         if strokes is not None:

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
 def line_of(model: object, note: str = "") -> str:
     summary = model.summary()  # type: ignore[attr-defined]
-    kind = "  (MONAI bundle)" if summary.format == "bundle" else ""
+    kind = ("  (MONAI bundle)" if summary.format == "bundle" else
+            "  (guided: cad interact)" if summary.guided else "")
     return (f"{summary.id:<28} {summary.version or '':<8} {summary.task:<14} {summary.modality or ''}"
             f"{kind}  {summary.path}{'  ' + note if note else ''}")
 

@@ -253,3 +253,4 @@ class ModelSummary:
     labels: Mapping[str, str]  # label value (as text) -> name
     path: str
     format: str = "package"  # or "bundle"
+    guided: bool = False  # a guided (interactive) network: it needs clicks (cad interact), cad segment refuses it

@@ -99,7 +99,8 @@ class ModelPackage:
 
     def summary(self) -> ModelSummary:
         return ModelSummary(self.id, self.card.version, self.task, self.card.modality, self.card.description,
-                            {str(k): v for k, v in self.label_names().items()}, str(self.folder))
+                            {str(k): v for k, v in self.label_names().items()}, str(self.folder),
+                            guided=self.card.interactive is not None)
 
 
 def read_card(folder: Path) -> ModelCard:

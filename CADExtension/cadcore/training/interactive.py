@@ -134,23 +134,38 @@ def deepest_voxel(region: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.array(np.unravel_index(int(np.argmax(distance)), region.shape))
 
 
+def prompt_window(target: np.ndarray, click: np.ndarray, patch: list[int]) -> tuple[slice, ...]:
+    """Where validation runs the network: one patch around the first click, grown to hold the whole target, as
+    ``cad interact`` runs it on the prompts' region only. Outside it the answer is empty, as in the session, so the
+    Dice equals the whole volume's; a whole-head scan then costs a few windows, not the full sliding window."""
+    found = np.argwhere(target)
+    size, shape = np.asarray(patch), np.asarray(target.shape)
+    start = np.maximum(np.minimum(found.min(0), np.asarray(click) - size // 2), 0)
+    stop = np.minimum(np.maximum(found.max(0) + 1, start + size), shape)
+    start = np.maximum(np.minimum(start, stop - size), 0)  # a full patch where the volume allows it
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+
+
 def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[int], patch: list[int],
                       spacing: list[float], device: torch.device, clicks: int = 3, ranks: Ranks | None = None) -> float:
     """Mean Dice over clicks 1 to ``clicks`` of each labelled structure of each validation case: the first click at
     the structure's deepest point, each next one at the deepest point of the largest error, the answer fed back as
-    the current segment (the benchmark's protocol, in working space). Under DDP each rank scores its share of the
+    the current segment (the benchmark's protocol, in working space, on :func:`prompt_window`). Under DDP each rank scores its share of the
     cases (``network`` unwrapped: no collective inside) and the sums are reduced, so all ranks return one value."""
     ranks, network = ranks or Ranks(), unwrapped(network)
     spacing_array = np.asarray(spacing, dtype=float)
     scores = []
     for case in cases[ranks.rank::ranks.world]:
         truth = case.label[0]
-        image = case.image[0] if case.image.ndim == 4 else case.image
+        whole_image = case.image[0] if case.image.ndim == 4 else case.image
         for value in labels:
-            target = truth == value
-            if not target.any():
+            whole_target = truth == value
+            if not whole_target.any():
                 continue
-            given = {"+": [deepest_voxel(target, spacing_array)], "-": []}
+            first = deepest_voxel(whole_target, spacing_array)
+            window = prompt_window(whole_target, first, patch)
+            image, target = whole_image[window], whole_target[window]
+            given = {"+": [first - [s.start for s in window]], "-": []}
             current = np.zeros(target.shape, bool)
             for _ in range(clicks):
                 stacked = np.stack([image, gaussian_maps(target.shape, given["+"], spacing_array),

@@ -128,3 +128,25 @@ def test_flags_that_do_not_fit_are_refused(tmp_path, capfd, extra, words):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "m").exists()
+
+
+class ShapeRecorder(HalfBlock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[2:]))
+        return super().forward(x)
+
+
+def test_validation_runs_the_network_only_around_the_prompt():
+    """A small target in a large (whole-head-like) case: the network sees one patch-sized window holding the target
+    and the first click, never the whole volume (the cost that made whole-head validation take minutes)."""
+    case = SimpleNamespace(image=np.random.rand(1, 64, 64, 12).astype(np.float32),
+                           label=np.zeros((1, 64, 64, 12), np.int64))
+    case.label[0, 40:46, 10:15, 4:8] = 1
+    network = ShapeRecorder()
+    validate_prompted(network, [case], [1], [16, 16, 8], [1.0, 1.0, 1.0], torch.device("cpu"))
+    assert network.shapes and all(shape == (16, 16, 8) for shape in network.shapes)
+    assert len(network.shapes) <= 3  # one window per click (the whole volume would take dozens)

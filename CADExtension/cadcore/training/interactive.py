@@ -150,8 +150,9 @@ def validate_prompted(network: torch.nn.Module, cases: list[Any], labels: list[i
                       spacing: list[float], device: torch.device, clicks: int = 3, ranks: Ranks | None = None) -> float:
     """Mean Dice over clicks 1 to ``clicks`` of each labelled structure of each validation case: the first click at
     the structure's deepest point, each next one at the deepest point of the largest error, the answer fed back as
-    the current segment (the benchmark's protocol, in working space, on :func:`prompt_window`). Under DDP each rank scores its share of the
-    cases (``network`` unwrapped: no collective inside) and the sums are reduced, so all ranks return one value."""
+    the current segment (the benchmark's protocol, in working space, on :func:`prompt_window`). Under DDP each rank
+    scores its share of the cases (``network`` unwrapped: no collective inside) and the sums are reduced, so all
+    ranks return one value."""
     ranks, network = ranks or Ranks(), unwrapped(network)
     spacing_array = np.asarray(spacing, dtype=float)
     scores = []

@@ -114,8 +114,9 @@ score = validate_prompted(model, cases, [1], [12, 12, 12], [1.0] * 3, device, ra
 validation_calls = calls[0]
 single = validate_prompted(HalfBlock(), cases, [1], [12, 12, 12], [1.0] * 3, device) if ranks.main else None
 dist.barrier()
-print(json.dumps({"rank": ranks.rank, "rounds": rounds, "validation_calls": validation_calls, "score": score,
-                  "single": single, "through_ddp": through_ddp[0]}))
+# one file per rank: two ranks printing to the same stdout may interleave their lines
+open(f"rank{ranks.rank}.json", "w").write(json.dumps({"rank": ranks.rank, "rounds": rounds,
+    "validation_calls": validation_calls, "score": score, "single": single, "through_ddp": through_ddp[0]}))
 dist.destroy_process_group()
 """
 
@@ -132,8 +133,7 @@ def test_prompt_rounds_and_prompted_validation_under_two_ranks(tmp_path):
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "CADExtension")}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    rows = sorted((json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")),
-                  key=lambda row: row["rank"])
+    rows = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [row["rank"] for row in rows] == [0, 1]
     assert rows[0]["rounds"] == 0 and rows[1]["rounds"] > 0
     # none of it went through DDP's forward: its buffer broadcasts would pair up wrongly across ranks (gloo does not

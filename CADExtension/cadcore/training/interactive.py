@@ -63,8 +63,8 @@ def gaussian_maps(shape: tuple[int, ...], clicks: list[np.ndarray], spacing: np.
     return values
 
 
-def largest_error_click(prediction: np.ndarray, target: np.ndarray, spacing: np.ndarray,
-                        rng: np.random.Generator) -> tuple[str, np.ndarray] | None:
+def largest_error(prediction: np.ndarray, target: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The largest error component and its click's sign: ``+`` for a missed part, ``-`` for a false one."""
     best = None
     for sign, error in (("+", target & ~prediction), ("-", prediction & ~target)):
         components, count = ndimage.label(error, structure=CONNECTIVITY)
@@ -72,10 +72,15 @@ def largest_error_click(prediction: np.ndarray, target: np.ndarray, spacing: np.
             sizes = np.bincount(components.ravel())[1:]
             if best is None or sizes.max() > best[2]:
                 best = (sign, components == 1 + int(np.argmax(sizes)), int(sizes.max()))
-    if best is None:
-        return None
-    voxel = interior_voxel(best[1], spacing, rng)
-    return None if voxel is None else (best[0], voxel)
+    return None if best is None else (best[0], best[1])
+
+
+def largest_error_click(prediction: np.ndarray, target: np.ndarray, spacing: np.ndarray,
+                        rng: np.random.Generator) -> tuple[str, np.ndarray] | None:
+    """Training's corrective click: a random interior voxel of the largest error component."""
+    error = largest_error(prediction, target)
+    voxel = None if error is None else interior_voxel(error[1], spacing, rng)
+    return None if voxel is None else (error[0], voxel)
 
 
 def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn.Module, spacing: list[float],
@@ -119,14 +124,8 @@ def prompted_batch(images: torch.Tensor, labels: torch.Tensor, network: torch.nn
 def deepest_error_click(prediction: np.ndarray, target: np.ndarray,
                         spacing: np.ndarray) -> tuple[str, np.ndarray] | None:
     """The benchmark's corrective click: the deepest point of the largest error component (deterministic)."""
-    best = None
-    for sign, error in (("+", target & ~prediction), ("-", prediction & ~target)):
-        components, count = ndimage.label(error, structure=CONNECTIVITY)
-        if count:
-            sizes = np.bincount(components.ravel())[1:]
-            if best is None or sizes.max() > best[2]:
-                best = (sign, components == 1 + int(np.argmax(sizes)), int(sizes.max()))
-    return None if best is None else (best[0], deepest_voxel(best[1], spacing))
+    error = largest_error(prediction, target)
+    return None if error is None else (error[0], deepest_voxel(error[1], spacing))
 
 
 def deepest_voxel(region: np.ndarray, spacing: np.ndarray) -> np.ndarray:

@@ -26,21 +26,25 @@ def working_index(working: WorkingImage, ras: Sequence[float]) -> np.ndarray:
     return index
 
 
-def click_map(working: WorkingImage, clicks: Sequence[Sequence[float]], spec: Interactive) -> np.ndarray:
-    """One float32 map (I, J, K): a Gaussian (sigma ``radius_mm``) or a disk around each click, their maximum."""
-    shape = working.array.shape[-3:]
-    values = np.zeros(shape, np.float32)
-    if not clicks:
-        return values
-    spacing = np.array(working.grid.GetSpacing())
+def draw_clicks(shape: Sequence[int], centres: Sequence[Sequence[float]], spacing: Sequence[float],
+                radius_mm: float, kind: str = "gaussian") -> np.ndarray:
+    """One float32 map of ``shape``: a Gaussian (sigma ``radius_mm``) or a disk around each centre (voxel indices,
+    distances in mm), their maximum. Training draws its simulated clicks with this too, so a network sees at
+    inference exactly the maps it was trained on."""
+    values = np.zeros(tuple(shape), np.float32)
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    for click in clicks:
-        centre = working_index(working, click)
+    for centre in centres:
         squared = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
-        drawn = (np.exp(-squared / (2 * spec.radius_mm ** 2)) if spec.kind == "gaussian"
-                 else (squared <= spec.radius_mm ** 2).astype(np.float32))
+        drawn = (np.exp(-squared / (2 * radius_mm ** 2)) if kind == "gaussian"
+                 else (squared <= radius_mm ** 2).astype(np.float32))
         np.maximum(values, drawn, out=values)
     return values
+
+
+def click_map(working: WorkingImage, clicks: Sequence[Sequence[float]], spec: Interactive) -> np.ndarray:
+    """One float32 map (I, J, K) of the clicks (RAS mm) on the working grid, as the card's ``kind`` draws them."""
+    return draw_clicks(working.array.shape[-3:], [working_index(working, click) for click in clicks],
+                       working.grid.GetSpacing(), spec.radius_mm, spec.kind)
 
 
 def guided_input(working: WorkingImage, spec: Interactive, positive: Sequence[Sequence[float]],

@@ -31,13 +31,14 @@ import torch
 from scipy import ndimage
 
 from cadcore.evaluation.metrics import dice
+from cadcore.segmentation.interactive import CONNECTIVITY
+from cadcore.segmentation.prompt_maps import draw_clicks
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.distributed import Ranks, summed, unwrapped
 from cadcore.training.losses import IGNORE_LABEL
 
 PROMPT_RADIUS_MM = 3.0
 CHANNELS = ("image", "positive", "negative", "previous")
-CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
 def card_section() -> dict[str, Any]:
@@ -55,12 +56,8 @@ def interior_voxel(region: np.ndarray, spacing: np.ndarray, rng: np.random.Gener
 
 
 def gaussian_maps(shape: tuple[int, ...], clicks: list[np.ndarray], spacing: np.ndarray) -> np.ndarray:
-    values = np.zeros(shape, np.float32)
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    for click in clicks:
-        squared = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, click, spacing))
-        np.maximum(values, np.exp(-squared / (2 * PROMPT_RADIUS_MM ** 2)), out=values)
-    return values
+    """Simulated clicks (working-grid voxels) drawn exactly as :func:`click_map` draws a card's gaussian channel."""
+    return draw_clicks(shape, clicks, spacing, PROMPT_RADIUS_MM)
 
 
 def largest_error(prediction: np.ndarray, target: np.ndarray) -> tuple[str, np.ndarray] | None:

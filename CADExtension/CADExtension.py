@@ -25,6 +25,8 @@ from slicer.ScriptedLoadableModule import (
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_SETTING = "CADExtension/device"
 MODELS_FOLDER_SETTING = "CADExtension/modelsFolder"
+SERVER_URL_SETTING = "CADExtension/ServerURL"  # the same keys as CADExtensionLib.engine_server (the effect reads them)
+SERVER_TOKEN_FILE_SETTING = "CADExtension/ServerTokenFile"
 
 
 class CADExtension(ScriptedLoadableModule):
@@ -62,6 +64,11 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.logic.setDefaultDevice)
         self.ui.modelsFolderButton.directory = self.logic.modelsFolder()
         self.ui.modelsFolderButton.connect("directoryChanged(QString)", self.onModelsFolderChanged)
+        url, tokenFile = self.logic.serverSettings()
+        self.ui.serverUrlLineEdit.text = url
+        self.ui.serverTokenFileLineEdit.text = tokenFile
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onServerSettingsChanged)
+        self.ui.serverTokenFileLineEdit.connect("editingFinished()", self.onServerSettingsChanged)
 
     def enter(self):
         self.refreshModels()
@@ -132,6 +139,10 @@ class CADExtensionWidget(ScriptedLoadableModuleWidget):
         self.logic.setModelsFolder(folder)
         self.refreshModels()
 
+    def onServerSettingsChanged(self):
+        with slicer.util.tryWithErrorDisplay(_("Invalid engine server settings."), waitCursor=False):
+            self.logic.setServerSettings(self.ui.serverUrlLineEdit.text, self.ui.serverTokenFileLineEdit.text)
+
     def updateDependencyStatus(self):
         try:
             missing = self.logic.missingPackages()
@@ -172,6 +183,22 @@ class CADExtensionLogic(ScriptedLoadableModuleLogic):
     def setModelsFolder(self, folder: str) -> None:
         qt.QSettings().setValue(MODELS_FOLDER_SETTING, folder)
         self.applySettings()
+
+    def serverSettings(self) -> tuple:
+        """(remote server URL, its token file); both empty: the CAD AI effect starts a local server."""
+        settings = qt.QSettings()
+        return (str(settings.value(SERVER_URL_SETTING, "") or ""),
+                str(settings.value(SERVER_TOKEN_FILE_SETTING, "") or ""))
+
+    def setServerSettings(self, url: str, tokenFile: str) -> None:
+        """A remote ``cad serve`` for the CAD AI effect (empty URL: local). The URL must be http(s); the token stays
+        in its file (settings are plain text), so only the file's path is stored."""
+        url, tokenFile = url.strip(), tokenFile.strip()
+        if url and not url.startswith(("http://", "https://")):
+            raise ValueError(f"the engine server URL must start with http:// or https://, got {url!r}")
+        settings = qt.QSettings()
+        settings.setValue(SERVER_URL_SETTING, url)
+        settings.setValue(SERVER_TOKEN_FILE_SETTING, tokenFile)
 
     def applySettings(self) -> None:
         """Export the models folder as ``CAD_MODELS``: the registry and every engine process read it from there."""

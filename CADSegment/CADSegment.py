@@ -9,6 +9,7 @@ cadcore. Scripted use (no GUI)::
 """
 
 import logging
+import os
 from typing import Annotated
 
 import qt
@@ -41,6 +42,25 @@ class CADSegment(ScriptedLoadableModule):
             "named, coloured segments; existing segments are never overwritten. "
             '<a href="https://github.com/cadextension/SlicerCADExtension#readme">Documentation</a>.')
         self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
+        slicer.app.connect("startupCompleted()", registerCADAIEffect)
+        slicer.app.connect("aboutToQuit()", stopPromptEngine)
+
+
+def registerCADAIEffect() -> None:
+    """Add the CAD AI effect to the Segment Editor (Slicer's ScriptedSegmentEditorEffect template pattern)."""
+    import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+    instance = effects.qSlicerSegmentEditorScriptedEffect(None)
+    effectPath = os.path.join(os.path.dirname(__file__), "CADSegmentEffects", "SegmentEditorEffect.py")
+    instance.setPythonSource(effectPath.replace("\\", "/"))
+    instance.self().register()
+
+
+def stopPromptEngine() -> None:
+    """Stop the local engine server the CAD AI effect started (it would otherwise outlive Slicer until atexit)."""
+    from CADSegmentLib.PromptEngine import stopSharedEngine
+
+    stopSharedEngine()
 
 
 @parameterNodeWrapper

@@ -58,10 +58,19 @@ class ImproveModelSection:
         if not (parameters and parameters.improveVolume and parameters.improveSegmentation):
             slicer.util.errorDisplay(_("Select a volume and its corrected segmentation first."))
             return
-        ids = (parameters.improveVolume.GetID(), parameters.improveSegmentation.GetID())
-        if ids not in self._pairs:
+        self.addPair(parameters.improveVolume, parameters.improveSegmentation)
+
+    def addPair(self, volumeNode, segmentationNode) -> bool:
+        """Add a (volume, corrected segmentation) case; False when it is already listed. The CAD AI effect's "Add to
+        Improve model" button calls this with the volume and segmentation being annotated."""
+        if volumeNode is None or segmentationNode is None:
+            raise ValueError("a fine-tuning case needs a volume and a segmentation")
+        ids = (volumeNode.GetID(), segmentationNode.GetID())
+        added = ids not in self._pairs
+        if added:
             self._pairs.append(ids)
         self._updatePairsTable()
+        return added
 
     def onRemovePair(self) -> None:
         rows = {index.row() for index in self.ui.pairsTableWidget.selectionModel().selectedRows()}

@@ -219,6 +219,7 @@ def test_unittests_registered(record):
     """Each module's in-Slicer tests are registered from Testing/Python (add_subdirectory(Testing)), and packaged,
     since the module file's ``<Module>Test`` delegates to them; the module file is not registered a second time."""
     expected = {f"{module}/Testing/Python/{module}ModuleTest.py" for module in MODULES}
+    expected.add("CADSegment/Testing/Python/SegmentEditorCADAIEffectTest.py")  # the CAD AI effect's template test
     assert record["unittests"] == expected
     for module in MODULES:
         assert f"{module}/Testing/Python/{module}ModuleTest.py" in record["scripts"][module]

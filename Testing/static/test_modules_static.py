@@ -88,9 +88,11 @@ def module_test_file(module: str) -> Path:
 
 
 def panel_files(module: str) -> list[Path]:
-    """The Qt-side files of a module besides the module file: its ``<Module>Widgets`` package and its in-Slicer tests
-    (both run only inside the Slicer application, like the module file)."""
-    folders = [REPO / module / f"{module}Widgets", REPO / module / "Testing" / "Python"]
+    """The Qt-side files of a module besides the module file: its ``<Module>Widgets`` package, its Segment Editor
+    effects (``<Module>Effects``) and its in-Slicer tests (all run only inside the Slicer application, like the module
+    file)."""
+    folders = [REPO / module / f"{module}Widgets", REPO / module / f"{module}Effects",
+               REPO / module / "Testing" / "Python"]
     return [path for folder in folders if folder.is_dir() for path in python_files(folder)]
 
 

@@ -1,0 +1,397 @@
+"""One AI prompt (clicks, a box, scribbles) → one segment, written the way the Segment Editor writes.
+
+Usable without the GUI (scripts, tests, the CAD AI effect)::
+
+    logic = PromptLogic()                                  # PromptLogic(runner=..., backend=...) in tests
+    logic.run(volumeNode, segmentationNode, segmentId, model="hippocampus-interactive",
+              positivePoints=[[R, A, S]], segmentEditorNode=editorNode)
+    logic.editorLogic.Undo()                               # reverts exactly that prompt
+    logic.lastReport["suggested_click"]
+
+**Why through ``vtkSlicerSegmentEditorLogic``.** AI tools that write with ``updateSegmentBinaryLabelmapFromArray``
+skip undo and masking and erase finished neighbouring segments. Every write here is ``SaveStateForUndo()`` then
+``ModifySegmentByLabelmap(..., ModificationModeSet, isPerSegment=True, bypassMasking=False)`` on the editor node's
+settings: its editable area (mask mode, mask segment), source-volume intensity range and overwrite mode apply, and one
+prompt is one undo step of :attr:`PromptLogic.editorLogic` (keep one ``PromptLogic`` to undo across prompts; its
+history follows one segmentation node and starts over when another is edited). The prompt replaces the segment
+inside the editable area (``refine=True`` sends the segment along, so the engine keeps it outside its region).
+
+**Geometry.** Points and the ROI are *world* RAS. The engine reads the exported file, i.e. the volume's *local*
+geometry, so they are mapped through the inverse of the volume's parent transform (linear or not). The engine's mask
+(on the volume's grid, local frame) is then mapped volume-local → world → segmentation-local and resampled (nearest
+neighbour) onto the segmentation's reference geometry, which is what the Segment Editor edits on, also when that
+geometry is finer than or differs from the volume's.
+
+**Editor node.** With ``segmentEditorNode=None`` a private editor node with Slicer's defaults (edit everywhere,
+overwrite all segments, no intensity range) is used: one per logic, hidden and not saved with the scene, removed by
+:meth:`PromptLogic.cleanup`. A given node is used as the Segment Editor would: its segmentation, source volume and
+selected segment are set to this prompt's (the editable area depends on which segment is edited).
+
+A failed or cancelled prompt changes no segment, leaves no undo step and no temporary file (the backend's cached
+volume file is kept for the next prompt until :meth:`PromptLogic.cleanup`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import slicer
+import vtk
+from CADExtensionLib.models import ModelError, ModelManagerLogic
+from CADExtensionLib.process import TemporaryWorkspace
+from CADExtensionLib.segmentations import exportSegmentToLabelmapFile
+from CADExtensionLib.volumes import exportVolumeToFile
+
+from CADSegmentLib.PromptBackends import CommandBackend, PromptAnswer, PromptBackend, PromptCancelled, PromptRequest
+
+Point = Sequence[float]
+_BINARY_LABELMAP = "Binary labelmap"
+
+
+def modelLabelForSegment(segmentName: str, model: str, modelManager: ModelManagerLogic | None = None) -> int:
+    """The model's label value named like the segment (case-insensitive); ValueError naming the labels if none is.
+
+    ``model`` is a registry id or a package folder."""
+    manager = modelManager or ModelManagerLogic()
+    try:
+        summary = manager.model(str(model))
+    except ModelError:
+        folder = Path(model)
+        found = [entry for entry in ModelManagerLogic(folder.parent, folder.parent).listModels()
+                 if folder.is_dir() and Path(entry.path).resolve() == folder.resolve()]
+        if not found:
+            raise
+        summary = found[0]
+    for value, name in summary.labels.items():
+        if name.strip().casefold() == segmentName.strip().casefold() and value.isdigit() and int(value) > 0:
+            return int(value)
+    names = ", ".join(f"{value} = {name}" for value, name in summary.labels.items() if value != "0") or "none"
+    raise ValueError(f"segment {segmentName!r} is named like none of model {summary.id!r}'s labels ({names}); "
+                     "name the segment like one of them or pass label=")
+
+
+def _worldToLocal(node) -> vtk.vtkGeneralTransform:
+    """World RAS → the node's local RAS (the inverse of its parent transforms; identity without one)."""
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, node.GetParentTransformNode(), transform)
+    return transform
+
+
+def roiBoxInVolume(volumeNode, roi) -> tuple[float, ...]:
+    """``cad interact --box`` for a world ROI: two opposite corners in the volume's local RAS.
+
+    ``roi`` is a ``vtkMRMLMarkupsROINode`` (its box, with its own rotation and transforms) or world-RAS bounds
+    ``[R0, A0, S0, R1, A1, S1]``. The engine cuts its region as the box of voxel indices spanned by the two corners,
+    so a box that is rotated relative to the volume's voxel axes (a rotated ROI, an oblique volume) is replaced by its
+    axis-aligned bounding box *in the volume's voxel frame*, clipped to the volume; the corners sent are that box's.
+    """
+    if hasattr(roi, "GetObjectToWorldMatrix"):
+        objectToWorld = roi.GetObjectToWorldMatrix()
+        half = [size / 2.0 for size in roi.GetSize()]
+        corners = [objectToWorld.MultiplyPoint([sx * half[0], sy * half[1], sz * half[2], 1.0])[:3]
+                   for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
+    else:
+        values = [float(v) for v in roi]
+        if len(values) != 6:
+            raise ValueError(f"roi must be a markups ROI node or [R0, A0, S0, R1, A1, S1], got {roi!r}")
+        corners = [(r, a, s) for r in values[0::3] for a in values[1::3] for s in values[2::3]]
+    toLocal = _worldToLocal(volumeNode)
+    rasToIJK = vtk.vtkMatrix4x4()
+    volumeNode.GetRASToIJKMatrix(rasToIJK)
+    indices = [rasToIJK.MultiplyPoint([*toLocal.TransformPoint(corner), 1.0])[:3] for corner in corners]
+    dimensions = volumeNode.GetImageData().GetDimensions()
+    low = [max(min(index[axis] for index in indices), 0.0) for axis in range(3)]
+    high = [min(max(index[axis] for index in indices), dimensions[axis] - 1.0) for axis in range(3)]
+    if any(lo > hi for lo, hi in zip(low, high)):
+        raise ValueError(f"the ROI does not overlap volume {volumeNode.GetName()!r}")
+    ijkToRAS = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRAS)
+    first, second = (ijkToRAS.MultiplyPoint([*corner, 1.0])[:3] for corner in (low, high))
+    return (*first, *second)
+
+
+class PromptLogic:
+    """See the module docstring. ``backend`` computes prompts (default :class:`CommandBackend` on ``runner``);
+    ``modelManager`` lists the models (label names; its user folder is passed to the engine)."""
+
+    def __init__(self, runner=None, backend: PromptBackend | None = None,
+                 modelManager: ModelManagerLogic | None = None, device: str = "auto",
+                 engineFolder: str | os.PathLike[str] | None = None, python: str | None = None,
+                 temporaryFolder: str | os.PathLike[str] | None = None) -> None:
+        self.modelManager = modelManager
+        self.backend: PromptBackend = backend if backend is not None else CommandBackend(
+            runner, engineFolder, python, temporaryFolder, device,
+            modelsFolder=modelManager.userFolder if modelManager is not None else None)
+        self.temporaryFolder = temporaryFolder
+        self.editorLogic = slicer.vtkSlicerSegmentEditorLogic()
+        self.lastReport: dict[str, Any] | None = None
+        self.lastUncertaintyNode = None
+        self._uncertaintyNodeIds: dict[tuple[str, str], str] = {}
+        self._privateEditorNode = None
+        self._lock = threading.Lock()
+        self._job: dict[str, Any] | None = None
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()
+
+    # --- public --------------------------------------------------------------------------------------------------
+
+    def run(self, volumeNode, segmentationNode, segmentId: str, model: str = "hippocampus-interactive",
+            label: int | None = None, positivePoints: Sequence[Point] = (), negativePoints: Sequence[Point] = (),
+            roi=None, segmentEditorNode=None, wait: bool = True, scribble=None, refine: bool = False,
+            uncertainty: bool = False, onFinished: Callable[[Any, str | None], None] | None = None):
+        """Run one prompt and write it into segment ``segmentId``; the engine's report (``wait=True``) or None.
+
+        ``label`` defaults to the model's label named like the segment. ``roi``: see :func:`roiBoxInVolume`.
+        ``scribble``: a ``vtkMRMLLabelMapVolumeNode`` on the volume's grid (1 = the structure, 2 = not it).
+        ``refine``: the segment is sent as ``--previous``. ``uncertainty``: the map becomes the scalar volume
+        :attr:`lastUncertaintyNode` ("<segment> uncertainty", replaced by the next map of that segment).
+        ``onFinished(report, error)`` is called once, in both modes (``error`` None, ``"cancelled"`` or the message).
+        ``wait=False`` returns at once: the backend runs on a worker thread and the write happens on the thread that
+        calls :meth:`processEvents` (inside Slicer: a ``qt.QTimer`` on the main thread). A failure raises RuntimeError
+        carrying the engine's one line (``wait=True``); a cancelled prompt raises :class:`PromptCancelled`.
+        """
+        if volumeNode is None or volumeNode.GetImageData() is None or volumeNode.GetScene() is None:
+            raise ValueError("the volume node must be in a scene and have image data")
+        if segmentationNode is None or segmentationNode.GetScene() is not volumeNode.GetScene():
+            raise ValueError("the segmentation node must be in the volume's scene")
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        if segment is None:
+            raise ValueError(f"{segmentationNode.GetName()!r} has no segment with ID {segmentId!r}")
+        if label is None:
+            label = modelLabelForSegment(segment.GetName(), model, self.modelManager)
+        toLocal = _worldToLocal(volumeNode)
+        request = PromptRequest(
+            str(model), int(label),
+            tuple(tuple(toLocal.TransformPoint([float(v) for v in p])) for p in positivePoints),
+            tuple(tuple(toLocal.TransformPoint([float(v) for v in p])) for p in negativePoints),
+            roiBoxInVolume(volumeNode, roi) if roi is not None else None, bool(uncertainty))
+        with self._lock:
+            if self._job is not None:
+                raise RuntimeError("a prompt is already running; cancel it or wait for it first")
+            self._job = job = {"state": "running", "onFinished": onFinished}
+        workspace = None
+        try:
+            workspace = TemporaryWorkspace(prefix="CADSegment-prompt-", parent=self.temporaryFolder)
+            scribblePath = self._exportScribble(volumeNode, scribble, workspace.path) if scribble is not None else None
+            previousPath = None
+            if refine:
+                try:
+                    previousPath = exportSegmentToLabelmapFile(segmentationNode, segmentId, volumeNode,
+                                                               workspace.path / "previous.nrrd")
+                except ValueError as exc:
+                    if "is empty" not in str(exc):
+                        raise
+            prepare = getattr(self.backend, "prepareVolume", None)
+            if prepare is not None:
+                prepare(volumeNode)  # reads MRML: here, on the calling thread
+            job.update(volumeNode=volumeNode, segmentationNode=segmentationNode, segmentId=segmentId,
+                       editorNode=self._editorNode(volumeNode.GetScene(), segmentEditorNode), workspace=workspace)
+            self._attach(job)  # refuses a segmentation it cannot edit before the engine runs
+        except BaseException:
+            if workspace is not None:
+                workspace.cleanup()
+            self._release(job)
+            raise
+        call = (volumeNode, request, previousPath, scribblePath, workspace.path)
+        if wait:
+            return self._complete(job, *self._call(call))
+        threading.Thread(target=lambda: self._finished.put((job, *self._call(call))),
+                         name="CADSegment prompt", daemon=True).start()
+        return None
+
+    def isRunning(self) -> bool:
+        return self._job is not None
+
+    def processEvents(self) -> int:
+        """Write a finished non-blocking prompt (and call its ``onFinished``) on this thread; how many were done."""
+        count = 0
+        while True:
+            try:
+                job, answer, error = self._finished.get_nowait()
+            except queue.Empty:
+                return count
+            try:
+                self._complete(job, answer, error)
+            except Exception as exc:  # reported through onFinished already
+                logging.debug("CADSegment: prompt ended with %s", exc)
+            count += 1
+
+    def wait(self, timeout: float | None = None, interval: float = 0.02) -> bool:
+        """Block until a non-blocking prompt is written (calling :meth:`processEvents`); False on timeout."""
+        waited = 0.0
+        while True:
+            self.processEvents()
+            if self._job is None:
+                return True
+            if timeout is not None and waited >= timeout:
+                return False
+            threading.Event().wait(interval)
+            waited += interval
+
+    def cancel(self) -> bool:
+        """Stop the running prompt: nothing is written; False when none is running or it is being written."""
+        with self._lock:
+            job = self._job
+            if job is None or job["state"] != "running":
+                return False
+            job["state"] = "cancelled"
+        cancel = getattr(self.backend, "cancel", None)
+        if cancel is not None:
+            cancel()
+        return True
+
+    def cleanup(self) -> None:
+        """Remove the private editor node and the backend's cached files (``close()``)."""
+        node, self._privateEditorNode = self._privateEditorNode, None
+        if node is not None and node.GetScene() is not None:
+            node.GetScene().RemoveNode(node)
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    # --- steps ---------------------------------------------------------------------------------------------------
+
+    def _call(self, call) -> tuple[PromptAnswer | None, BaseException | None]:
+        try:
+            return self.backend.interact(*call), None
+        except BaseException as exc:  # delivered to the thread that completes the job
+            return None, exc
+
+    def _complete(self, job: dict[str, Any], answer: PromptAnswer | None, error: BaseException | None):
+        """Write the answer (unless cancelled or failed), notify, and free the logic; raise on failure."""
+        try:
+            with self._lock:
+                if job["state"] == "cancelled" and error is None:
+                    error = PromptCancelled("prompt cancelled")
+                job["state"] = "writing"
+            if error is not None:
+                raise error
+            assert answer is not None
+            modifier = self._modifier(job, answer.maskPath)  # everything that can fail, before the undo step
+            if answer.uncertaintyPath is not None:
+                self.lastUncertaintyNode = self._importUncertainty(job, answer.uncertaintyPath)
+            self.editorLogic.SaveStateForUndo()
+            self.editorLogic.ModifySegmentByLabelmap(job["segmentationNode"], job["segmentId"], modifier,
+                                                     self.editorLogic.ModificationModeSet, True, False)
+            self.lastReport = answer.report
+        except BaseException as exc:
+            message = "cancelled" if isinstance(exc, PromptCancelled) else str(exc)
+            self._notify(job, None, message)
+            raise
+        finally:
+            job["workspace"].cleanup()
+            self._release(job)
+        self._notify(job, answer.report, None)
+        return answer.report
+
+    def _release(self, job) -> None:
+        with self._lock:
+            if self._job is job:
+                self._job = None
+
+    @staticmethod
+    def _notify(job, report, error: str | None) -> None:
+        if job.get("onFinished") is None:
+            return
+        try:
+            job["onFinished"](report, error)
+        except Exception:
+            logging.exception("CADSegment: error in onFinished")
+
+    def _editorNode(self, scene, segmentEditorNode):
+        if segmentEditorNode is not None:
+            return segmentEditorNode
+        node = self._privateEditorNode
+        if node is None or node.GetScene() is not scene:
+            node = slicer.vtkMRMLSegmentEditorNode()  # Slicer's defaults
+            node.SetName(scene.GenerateUniqueName("CADSegment prompt editor"))
+            node.SetHideFromEditors(True)
+            node.SetSaveWithScene(False)
+            scene.AddNode(node)
+            self._privateEditorNode = node
+        return node
+
+    @staticmethod
+    def _exportScribble(volumeNode, scribble, folder: Path) -> Path:
+        if not scribble.IsA("vtkMRMLLabelMapVolumeNode") or scribble.GetImageData() is None:
+            raise ValueError("scribble must be a labelmap volume node with image data (1 = structure, 2 = not it)")
+        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        scribble.GetIJKToRASMatrix(a)
+        volumeNode.GetIJKToRASMatrix(b)
+        if scribble.GetImageData().GetDimensions() != volumeNode.GetImageData().GetDimensions() or any(
+                abs(a.GetElement(r, c) - b.GetElement(r, c)) > 1e-6 for r in range(4) for c in range(4)):
+            raise ValueError(f"scribble {scribble.GetName()!r} is not on volume {volumeNode.GetName()!r}'s grid")
+        return exportVolumeToFile(scribble, folder / "scribble.nrrd")
+
+    def _attach(self, job) -> None:
+        """Point the editor logic at this prompt's editor node, segmentation, source volume and segment, as the
+        Segment Editor would (the editable area depends on which segment is edited)."""
+        logic, editorNode = self.editorLogic, job["editorNode"]
+        segmentationNode = job["segmentationNode"]
+        if logic.GetMRMLScene() is not segmentationNode.GetScene():
+            logic.SetMRMLScene(segmentationNode.GetScene())
+        logic.SetSegmentEditorNode(editorNode)
+        logic.SetSegmentationNode(segmentationNode)
+        logic.SetSourceVolumeNode(job["volumeNode"])
+        editorNode.SetSelectedSegmentID(job["segmentId"])
+        if segmentationNode.GetSegmentation().GetSourceRepresentationName() != _BINARY_LABELMAP and \
+                not logic.TrivialSetSourceRepresentationToBinaryLabelmap():
+            raise ValueError(f"{segmentationNode.GetName()!r} is not edited as a binary labelmap; convert it in the "
+                             "Segment Editor first")
+
+    def _modifier(self, job, maskPath: Path):
+        """The engine's mask as a ``vtkOrientedImageData`` on the segmentation's reference geometry (the Segment
+        Editor's modifier labelmap): volume-local → world → segmentation-local, nearest neighbour."""
+        self._attach(job)
+        segmentationNode = job["segmentationNode"]
+        if not self.editorLogic.UpdateReferenceGeometryImage():
+            raise RuntimeError(f"{segmentationNode.GetName()!r} has no reference geometry to edit on")
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # never added to the scene
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(maskPath))
+        if not storage.ReadData(labelmap) or labelmap.GetImageData() is None:
+            raise RuntimeError(f"{maskPath}: cannot read the engine's mask")
+        mask = slicer.vtkOrientedImageData()
+        mask.ShallowCopy(labelmap.GetImageData())
+        ijkToRAS = vtk.vtkMatrix4x4()
+        labelmap.GetIJKToRASMatrix(ijkToRAS)
+        mask.SetImageToWorldMatrix(ijkToRAS)  # the volume's local frame
+        volumeToSegmentation = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(job["volumeNode"].GetParentTransformNode(),
+                                                             segmentationNode.GetParentTransformNode(),
+                                                             volumeToSegmentation)
+        modifier = slicer.vtkOrientedImageData()
+        if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+                mask, self.editorLogic.GetReferenceGeometryImage(), modifier, False, False, volumeToSegmentation, 0):
+            raise RuntimeError("resampling the engine's mask onto the segmentation's geometry failed")
+        return modifier
+
+    def _importUncertainty(self, job, path: Path):
+        """The uncertainty map as a scalar volume under the volume's transform, one node per segment (replaced)."""
+        scene, volumeNode = job["volumeNode"].GetScene(), job["volumeNode"]
+        segmentationNode, segmentId = job["segmentationNode"], job["segmentId"]
+        key = (segmentationNode.GetID(), segmentId)
+        node = scene.GetNodeByID(self._uncertaintyNodeIds.get(key, ""))
+        created = node is None
+        if created:
+            name = segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()
+            node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{name} uncertainty"))
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()  # not in the scene: nothing to clean up
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            if created:
+                scene.RemoveNode(node)
+            raise RuntimeError(f"{path}: cannot read the engine's uncertainty map")
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        if created:
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+            display.SetAutoWindowLevel(False)
+            display.SetWindowLevelMinMax(0.0, 1.0)
+            self._uncertaintyNodeIds[key] = node.GetID()
+        return node

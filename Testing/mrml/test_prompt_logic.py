@@ -159,7 +159,8 @@ def test_default_editor_node_is_private_with_slicers_defaults(scene3, mrml):
     assert len(editors) == 2 and len(hiddenNodes) == 1 and hiddenNodes[0].GetHideFromEditors()
     assert hiddenNodes[0].GetMaskMode() == Seg.EditAllowedEverywhere
     assert hiddenNodes[0].GetOverwriteMode() == Editor.OverwriteAllSegments  # Slicer's default: overlap is taken
-    assert segmentArray(segmentation, other, volume).sum() == 0 and segmentArray(segmentation, hidden, volume).sum() == 0
+    assert segmentArray(segmentation, other, volume).sum() == 0
+    assert segmentArray(segmentation, hidden, volume).sum() == 0
     logic.editorLogic.Undo()
     logic.editorLogic.Undo()
     assert (segmentArray(segmentation, other, volume) == A).all()
@@ -287,7 +288,8 @@ def test_failed_backend_changes_nothing_and_leaves_no_undo_or_files(scene3, tmp_
     with pytest.raises(RuntimeError, match="cad interact: error: x: broken"):
         prompt(logic, volume, segmentation, target, editor, onFinished=lambda *args: finished.append(args))
     assert finished == [(None, "prompt failed: cad interact: error: x: broken")]
-    assert segmentArray(segmentation, target, volume).sum() == 0 and (segmentArray(segmentation, other, volume) == A).all()
+    assert segmentArray(segmentation, target, volume).sum() == 0
+    assert (segmentArray(segmentation, other, volume) == A).all()
     assert not logic.editorLogic.CanUndo() and not logic.isRunning() and list(tmp_path.iterdir()) == []
 
 

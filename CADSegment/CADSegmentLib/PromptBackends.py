@@ -74,11 +74,13 @@ class VolumeFileCache:
 
     The key is the node's ID, the vtk MTime of its image data (bumped by every voxel edit, ``Modified()`` and a new
     image) and its IJKToRAS matrix (compared by value: a changed origin or direction means another file). The files
-    live in a private temporary folder removed by :meth:`clear` (and at interpreter exit, by the workspace's owner).
+    live in a private temporary folder removed by :meth:`clear`; only the ``maxVolumes`` most recently used volumes
+    keep their file (a volume can be gigabytes).
     """
 
-    def __init__(self, temporaryFolder: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, temporaryFolder: str | os.PathLike[str] | None = None, maxVolumes: int = 2) -> None:
         self.temporaryFolder = temporaryFolder
+        self.maxVolumes = max(1, int(maxVolumes))
         self._workspace: TemporaryWorkspace | None = None
         self._files: dict[str, tuple[tuple, Path]] = {}
         self._lock = threading.Lock()
@@ -97,6 +99,7 @@ class VolumeFileCache:
         with self._lock:
             known = self._files.get(volumeNode.GetID())
             if known is not None and known[0] == key and known[1].is_file():
+                self._files[volumeNode.GetID()] = self._files.pop(volumeNode.GetID())  # most recently used last
                 return known[1]
             if self._workspace is None or self._workspace.removed:
                 self._workspace = TemporaryWorkspace(prefix="CADSegment-volumes-", parent=self.temporaryFolder)
@@ -111,6 +114,9 @@ class VolumeFileCache:
                 raise
             self.exports += 1
             self._files[volumeNode.GetID()] = (key, target)
+            while len(self._files) > self.maxVolumes:
+                oldest = next(iter(self._files))
+                self._files.pop(oldest)[1].unlink(missing_ok=True)
             return target
 
     @property

@@ -37,100 +37,42 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import slicer
 import vtk
-from CADExtensionLib.models import ModelError, ModelManagerLogic
+from CADExtensionLib.models import ModelManagerLogic
 from CADExtensionLib.process import TemporaryWorkspace
 from CADExtensionLib.segmentations import exportSegmentToLabelmapFile
-from CADExtensionLib.volumes import exportVolumeToFile
 
 from CADSegmentLib.PromptBackends import CommandBackend, PromptAnswer, PromptBackend, PromptCancelled, PromptRequest
+from CADSegmentLib.PromptInputs import exportScribble, modelLabelForSegment, roiBoxInVolume, worldToLocal
 
 Point = Sequence[float]
 _BINARY_LABELMAP = "Binary labelmap"
 
 
-def modelLabelForSegment(segmentName: str, model: str, modelManager: ModelManagerLogic | None = None) -> int:
-    """The model's label value named like the segment (case-insensitive); ValueError naming the labels if none is.
-
-    ``model`` is a registry id or a package folder."""
-    manager = modelManager or ModelManagerLogic()
-    try:
-        summary = manager.model(str(model))
-    except ModelError:
-        folder = Path(model)
-        found = [entry for entry in ModelManagerLogic(folder.parent, folder.parent).listModels()
-                 if folder.is_dir() and Path(entry.path).resolve() == folder.resolve()]
-        if not found:
-            raise
-        summary = found[0]
-    for value, name in summary.labels.items():
-        if name.strip().casefold() == segmentName.strip().casefold() and value.isdigit() and int(value) > 0:
-            return int(value)
-    names = ", ".join(f"{value} = {name}" for value, name in summary.labels.items() if value != "0") or "none"
-    raise ValueError(f"segment {segmentName!r} is named like none of model {summary.id!r}'s labels ({names}); "
-                     "name the segment like one of them or pass label=")
-
-
-def _worldToLocal(node) -> vtk.vtkGeneralTransform:
-    """World RAS → the node's local RAS (the inverse of its parent transforms; identity without one)."""
-    transform = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, node.GetParentTransformNode(), transform)
-    return transform
-
-
-def roiBoxInVolume(volumeNode, roi) -> tuple[float, ...]:
-    """``cad interact --box`` for a world ROI: two opposite corners in the volume's local RAS.
-
-    ``roi`` is a ``vtkMRMLMarkupsROINode`` (its box, with its own rotation and transforms) or world-RAS bounds
-    ``[R0, A0, S0, R1, A1, S1]``. The engine cuts its region as the box of voxel indices spanned by the two corners,
-    so a box that is rotated relative to the volume's voxel axes (a rotated ROI, an oblique volume) is replaced by its
-    axis-aligned bounding box *in the volume's voxel frame*, clipped to the volume; the corners sent are that box's.
-    """
-    if hasattr(roi, "GetObjectToWorldMatrix"):
-        objectToWorld = roi.GetObjectToWorldMatrix()
-        half = [size / 2.0 for size in roi.GetSize()]
-        corners = [objectToWorld.MultiplyPoint([sx * half[0], sy * half[1], sz * half[2], 1.0])[:3]
-                   for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]
-    else:
-        values = [float(v) for v in roi]
-        if len(values) != 6:
-            raise ValueError(f"roi must be a markups ROI node or [R0, A0, S0, R1, A1, S1], got {roi!r}")
-        corners = [(r, a, s) for r in values[0::3] for a in values[1::3] for s in values[2::3]]
-    toLocal = _worldToLocal(volumeNode)
-    rasToIJK = vtk.vtkMatrix4x4()
-    volumeNode.GetRASToIJKMatrix(rasToIJK)
-    indices = [rasToIJK.MultiplyPoint([*toLocal.TransformPoint(corner), 1.0])[:3] for corner in corners]
-    dimensions = volumeNode.GetImageData().GetDimensions()
-    low = [max(min(index[axis] for index in indices), 0.0) for axis in range(3)]
-    high = [min(max(index[axis] for index in indices), dimensions[axis] - 1.0) for axis in range(3)]
-    if any(lo > hi for lo, hi in zip(low, high)):
-        raise ValueError(f"the ROI does not overlap volume {volumeNode.GetName()!r}")
-    ijkToRAS = vtk.vtkMatrix4x4()
-    volumeNode.GetIJKToRASMatrix(ijkToRAS)
-    first, second = (ijkToRAS.MultiplyPoint([*corner, 1.0])[:3] for corner in (low, high))
-    return (*first, *second)
-
-
 class PromptLogic:
     """See the module docstring. ``backend`` computes prompts (default :class:`CommandBackend` on ``runner``);
-    ``modelManager`` lists the models (label names; its user folder is passed to the engine)."""
+    ``modelManager`` lists the models (label names; its user folder is passed to the engine). ``editorLogic``: write
+    through an existing ``vtkSlicerSegmentEditorLogic`` (e.g. the Segment Editor's own, so that its undo history
+    holds the prompts) instead of a private one."""
 
     def __init__(self, runner=None, backend: PromptBackend | None = None,
                  modelManager: ModelManagerLogic | None = None, device: str = "auto",
                  engineFolder: str | os.PathLike[str] | None = None, python: str | None = None,
-                 temporaryFolder: str | os.PathLike[str] | None = None) -> None:
+                 temporaryFolder: str | os.PathLike[str] | None = None, editorLogic=None) -> None:
         self.modelManager = modelManager
         self.backend: PromptBackend = backend if backend is not None else CommandBackend(
             runner, engineFolder, python, temporaryFolder, device,
             modelsFolder=modelManager.userFolder if modelManager is not None else None)
         self.temporaryFolder = temporaryFolder
-        self.editorLogic = slicer.vtkSlicerSegmentEditorLogic()
+        self.editorLogic = editorLogic if editorLogic is not None else slicer.vtkSlicerSegmentEditorLogic()
         self.lastReport: dict[str, Any] | None = None
+        self.lastTimings: dict[str, float] = {}  # seconds: "backend" (engine and transfer), "write" (MRML)
         self.lastUncertaintyNode = None
         self._uncertaintyNodeIds: dict[tuple[str, str], str] = {}
         self._privateEditorNode = None
@@ -164,7 +106,7 @@ class PromptLogic:
             raise ValueError(f"{segmentationNode.GetName()!r} has no segment with ID {segmentId!r}")
         if label is None:
             label = modelLabelForSegment(segment.GetName(), model, self.modelManager)
-        toLocal = _worldToLocal(volumeNode)
+        toLocal = worldToLocal(volumeNode)
         request = PromptRequest(
             str(model), int(label),
             tuple(tuple(toLocal.TransformPoint([float(v) for v in p])) for p in positivePoints),
@@ -177,7 +119,7 @@ class PromptLogic:
         workspace = None
         try:
             workspace = TemporaryWorkspace(prefix="CADSegment-prompt-", parent=self.temporaryFolder)
-            scribblePath = self._exportScribble(volumeNode, scribble, workspace.path) if scribble is not None else None
+            scribblePath = exportScribble(volumeNode, scribble, workspace.path) if scribble is not None else None
             previousPath = None
             if refine:
                 try:
@@ -257,10 +199,13 @@ class PromptLogic:
     # --- steps ---------------------------------------------------------------------------------------------------
 
     def _call(self, call) -> tuple[PromptAnswer | None, BaseException | None]:
+        started = time.perf_counter()
         try:
             return self.backend.interact(*call), None
         except BaseException as exc:  # delivered to the thread that completes the job
             return None, exc
+        finally:
+            self.lastTimings = {"backend": time.perf_counter() - started}
 
     def _complete(self, job: dict[str, Any], answer: PromptAnswer | None, error: BaseException | None):
         """Write the answer (unless cancelled or failed), notify, and free the logic; raise on failure."""
@@ -272,6 +217,7 @@ class PromptLogic:
             if error is not None:
                 raise error
             assert answer is not None
+            started = time.perf_counter()
             modifier = self._modifier(job, answer.maskPath)  # everything that can fail, before the undo step
             if answer.uncertaintyPath is not None:
                 self.lastUncertaintyNode = self._importUncertainty(job, answer.uncertaintyPath)
@@ -279,6 +225,7 @@ class PromptLogic:
             self.editorLogic.ModifySegmentByLabelmap(job["segmentationNode"], job["segmentId"], modifier,
                                                      self.editorLogic.ModificationModeSet, True, False)
             self.lastReport = answer.report
+            self.lastTimings["write"] = time.perf_counter() - started
         except BaseException as exc:
             message = "cancelled" if isinstance(exc, PromptCancelled) else str(exc)
             self._notify(job, None, message)
@@ -315,18 +262,6 @@ class PromptLogic:
             scene.AddNode(node)
             self._privateEditorNode = node
         return node
-
-    @staticmethod
-    def _exportScribble(volumeNode, scribble, folder: Path) -> Path:
-        if not scribble.IsA("vtkMRMLLabelMapVolumeNode") or scribble.GetImageData() is None:
-            raise ValueError("scribble must be a labelmap volume node with image data (1 = structure, 2 = not it)")
-        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        scribble.GetIJKToRASMatrix(a)
-        volumeNode.GetIJKToRASMatrix(b)
-        if scribble.GetImageData().GetDimensions() != volumeNode.GetImageData().GetDimensions() or any(
-                abs(a.GetElement(r, c) - b.GetElement(r, c)) > 1e-6 for r in range(4) for c in range(4)):
-            raise ValueError(f"scribble {scribble.GetName()!r} is not on volume {volumeNode.GetName()!r}'s grid")
-        return exportVolumeToFile(scribble, folder / "scribble.nrrd")
 
     def _attach(self, job) -> None:
         """Point the editor logic at this prompt's editor node, segmentation, source volume and segment, as the

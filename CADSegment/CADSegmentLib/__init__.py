@@ -13,7 +13,8 @@ from CADSegmentLib.PromptBackends import (
     PromptRequest,
     VolumeFileCache,
 )
-from CADSegmentLib.PromptLogic import PromptLogic, modelLabelForSegment, roiBoxInVolume
+from CADSegmentLib.PromptInputs import modelLabelForSegment, roiBoxInVolume
+from CADSegmentLib.PromptLogic import PromptLogic
 from CADSegmentLib.SegmentationLogic import (
     SegmentationCancelled,
     SegmentationLogic,

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+import vtk
 from CADExtensionLib.command import interactArgv
-from CADSegmentLib import InProcessRunner, PromptLogic, modelLabelForSegment
+from CADSegmentLib import InProcessRunner, PromptLogic, VolumeFileCache, modelLabelForSegment
 
 from .conftest import REPO
 from .prompt_support import (
@@ -45,6 +46,8 @@ def test_interact_argv_is_exact():
 def test_label_defaults_to_the_model_label_named_like_the_segment(mrml):
     assert modelLabelForSegment("posterior HIPPOCAMPUS", "hippocampus-unet") == 2
     assert modelLabelForSegment(" Prompted structure", MODEL) == 1
+    shipped = REPO / "CADExtension" / "cadcore" / "models" / "hippocampus-unet"
+    assert modelLabelForSegment("Anterior hippocampus", str(shipped)) == 1  # a package folder instead of an id
     with pytest.raises(ValueError, match="1 = Anterior hippocampus, 2 = Posterior hippocampus"):
         modelLabelForSegment("liver", "hippocampus-unet")
     volume = slicer.util.addVolumeFromArray(np.zeros((4, 4, 4), np.float32))
@@ -53,6 +56,23 @@ def test_label_defaults_to_the_model_label_named_like_the_segment(mrml):
     PromptLogic(backend=backend).run(volume, segmentation, segmentId, model="hippocampus-unet",
                                      positivePoints=[[1, 1, 1]])
     assert backend.calls[0]["request"].label == 1
+
+
+def test_volume_file_cache_reuses_files_and_keeps_only_the_recent_volumes(mrml, tmp_path):
+    volumes = [slicer.util.addVolumeFromArray(np.full((3, 4, 5), n, np.float32)) for n in range(3)]
+    cache = VolumeFileCache(tmp_path, maxVolumes=2)
+    first = cache.path(volumes[0])
+    assert cache.path(volumes[0]) == first and cache.exports == 1
+    cache.path(volumes[1])
+    cache.path(volumes[0])  # used again: volumes[1] is now the oldest
+    cache.path(volumes[2])
+    assert cache.exports == 3 and first.is_file() and len(list(cache.folder.iterdir())) == 2
+    moved = vtk.vtkMatrix4x4()
+    moved.SetElement(0, 3, 5.0)
+    volumes[0].SetIJKToRASMatrix(moved)  # new geometry, same voxels: exported again
+    assert cache.path(volumes[0]) != first and cache.exports == 4
+    cache.clear()
+    assert list(tmp_path.iterdir()) == []
 
 
 def readVolume(scene, path, name="case"):
@@ -79,7 +99,7 @@ def moved_case(mrml):
     volume.SetAndObserveTransformNodeID(transform.GetID())
     segmentation, (segmentId,) = addSegmentation(volume, ("Prompted structure",))
     local = structureCentre(sitk.ReadImage(str(TRUTH)), 1)
-    toParent = slicer.vtkMatrix4x4()
+    toParent = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToParent(toParent)
     world = toParent.MultiplyPoint([*local, 1.0])[:3]
     return volume, segmentation, segmentId, local, np.array(world)

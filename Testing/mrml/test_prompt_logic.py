@@ -199,6 +199,8 @@ def test_volume_with_a_parent_transform(mrml, segmentationTransformed):
     written = segmentWorldPoints(segmentation, target)
     assert len(written) >= 1
     assert np.allclose(written.mean(0), worldClick, atol=1e-3)
+    logic.run(volume, segmentation, target, model="m", label=1, positivePoints=[worldClick.tolist()], refine=True)
+    assert (logic.backend.calls[1]["previous"] == expected).all()  # the segment goes back on the volume's grid
 
 
 def test_segmentation_with_another_finer_geometry(mrml):
@@ -323,3 +325,14 @@ def test_non_blocking_prompt_is_written_by_process_events_and_cancel_writes_noth
     assert segmentArray(segmentation, target, volume).sum() == 0 and not logic.editorLogic.CanUndo()
     assert list(tmp_path.iterdir()) == []
     assert issubclass(PromptCancelled, RuntimeError)
+
+
+def test_an_injected_editor_logic_holds_the_undo_steps(scene3):
+    volume, segmentation, (target, *_), editor = scene3
+    shared = slicer.vtkSlicerSegmentEditorLogic()
+    logic = PromptLogic(backend=FakeBackend(fixedMask(MASK)), editorLogic=shared)
+    prompt(logic, volume, segmentation, target, editor)
+    assert logic.editorLogic is shared and shared.CanUndo()
+    assert set(logic.lastTimings) == {"backend", "write"}
+    shared.Undo()
+    assert segmentArray(segmentation, target, volume).sum() == 0

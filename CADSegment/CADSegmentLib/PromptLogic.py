@@ -91,7 +91,8 @@ class PromptLogic:
         ``label`` defaults to the model's label named like the segment. ``roi``: see :func:`roiBoxInVolume`.
         ``scribble``: a ``vtkMRMLLabelMapVolumeNode`` on the volume's grid (1 = the structure, 2 = not it).
         ``refine``: the segment is sent as ``--previous``. ``uncertainty``: the map becomes the scalar volume
-        :attr:`lastUncertaintyNode` ("<segment> uncertainty", replaced by the next map of that segment).
+        :attr:`lastUncertaintyNode` ("<segment> uncertainty", replaced by the next map of that segment; an undo
+        reverts the segment, not the map).
         ``onFinished(report, error)`` is called once, in both modes (``error`` None, ``"cancelled"`` or the message).
         ``wait=False`` returns at once: the backend runs on a worker thread and the write happens on the thread that
         calls :meth:`processEvents` (inside Slicer: a ``qt.QTimer`` on the main thread). A failure raises RuntimeError
@@ -101,6 +102,8 @@ class PromptLogic:
             raise ValueError("the volume node must be in a scene and have image data")
         if segmentationNode is None or segmentationNode.GetScene() is not volumeNode.GetScene():
             raise ValueError("the segmentation node must be in the volume's scene")
+        if segmentEditorNode is not None and segmentEditorNode.GetScene() is not volumeNode.GetScene():
+            raise ValueError("the segment editor node must be in the volume's scene")
         segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
         if segment is None:
             raise ValueError(f"{segmentationNode.GetName()!r} has no segment with ID {segmentId!r}")

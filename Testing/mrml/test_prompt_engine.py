@@ -157,5 +157,15 @@ def test_real_engine_refusal_is_one_line_and_changes_nothing(moved_case, tmp_pat
     assert "\n" not in message
     assert len(segmentWorldPoints(segmentation, segmentId)) == 0 and not logic.editorLogic.CanUndo()
     assert not logic.isRunning()
+    assert [p.name for p in tmp_path.iterdir()] == [logic.backend.volumes.folder.name]  # only the reusable volume
+
+    finished = []  # a cancelled real prompt: whether the engine stopped or had just finished, nothing is written
+    assert logic.run(volume, segmentation, segmentId, model=MODEL, positivePoints=[world.tolist()], wait=False,
+                     onFinished=lambda *args: finished.append(args)) is None
+    assert logic.cancel()
+    assert logic.wait(60)
+    assert finished == [(None, "cancelled")]
+    assert len(segmentWorldPoints(segmentation, segmentId)) == 0 and not logic.editorLogic.CanUndo()
+    assert [p.name for p in tmp_path.iterdir()] == [logic.backend.volumes.folder.name]
     logic.cleanup()
     assert list(tmp_path.iterdir()) == []

@@ -285,8 +285,11 @@ class PromptLogic:
     def _modifier(self, job, maskPath: Path):
         """The engine's mask as a ``vtkOrientedImageData`` on the segmentation's reference geometry (the Segment
         Editor's modifier labelmap): volume-local → world → segmentation-local, nearest neighbour."""
-        self._attach(job)
         segmentationNode = job["segmentationNode"]
+        if job["volumeNode"].GetScene() is None or segmentationNode.GetScene() is None or \
+                segmentationNode.GetSegmentation().GetSegment(job["segmentId"]) is None:
+            raise RuntimeError("the volume, segmentation or segment of this prompt was removed; nothing was written")
+        self._attach(job)
         if not self.editorLogic.UpdateReferenceGeometryImage():
             raise RuntimeError(f"{segmentationNode.GetName()!r} has no reference geometry to edit on")
         labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # never added to the scene

@@ -190,6 +190,8 @@ def test_volume_with_a_parent_transform(mrml, segmentationTransformed):
     worldClick = volumeWorldPoints(volume, expected)[0]
 
     def answer(request, values, previous, scribble):
+        if not request.positive:
+            return expected
         index = np.rint(localRasToIjk(volume, request.positive[0])).astype(int)
         return block(index[2], index[1], index[0])
 
@@ -201,6 +203,11 @@ def test_volume_with_a_parent_transform(mrml, segmentationTransformed):
     assert np.allclose(written.mean(0), worldClick, atol=1e-3)
     logic.run(volume, segmentation, target, model="m", label=1, positivePoints=[worldClick.tolist()], refine=True)
     assert (logic.backend.calls[1]["previous"] == expected).all()  # the segment goes back on the volume's grid
+    logic.run(volume, segmentation, target, model="m", label=1, roi=[*(worldClick - 1.0), *(worldClick + 1.0)])
+    box = np.array([localRasToIjk(volume, corner) for corner in np.reshape(logic.backend.calls[2]["request"].box,
+                                                                             (2, 3))])
+    assert np.all(box.min(0) < voxel[::-1]) and np.all(box.max(0) > voxel[::-1])  # the world box, in voxels
+    assert np.all(box.max(0) - box.min(0) < 4.0)
 
 
 def test_segmentation_with_another_finer_geometry(mrml):
@@ -336,3 +343,28 @@ def test_an_injected_editor_logic_holds_the_undo_steps(scene3):
     assert set(logic.lastTimings) == {"backend", "write"}
     shared.Undo()
     assert segmentArray(segmentation, target, volume).sum() == 0
+
+
+class CountingEditorLogic(slicer.vtkSlicerSegmentEditorLogic):
+    """The real logic, counting the undo steps PromptLogic saves (it calls SaveStateForUndo from Python)."""
+
+    saved = 0
+
+    def SaveStateForUndo(self):
+        self.saved += 1
+        return super().SaveStateForUndo()
+
+
+def test_a_segment_deleted_while_the_engine_works_gets_nothing_and_no_undo_step(scene3):
+    volume, segmentation, (target, *_), editor = scene3
+    release = threading.Event()
+    counting = CountingEditorLogic()
+    finished = []
+    logic = PromptLogic(backend=FakeBackend(lambda *args: release.wait(10) and MASK), editorLogic=counting)
+    prompt(logic, volume, segmentation, target, editor, wait=False, onFinished=lambda *args: finished.append(args))
+    segmentation.GetSegmentation().RemoveSegment(target)
+    release.set()
+    assert logic.wait(10)
+    assert finished[0][0] is None and "was removed" in finished[0][1] and counting.saved == 0
+    prompt(logic, volume, segmentation, segmentation.GetSegmentation().AddEmptySegment("", "again"), editor)
+    assert counting.saved == 1

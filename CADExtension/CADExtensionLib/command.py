@@ -2,8 +2,8 @@
 
 Kept free of ``slicer``, ``vtk`` and I/O so the exact argv the Slicer module runs can be unit-tested as a list, and
 so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...``, ``cad classify INPUT -m MODEL -o RESULT
-...`` and ``cad train --data DATA -o OUTPUT --init MODEL ...``, docs/cli.md) are written down in
-exactly one place on the Slicer side.
+...``, ``cad interact INPUT -m MODEL -o MASK --label N ...`` and ``cad train --data DATA -o OUTPUT --init MODEL
+...``, docs/cli.md) are written down in exactly one place on the Slicer side.
 """
 
 from __future__ import annotations
@@ -188,6 +188,48 @@ def classifyArgv(
     if heatmapPath is not None:
         argv += ["--heatmap", str(heatmapPath)]
     argv.append("--force")
+    return argv
+
+
+def interactArgv(
+    python: str | os.PathLike[str],
+    inputPath: str | os.PathLike[str],
+    outputPath: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    label: int,
+    positive: Sequence[Sequence[float]] = (),
+    negative: Sequence[Sequence[float]] = (),
+    box: Sequence[float] | None = None,
+    scribblePath: str | os.PathLike[str] | None = None,
+    previousPath: str | os.PathLike[str] | None = None,
+    uncertaintyPath: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+) -> list[str]:
+    """The argv of one ``cad interact`` prompt: ``cad interact INPUT -m MODEL -o OUTPUT --label N --click=+R,A,S ...``.
+
+    Points and the box are RAS millimetres *of the input file* (the caller converts world points into the volume's
+    local frame). Each click is one ``--click=+R,A,S`` / ``--click=-R,A,S`` token and the box one ``--box=...`` token,
+    so a negative first coordinate is not taken for an option; numbers are written with ``repr`` so they survive the
+    trip through text exactly. Whether the prompt holds anything positive is left to the engine, which says so in its
+    one-line error. ``--force`` is always passed, as for :func:`segmentArgv`: the outputs live in the prompt's own
+    temporary folder.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 < int(label) < 2**31:
+        raise ValueError(f"label must be a positive integer, got {label!r}")
+    argv = [str(python), "-m", ENGINE_MODULE, "interact", str(inputPath), "-m", str(model), "-o", str(outputPath),
+            "--label", str(int(label))]
+    for sign, points in (("+", positive), ("-", negative)):
+        for point in points:
+            argv.append(f"--click={sign}" + ",".join(map(repr, _numbers(point, "a click", (3,)))))
+    if box is not None:
+        argv.append("--box=" + ",".join(map(repr, _numbers(box, "box", (6,)))))
+    for option, path in (("--scribble", scribblePath), ("--previous", previousPath),
+                         ("--uncertainty", uncertaintyPath)):
+        if path is not None:
+            argv += [option, str(path)]
+    argv += ["--device", device, "--force"]
     return argv
 
 

@@ -5,6 +5,16 @@ Needs the CADExtension module folder on ``sys.path`` (Slicer adds every module f
 
 from CADSegmentLib.ImproveModelLogic import ImproveModelCancelled, ImproveModelLogic, ImproveModelResult
 from CADSegmentLib.InProcessRunner import InProcessRunner
+from CADSegmentLib.PromptBackends import (
+    CommandBackend,
+    PromptAnswer,
+    PromptBackend,
+    PromptCancelled,
+    PromptRequest,
+    VolumeFileCache,
+)
+from CADSegmentLib.PromptInputs import modelLabelForSegment, roiBoxInVolume
+from CADSegmentLib.PromptLogic import PromptLogic
 from CADSegmentLib.SegmentationLogic import (
     SegmentationCancelled,
     SegmentationLogic,
@@ -15,14 +25,23 @@ from CADSegmentLib.SegmentationLogic import (
 )
 
 __all__ = [
+    "CommandBackend",
     "ImproveModelCancelled",
     "ImproveModelLogic",
     "ImproveModelResult",
     "InProcessRunner",
+    "PromptAnswer",
+    "PromptBackend",
+    "PromptCancelled",
+    "PromptLogic",
+    "PromptRequest",
     "SegmentationCancelled",
     "SegmentationLogic",
+    "VolumeFileCache",
     "defaultRunner",
     "engineErrorLine",
     "fastOption",
     "fastSpacing",
+    "modelLabelForSegment",
+    "roiBoxInVolume",
 ]

@@ -102,7 +102,8 @@ class PromptEngine:
         if self._state == "ready" and self._serverBackend is not None:
             return self._serverBackend
         if self._commandBackend is None:
-            self._commandBackend = CommandBackend(volumeFiles=self._volumeFiles)
+            self._commandBackend = CommandBackend()
+            self._commandBackend.volumes = self._volumeFiles  # one exported file per volume for both paths
         return self._commandBackend
 
     def promptLogic(self, writer=None):

@@ -26,12 +26,24 @@ def modelLabelForSegment(segmentName: str, model: str, modelManager: ModelManage
         if not found:
             raise
         summary = found[0]
-    for value, name in summary.labels.items():
-        if name.strip().casefold() == segmentName.strip().casefold() and value.isdigit() and int(value) > 0:
-            return int(value)
+    value = labelNamed(summary, segmentName)
+    if value is not None:
+        return value
     names = ", ".join(f"{value} = {name}" for value, name in summary.labels.items() if value != "0") or "none"
     raise ValueError(f"segment {segmentName!r} is named like none of model {summary.id!r}'s labels ({names}); "
                      "name the segment like one of them or pass label=")
+
+
+def labelNamed(summary, segmentName: str) -> int | None:
+    """The label value (> 0) of a ``ModelSummary`` named like the segment; case, spaces, ``_`` and ``-`` ignored
+    ("Left hippocampus" = "left_hippocampus")."""
+    def key(text: str) -> str:
+        return "".join(text.casefold().split()).replace("_", "").replace("-", "")
+
+    for value, name in sorted(summary.labels.items(), key=lambda item: item[0]):
+        if value.isdigit() and int(value) > 0 and key(name) == key(segmentName or ""):
+            return int(value)
+    return None
 
 
 def worldToLocal(node) -> vtk.vtkGeneralTransform:

@@ -64,13 +64,18 @@ class PromptLogic:
     def __init__(self, runner=None, backend: PromptBackend | None = None,
                  modelManager: ModelManagerLogic | None = None, device: str = "auto",
                  engineFolder: str | os.PathLike[str] | None = None, python: str | None = None,
-                 temporaryFolder: str | os.PathLike[str] | None = None, editorLogic=None) -> None:
+                 temporaryFolder: str | os.PathLike[str] | None = None, editorLogic=None,
+                 writer: Callable[[Any, str, Any], None] | None = None) -> None:
         self.modelManager = modelManager
         self.backend: PromptBackend = backend if backend is not None else CommandBackend(
             runner, engineFolder, python, temporaryFolder, device,
             modelsFolder=modelManager.userFolder if modelManager is not None else None)
         self.temporaryFolder = temporaryFolder
         self.editorLogic = editorLogic if editorLogic is not None else slicer.vtkSlicerSegmentEditorLogic()
+        self.writer = writer
+        """``writer(segmentationNode, segmentId, modifierLabelmap)`` replaces the write step: the CAD AI effect passes
+        its adaptor's ``saveStateForUndo`` + ``modifySelectedSegmentByLabelmap``, so the Segment Editor widget's own
+        logic (whose undo stack Ctrl+Z walks) writes; None: :attr:`editorLogic` writes (scripts, tests)."""
         self.lastReport: dict[str, Any] | None = None
         self.lastTimings: dict[str, float] = {}  # seconds: "backend" (engine and transfer), "write" (MRML)
         self.lastUncertaintyNode = None
@@ -224,9 +229,12 @@ class PromptLogic:
             modifier = self._modifier(job, answer.maskPath)  # everything that can fail, before the undo step
             if answer.uncertaintyPath is not None:
                 self.lastUncertaintyNode = self._importUncertainty(job, answer.uncertaintyPath)
-            self.editorLogic.SaveStateForUndo()
-            self.editorLogic.ModifySegmentByLabelmap(job["segmentationNode"], job["segmentId"], modifier,
-                                                     self.editorLogic.ModificationModeSet, True, False)
+            if self.writer is not None:
+                self.writer(job["segmentationNode"], job["segmentId"], modifier)
+            else:
+                self.editorLogic.SaveStateForUndo()
+                self.editorLogic.ModifySegmentByLabelmap(job["segmentationNode"], job["segmentId"], modifier,
+                                                         self.editorLogic.ModificationModeSet, True, False)
             self.lastReport = answer.report
             self.lastTimings["write"] = time.perf_counter() - started
         except BaseException as exc:

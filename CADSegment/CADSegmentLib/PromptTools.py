@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import slicer
 import vtk
 
+from CADSegmentLib.PromptInputs import labelNamed, worldToLocal
+
 GENERIC_MODEL_ID = "prompt-3d"
 FOREGROUND, BACKGROUND = 1, 2
 """Scribble values, as ``cad interact --scribble`` reads them."""
@@ -34,16 +36,13 @@ def promptModels(models: Iterable) -> list:
 
 
 def defaultLabel(model, segmentName: str) -> int | None:
-    """The label of ``model`` (a ``ModelSummary``) named like the segment (case and spaces ignored); the only label
-    of a one-label model; else None (the user must choose: guessing would segment the wrong structure)."""
-    def key(text: str) -> str:
-        return "".join(text.lower().split()).replace("_", "").replace("-", "")
-
-    labels = {int(value): name for value, name in model.labels.items() if str(value).isdigit() and int(value) > 0}
-    for value, name in sorted(labels.items()):
-        if key(name) == key(segmentName or ""):
-            return value
-    return next(iter(labels)) if len(labels) == 1 else None
+    """The label of ``model`` (a ``ModelSummary``) named like the segment (:func:`labelNamed`); the only label of a
+    one-label model; else None (the user must choose: guessing would segment the wrong structure)."""
+    value = labelNamed(model, segmentName)
+    if value is not None:
+        return value
+    labels = [int(v) for v in model.labels if str(v).isdigit() and int(v) > 0]
+    return labels[0] if len(labels) == 1 else None
 
 
 @dataclass
@@ -81,14 +80,6 @@ class PromptHistory:
         return bool(self.positive)
 
 
-def _worldToLocal(volumeNode) -> vtk.vtkGeneralTransform:
-    transform = vtk.vtkGeneralTransform()
-    parent = volumeNode.GetParentTransformNode()
-    if parent is not None:
-        parent.GetTransformFromWorld(transform)
-    return transform
-
-
 def strokesToLabelmap(volumeNode, strokes: Sequence[tuple[int, Sequence[Sequence[float]]]],
                       radiusMm: float = 2.0, labelmapNode=None):
     """Rasterise ``strokes`` — ``(FOREGROUND or BACKGROUND, [world RAS points])`` each — into a labelmap node on the
@@ -115,7 +106,7 @@ def strokesToLabelmap(volumeNode, strokes: Sequence[tuple[int, Sequence[Sequence
     spacing = volumeNode.GetSpacing()
     reach = [int(math.ceil(radiusMm / s)) for s in spacing]
     step = min(spacing) / 2.0
-    toLocal = _worldToLocal(volumeNode)
+    toLocal = worldToLocal(volumeNode)
     for value, points in strokes:
         local = [toLocal.TransformPoint([float(v) for v in p[:3]]) for p in points]
         for centre in _densify(local, step):

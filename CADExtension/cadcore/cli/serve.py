@@ -51,17 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
     from cadcore.server.app import create_app
     from cadcore.server.handlers import ServerContext
-    from cadcore.server.jobs import JobSlot, ModelCache
     from cadcore.server.runner import serve
-    from cadcore.server.sessions import SessionStore
+    from cadcore.server.sessions import sweep_period
 
-    store = SessionStore(options.max_sessions, options.session_ttl)
-    cache = ModelCache(int(options.models_memory_gb * 2 ** 30), store.drop_model)
-    context = ServerContext(store, cache, JobSlot(options.job_timeout), device, int(options.max_upload_mb * 2 ** 20),
-                            __version__)
+    context = ServerContext.create(options, device, __version__)
     try:
-        serve(create_app(context, token, sweep_period=min(30.0, max(0.05, options.session_ttl / 4))), options,
-              __version__)
+        serve(create_app(context, token, sweep_period=sweep_period(options.session_ttl)), options, __version__)
     finally:
-        store.close()  # also when uvicorn never started (a lifespan that did not run leaves the folder)
+        context.store.close()  # also when uvicorn never started (a lifespan that did not run leaves the folder)
     return 0

@@ -32,6 +32,7 @@ from cadcore.server.payloads import (
     points,
     text,
 )
+from cadcore.server.runner import ServeOptions
 from cadcore.server.sessions import Session, SessionStore
 
 
@@ -43,6 +44,13 @@ class ServerContext:
     device: torch.device
     cap: int  # bytes: the largest upload, inflated file or JSON body
     version: str
+
+    @classmethod
+    def create(cls, options: ServeOptions, device: torch.device, version: str) -> ServerContext:
+        """A fresh store (its temporary root made now), an empty model cache and the job lock, from the flags."""
+        store = SessionStore(options.max_sessions, options.session_ttl)
+        cache = ModelCache(int(options.models_memory_gb * 2 ** 30), store.drop_model)
+        return cls(store, cache, JobSlot(options.job_timeout), device, int(options.max_upload_mb * 2 ** 20), version)
 
 
 @contextmanager

@@ -52,7 +52,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Any, options: ServeOptions, version: str) -> None:
+def build_server(app: Any, options: ServeOptions, version: str) -> tuple[Any, socket.socket]:
+    """The uvicorn server (announcing itself once listening) and its bound socket: ``server.run(sockets=[sock])``
+    serves until ``server.should_exit`` (set by SIGINT/SIGTERM in the main thread, or by a caller)."""
     import uvicorn
 
     sock = bind(options.host, options.port)
@@ -63,19 +65,24 @@ def serve(app: Any, options: ServeOptions, version: str) -> None:
             await super().startup(sockets=sockets)
             if self.should_exit:
                 return
-            port = sock.getsockname()[1]
-            url = url_of(options.host, port)
+            url = url_of(options.host, sock.getsockname()[1])
             print(f"cad serve: listening on {url}", flush=True)
             if ready_file is not None:
                 write_ready_file(ready_file, url, version)
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             limit_concurrency=64, lifespan="on")
-    server = Announcing(config)
+    return Announcing(config), sock
+
+
+def serve(app: Any, options: ServeOptions, version: str) -> None:
+    """Serve until interrupted; the ready file is removed at the end (when it is still this process's)."""
+    server, sock = build_server(app, options, version)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        ready_file = options.ready_file
         if ready_file is not None and ready_file.is_file():
             try:
                 if json.loads(ready_file.read_text()).get("pid") == os.getpid():

@@ -133,3 +133,8 @@ class Sweeper:
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(timeout=5)
+
+
+def sweep_period(ttl: float) -> float:
+    """How often the sweep looks: a quarter of the ttl (so a session outlives it by at most that), 30 s at most."""
+    return min(30.0, max(0.05, ttl / 4))

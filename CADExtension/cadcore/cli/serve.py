@@ -50,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
     configure_cpu_threads()
 
     from cadcore.server.app import create_app
-    from cadcore.server.handlers import ServerContext
+    from cadcore.server.handlers import ServerContext, warm_imports
     from cadcore.server.runner import serve
     from cadcore.server.sessions import sweep_period
 
+    warm_imports()
     context = ServerContext.create(options, device, __version__)
     try:
         serve(create_app(context, token, sweep_period=sweep_period(options.session_ttl)), options, __version__)

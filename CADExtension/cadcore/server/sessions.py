@@ -33,6 +33,7 @@ class Session:
     input: Path | None = None  # the uploaded volume (``input<suffix>`` in ``folder``)
     image: sitk.Image | None = None  # read once, at upload
     busy: int = 0  # requests using it now: it does not expire under them
+    removed: bool = False  # deleted while in use: its folder goes when the last request ends
     warm: dict[tuple[str, str], Any] = field(default_factory=dict)  # (model id, folder) → InteractiveSession
     names: Iterator[int] = field(default_factory=itertools.count)  # numbers the files written for answers
 
@@ -67,6 +68,9 @@ class SessionStore:
         with self.lock:
             session.busy -= 1
             session.last_used = self.clock()
+            last = session.removed and session.busy == 0
+        if last:
+            self.discard(session)
 
     @contextmanager
     def using(self, session_id: str) -> Iterator[Session]:
@@ -85,14 +89,22 @@ class SessionStore:
             self.release(session)
 
     def remove(self, session_id: str) -> bool:
-        """Drop a session and its folder; False when there was none."""
+        """Drop a session (later requests get 404) and its folder, at once or, while a request still uses it, when
+        that request ends; False when there was none."""
         with self.lock:
             session = self.sessions.pop(session_id, None)
-        if session is None:
-            return False
+            if session is None:
+                return False
+            session.removed = True
+            idle = session.busy == 0
+        if idle:
+            self.discard(session)
+        return True
+
+    @staticmethod
+    def discard(session: Session) -> None:
         session.warm.clear()
         shutil.rmtree(session.folder, ignore_errors=True)
-        return True
 
     def expire(self) -> list[str]:
         """Remove every session idle longer than ``ttl``; the ids removed."""
@@ -110,8 +122,11 @@ class SessionStore:
                 session.warm.pop(key, None)
 
     def close(self) -> None:
-        for session_id in list(self.sessions):
-            self.remove(session_id)
+        """At shutdown: every folder goes, in use or not (no request outlives the server)."""
+        with self.lock:
+            sessions, self.sessions = list(self.sessions.values()), {}
+        for session in sessions:
+            self.discard(session)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

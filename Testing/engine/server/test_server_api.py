@@ -254,3 +254,21 @@ def test_unknown_session_is_404(served):
     answer = served.client.interact("no-such-session", positive=[CLICK])
     assert answer.status == 404 and "unknown or expired session" in answer.error
 
+
+
+def test_a_session_deleted_while_in_use_keeps_its_folder_until_the_request_ends(served):
+    store = served.context.store
+    session = store.reserve()  # as an upload holds it
+    assert session.folder.is_dir()
+    assert store.remove(session.id) and session.folder.is_dir()  # a request still writes there
+    store.release(session)
+    assert not session.folder.exists() and not store.remove(session.id)
+
+
+def test_a_truncated_or_false_gzip_upload_is_refused(served):
+    packed = gzip.compress(CASE.read_bytes() * 2)
+    for data, expected in ((packed[: len(packed) // 2], "the gzip stream is truncated"),
+                           (b"not gzip at all", "not a valid gzip stream")):
+        answer = served.client.call("POST", "/sessions?name=v.nii.gz", data, {"Content-Encoding": "gzip"})
+        assert answer.status == 400 and expected in answer.error, answer.body
+    assert len(served.context.store) == 0

@@ -272,3 +272,18 @@ def test_a_truncated_or_false_gzip_upload_is_refused(served):
         answer = served.client.call("POST", "/sessions?name=v.nii.gz", data, {"Content-Encoding": "gzip"})
         assert answer.status == 400 and expected in answer.error, answer.body
     assert len(served.context.store) == 0
+
+
+def test_classify_equals_cad_classify(served, session, tmp_path, capsys):
+    answer = served.client.post_json(f"/sessions/{session}/classify", {"model": "adrenal-resnet",
+                                                                       "mask": as_file(TRUTH)})
+    assert answer.status == 200, answer.body
+    output = tmp_path / "cli.json"
+    assert main(["classify", str(CASE), "-m", "adrenal-resnet", "--mask", str(TRUTH), "-o", str(output),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    report, cli_report = answer.body["report"], json.loads(output.read_text())
+    assert set(report) == set(cli_report)
+    for key in ("probabilities", "probabilities_uncalibrated", "predicted", "temperature"):
+        assert report[key] == cli_report[key], key
+    assert {k: v for k, v in report["roi"].items() if "source" not in k} == \
+        {k: v for k, v in cli_report["roi"].items() if "source" not in k}

@@ -43,6 +43,8 @@ REQUIREMENTS = (
     "matplotlib>=3.7",
     "scikit-learn>=1.3",
     "scikit-image>=0.22",
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
 )
 """What ``pip_install`` may install, one string per call, in this order."""
 PINNED_WHILE_INSTALLING = ("SimpleITK", "numpy", "requests", "torch")

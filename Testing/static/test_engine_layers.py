@@ -5,10 +5,12 @@ The import graph is read with ``ast`` from every file of ``cadcore`` and include
 lazy imports that used to hide cycles). Each subpackage is a layer, lowest first:
 
     errors, progress, device  <  io  <  registry  <  preprocessing  <  segmentation  <  classification
-    <  evaluation  <  training  <  cli  <  __main__
+    <  evaluation  <  training  <  server  <  cli  <  __main__
 
-A module may import its own layer (without cycles) and the layers below. The checks run on a copy of the tree with
-a planted cycle, a planted upward import and a planted ``argparse`` too, so they are known to fail when they should.
+A module may import its own layer (without cycles) and the layers below: ``server`` (``cad serve``'s HTTP API) uses
+every engine layer but never the command line, whose ``serve`` command starts it. The checks run on a copy of the
+tree with a planted cycle, a planted upward import and a planted ``argparse`` too, so they are known to fail when
+they should.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 ENGINE = Path(__file__).resolve().parents[2] / "CADExtension" / "cadcore"
 LAYERS = ["", "errors", "progress", "device", "io", "registry", "preprocessing", "segmentation", "classification",
-          "evaluation", "training", "cli", "__main__"]
+          "evaluation", "training", "server", "cli", "__main__"]
 RANK = {name: 0 for name in ("", "errors", "progress", "device")} | {
     name: index for index, name in enumerate(LAYERS) if index >= 4}
 CLI_ONLY = ("argparse",)
@@ -165,6 +167,11 @@ def test_a_planted_relative_upward_import_is_found(engine_copy: Path):
     plant(engine_copy / "preprocessing" / "working_space.py", "def later():\n    from ..segmentation import predict")
     assert "cadcore.preprocessing.working_space imports cadcore.segmentation.predict, a higher layer" in \
         layer_problems(engine_copy)
+
+
+def test_the_server_importing_the_command_line_is_found(engine_copy: Path):
+    plant(engine_copy / "server" / "app.py", "def later():\n    from cadcore.cli import parser")
+    assert "cadcore.server.app imports cadcore.cli.parser, a higher layer" in layer_problems(engine_copy)
 
 
 def test_argparse_outside_the_cli_is_found(engine_copy: Path):

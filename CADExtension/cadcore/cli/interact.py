@@ -11,16 +11,13 @@ import argparse
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
-
 from cadcore.device import configure_cpu_threads, pick_device
 from cadcore.errors import CadError
 from cadcore.io.images import read_image, read_volume
 from cadcore.io.labelmaps import write_labelmap
 from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_image, write_json
-from cadcore.registry import find_model_or_bundle
-from cadcore.registry.bundles import METADATA_FILE, BundleModel
-from cadcore.segmentation.interactive import UNCERTAINTY_NEEDS_PROBABILITIES, InteractiveSession, Prompts
+from cadcore.segmentation.interactive import InteractiveSession, Prompts
+from cadcore.segmentation.interactive_request import check_interact_request, interact_report, label_entry
 
 UNCERTAINTY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -37,18 +34,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.uncertainty, args.force, UNCERTAINTY_SUFFIXES)
     positive = tuple(tuple(point) for sign, point in args.click if sign == "+")
     negative = tuple(tuple(point) for sign, point in args.click if sign == "-")
-    if not (positive or args.box or args.scribble):
-        raise CadError("give at least one positive click (--click=+R,A,S), a --box or a --scribble", args.input)
-    package = find_model_or_bundle(args.model)
-    bundle = isinstance(package, BundleModel)
-    if bundle and args.uncertainty:
-        raise CadError(UNCERTAINTY_NEEDS_PROBABILITIES, package.folder)
-    if package.task != "segmentation":
-        raise CadError(f"is a {package.task} model; cad interact needs a segmentation model", package.folder)
-    names = package.label_names()
-    if args.label not in names:
-        raise CadError(f"--label {args.label} is not one of the model's labels ({', '.join(map(str, names))})",
-                       package.folder / (METADATA_FILE if bundle else "model.json"))
+    package = check_interact_request(args.model, args.label, positive, args.box, bool(args.scribble),
+                                     bool(args.uncertainty), args.input)
     package.verify()
     image = read_volume(args.input, args.series)
     box = (tuple(args.box[:3]), tuple(args.box[3:])) if args.box else None
@@ -58,18 +45,9 @@ def run(args: argparse.Namespace) -> int:
     configure_cpu_threads()
     session = InteractiveSession(package, image, pick_device(args.device), source=str(args.input))
     result = session.segment(prompts, args.label, uncertainty=bool(args.uncertainty))
-    label = next(entry for entry in package.labels if int(entry["value"]) == args.label)
-    report = {
-        "model": package.id, "model_version": package.version, "model_format": "bundle" if bundle else "package",
-        "label": args.label, "name": label["name"],
-        "input": str(args.input), "output": str(output), "uncertainty": args.uncertainty,
-        "prompts": prompts.describe(),
-        "region": {"index": list(result.region[0]), "size": list(result.region[1]),
-                   "spacing": list(image.GetSpacing())},
-        "voxels": int(sitk.GetArrayViewFromImage(result.mask).sum()),
-        "suggested_click": result.suggested_click, "warnings": result.warnings,
-        "timings": {**result.timings, "total_s": round(time.perf_counter() - started, 3)},
-    }
+    label = label_entry(package, args.label)
+    report = interact_report(package, args.label, prompts, result, image, {
+        "input": str(args.input), "output": str(output), "uncertainty": args.uncertainty}, started)
     with all_or_none(replace=args.force):
         write_labelmap(result.mask, output, [{**label, "value": 1}])
         if result.uncertainty is not None:

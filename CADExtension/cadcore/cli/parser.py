@@ -218,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--device", default="auto")
     cf.add_argument("--force", action="store_true")
 
+    sv = sub.add_parser("serve", help="keep the engine warm behind an HTTP API (the Segment Editor's CAD AI effect; "
+                                      "loopback only unless --host says otherwise; see docs/server.md)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default loopback; any other sends the token in clear text: use an "
+                         "SSH tunnel or a TLS proxy)")
+    sv.add_argument("--port", type=int, default=8765, help="port (0: any free port, written to --ready-file)")
+    sv.add_argument("--token-file", default=None,
+                    help="file whose first line is the token every request must send (Authorization: Bearer); "
+                         "default: a fresh token written to $CAD_SERVER_TOKEN_FILE or ~/.cache/cadextension/"
+                         "server-token with mode 0600")
+    sv.add_argument("--max-sessions", type=int, default=4, help="uploaded volumes held at once (more: HTTP 429)")
+    sv.add_argument("--models-memory", type=float, default=4.0, metavar="GB",
+                    help="weights kept loaded, in GB (least recently used dropped first)")
+    sv.add_argument("--session-ttl", type=float, default=1800.0, metavar="SECONDS",
+                    help="a session unused this long expires (its files removed)")
+    sv.add_argument("--max-upload-mb", type=float, default=2048.0,
+                    help="largest upload, inflated file or request body (more: HTTP 413)")
+    sv.add_argument("--job-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="longest wait for the engine (one job at a time; longer: HTTP 503)")
+    sv.add_argument("--ready-file", default=None,
+                    help='once listening, write {"url", "pid", "version"} here (atomically)')
+    sv.add_argument("--device", default="auto")
+
     mo = sub.add_parser("models", help="list, show, verify or import model packages")
     mo_sub = mo.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     mo_sub.add_parser("list", help="every registered model")

@@ -186,3 +186,21 @@ def test_server_setting_keys_agree():
     glue = constants(REPO / "CADExtension" / "CADExtensionLib" / "engine_server.py")
     for key in ("SERVER_URL_SETTING", "SERVER_TOKEN_FILE_SETTING"):
         assert panel[key] == glue[key]
+
+
+def test_effect_calls_prompt_logic_with_its_real_parameters(effect_class):
+    """The effect's ``self.logic.run(...)`` keywords are parameters of ``PromptLogic.run`` (read from its source, so
+    a renamed parameter fails here rather than in a user's Segment Editor)."""
+    logic = ast.parse((REPO / "CADSegment" / "CADSegmentLib" / "PromptLogic.py").read_text())
+    run = next(node for node in ast.walk(logic) if isinstance(node, ast.FunctionDef) and node.name == "run")
+    parameters = {arg.arg for arg in run.args.args + run.args.kwonlyargs}
+    calls = [node for node in ast.walk(effect_class) if isinstance(node, ast.Call)
+             and ast.unparse(node.func) == "self.logic.run"]
+    assert calls
+    for call in calls:
+        assert {keyword.arg for keyword in call.keywords} <= parameters
+        assert len(call.args) <= len(run.args.args) - 1
+    engine = ast.parse((REPO / "CADSegment" / "CADSegmentLib" / "PromptEngine.py").read_text())
+    prompt_logic = next(node for node in ast.walk(engine) if isinstance(node, ast.FunctionDef)
+                        and node.name == "promptLogic")
+    assert "writer" in {arg.arg for arg in prompt_logic.args.args}

@@ -248,9 +248,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.modelSelector.blockSignals(wasBlocked)
         self.updateGUIFromMRML()
 
+    def _modelId(self):
+        """The model chosen in the selector (the parameter follows it, but not yet inside its change signal)."""
+        return self.modelSelector.currentData or self.scriptedEffect.parameter("Model")
+
     def _selectedModel(self):
-        modelId = self.scriptedEffect.parameter("Model") or self.modelSelector.currentData
-        return next((m for m in self.models if m.id == modelId), None)
+        return next((m for m in self.models if m.id == self._modelId()), None)
 
     def _fillLabels(self):
         model = self._selectedModel()
@@ -301,17 +304,22 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             history.undoLast(include)
             self._setStatus(_("Start with a click inside the structure (without Shift)."))
             return
-        self._prompt(undo=lambda: history.undoLast(include))
+        scribble = strokesToLabelmap(self.scriptedEffect.parameterSetNode().GetSourceVolumeNode(), history.strokes,
+                                     STROKE_RADIUS_MM) if history.strokes else None
+        self._prompt(scribble=scribble, undo=lambda: history.undoLast(include))
 
     def onStroke(self, stroke):
         volumeNode = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
-        if volumeNode is None or not stroke[1]:
+        history = self._history()
+        if history is None or volumeNode is None or not stroke[1]:
             return
-        scribble = strokesToLabelmap(volumeNode, [stroke], STROKE_RADIUS_MM)
-        if stroke[0] == BACKGROUND and not (self._history() and self._history().answered):
+        history.addStroke(*stroke)
+        if not history.canPrompt:
+            history.undoLastStroke()
             self._setStatus(_("Paint inside the structure first; Shift+drag marks what is not."))
             return
-        self._prompt(scribble=scribble)
+        scribble = strokesToLabelmap(volumeNode, history.strokes, STROKE_RADIUS_MM)
+        self._prompt(scribble=scribble, undo=history.undoLastStroke)
 
     def onSegmentInBox(self):
         roiNode = self.roiSelector.currentNode()
@@ -350,8 +358,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if volumeNode is None or segmentationNode is None or not segmentId:
             self._setStatus(_("Select a source volume and a segment first."))
             return None
-        return self.history.forTarget((volumeNode.GetID(), segmentationNode.GetID(), segmentId,
-                                       self.scriptedEffect.parameter("Model")))
+        return self.history.forTarget((volumeNode.GetID(), segmentationNode.GetID(), segmentId, self._modelId()))
 
     def _prompt(self, roi=None, scribble=None, undo=None):
         from CADSegmentLib.PromptEngine import sharedEngine

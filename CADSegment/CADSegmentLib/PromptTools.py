@@ -53,6 +53,7 @@ class PromptHistory:
     target: tuple[str, ...] = ()
     positive: list[list[float]] = field(default_factory=list)
     negative: list[list[float]] = field(default_factory=list)
+    strokes: list[tuple[int, list[list[float]]]] = field(default_factory=list)  # (FOREGROUND/BACKGROUND, points)
     answered: bool = False  # the engine has written an answer for these prompts: later prompts refine it
 
     def forTarget(self, target: Sequence[str]) -> PromptHistory:
@@ -63,7 +64,7 @@ class PromptHistory:
         return self
 
     def clear(self) -> None:
-        self.positive, self.negative, self.answered = [], [], False
+        self.positive, self.negative, self.strokes, self.answered = [], [], [], False
 
     def add(self, ras: Sequence[float], include: bool) -> None:
         (self.positive if include else self.negative).append([float(v) for v in ras[:3]])
@@ -74,10 +75,20 @@ class PromptHistory:
         if points:
             points.pop()
 
+    def addStroke(self, value: int, points: Sequence[Sequence[float]]) -> None:
+        """A painted stroke (every stroke so far goes with each prompt, as every click does)."""
+        if value not in (FOREGROUND, BACKGROUND):
+            raise ValueError(f"a stroke value is {FOREGROUND} (foreground) or {BACKGROUND} (background), got {value}")
+        self.strokes.append((value, [[float(v) for v in p[:3]] for p in points]))
+
+    def undoLastStroke(self) -> None:
+        if self.strokes:
+            self.strokes.pop()
+
     @property
     def canPrompt(self) -> bool:
-        """The engine needs something positive: a first click must include."""
-        return bool(self.positive)
+        """The engine needs something positive: an including click or a foreground stroke."""
+        return bool(self.positive) or any(value == FOREGROUND for value, _ in self.strokes)
 
 
 def strokesToLabelmap(volumeNode, strokes: Sequence[tuple[int, Sequence[Sequence[float]]]],

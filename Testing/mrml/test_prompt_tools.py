@@ -122,3 +122,28 @@ def test_strokes_refuse_other_values_and_radius(transformed_volume):
         strokesToLabelmap(volume, [(3, [[0, 0, 0]])])
     with pytest.raises(ValueError, match="radius"):
         strokesToLabelmap(volume, [(FOREGROUND, [[0, 0, 0]])], radiusMm=0)
+
+
+def test_strokes_accumulate_and_reach_the_engine_as_the_scribble(transformed_volume):
+    """Every stroke so far goes with a prompt (as every click does); painted world points arrive in the engine's
+    scribble file on the volume's grid, through PromptLogic."""
+    from CADSegmentLib import PromptLogic
+
+    from .prompt_support import FakeBackend, addSegmentation, fixedMask
+
+    volume, toParent = transformed_volume
+    history = PromptHistory().forTarget(("v", "s", "1", "m"))
+    history.addStroke(BACKGROUND, [world_point_of_voxel(volume, toParent, (10, 18, 8))])
+    assert not history.canPrompt  # only "not this": nothing to segment yet
+    history.addStroke(FOREGROUND, [world_point_of_voxel(volume, toParent, (5, 6, 4))])
+    assert history.canPrompt and len(history.strokes) == 2
+    with pytest.raises(ValueError):
+        history.addStroke(3, [[0, 0, 0]])
+    segmentation, (segmentId,) = addSegmentation(volume, ("target",))
+    backend = FakeBackend(fixedMask(np.zeros((12, 24, 30), np.uint8)))
+    PromptLogic(backend=backend).run(volume, segmentation, segmentId, model="m", label=1,
+                                     scribble=strokesToLabelmap(volume, history.strokes, radiusMm=1.0))
+    sent = backend.calls[0]["scribble"]
+    assert sent[4, 6, 5] == FOREGROUND and sent[8, 18, 10] == BACKGROUND
+    history.clear()
+    assert history.strokes == [] and not history.canPrompt

@@ -16,10 +16,8 @@ from cadcore.errors import CadError
 from cadcore.io.images import read_volume
 from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_json
 from cadcore.progress import StagedProgress
-from cadcore.registry import find_model_or_bundle
-from cadcore.registry.bundles import BundleModel
 from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities
-from cadcore.segmentation.predict import check_automatic, segment_image
+from cadcore.segmentation.predict import segment_image, segmentation_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,21 +33,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
     if args.png:
         check_output_path(args.png, args.force, (".png",))
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise CadError(f"--overlap must be in [0, 1), got {args.overlap}")
-    package = find_model_or_bundle(args.model)
-    if isinstance(package, BundleModel) and args.probabilities:
-        raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns labels)",
-                       package.folder)
-    if package.task != "segmentation":
-        raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
-    if not isinstance(package, BundleModel):
-        check_automatic(package)
-    if args.fast:
-        if isinstance(package, BundleModel):
-            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
-                           package.folder)
-        package.card.fast_stage()  # a card without a fast resolution fails before any reading or computing
+    package = segmentation_model(args.model, args.overlap, args.fast, bool(args.probabilities))
     package.verify()
     image = read_volume(args.input, args.series)
     configure_cpu_threads()

@@ -48,6 +48,32 @@ def check_automatic(package: ModelPackage) -> None:
                        "cad interact (or the Segment Editor's CAD AI effect)", package.folder)
 
 
+def segmentation_model(model: str, overlap: float | None = None, fast: bool = False,
+                       probabilities: bool = False) -> ModelPackage | BundleModel:
+    """The package or bundle ``cad segment`` (and the server's ``/segment``) will run with these options, refused
+    in one line before any image is read: a bad overlap, a classifier, a guided network, ``--fast`` or
+    probabilities where the model has none. One function, so the command and the server cannot drift apart."""
+    from cadcore.registry import find_model_or_bundle
+
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise CadError(f"--overlap must be in [0, 1), got {overlap}")
+    package = find_model_or_bundle(model)
+    bundle = isinstance(package, BundleModel)
+    if bundle and probabilities:
+        raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns labels)",
+                       package.folder)
+    if package.task != "segmentation":
+        raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
+    if not bundle:
+        check_automatic(package)
+    if fast:
+        if bundle:
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
+        package.card.fast_stage()  # a card without a fast resolution fails before any reading or computing
+    return package
+
+
 def segment_image(
     image: sitk.Image,
     package: ModelPackage | BundleModel,

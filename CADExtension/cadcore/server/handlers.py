@@ -16,8 +16,7 @@ from cadcore.errors import CadError
 from cadcore.io.images import read_image
 from cadcore.io.labelmaps import write_labelmap
 from cadcore.io.writing import all_or_none, write_image
-from cadcore.registry import find_model_or_bundle, list_all
-from cadcore.registry.bundles import BundleModel
+from cadcore.registry import list_all
 from cadcore.segmentation.interactive import InteractiveSession, PackageRegions, Prompts
 from cadcore.segmentation.interactive_request import check_interact_request, interact_report, label_entry
 from cadcore.server.jobs import JobSlot, ModelCache, key_of
@@ -138,7 +137,7 @@ def interact(ctx: ServerContext, session: Session, body: dict[str, Any]) -> dict
 def segment(ctx: ServerContext, session: Session, body: dict[str, Any]) -> dict[str, Any]:
     """The whole volume, as ``cad segment`` (same model checks, same sidecar); the labels as a ``.seg.nrrd``."""
     from cadcore.segmentation.outputs import sidecar
-    from cadcore.segmentation.predict import check_automatic, segment_image
+    from cadcore.segmentation.predict import segment_image, segmentation_model
 
     started = time.perf_counter()
     command = "segment"
@@ -147,18 +146,7 @@ def segment(ctx: ServerContext, session: Session, body: dict[str, Any]) -> dict[
     if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))):
         raise bad_request(command, "request: 'overlap' must be null or a number")
     with as_api_errors(command):
-        if overlap is not None and not 0.0 <= overlap < 1.0:
-            raise CadError(f"--overlap must be in [0, 1), got {overlap}")
-        package = find_model_or_bundle(model)
-        if package.task != "segmentation":
-            raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
-        if not isinstance(package, BundleModel):
-            check_automatic(package)
-        if fast:
-            if isinstance(package, BundleModel):
-                raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI "
-                               "bundle", package.folder)
-            package.card.fast_stage()
+        package = segmentation_model(model, overlap, fast)
         with ctx.slot.hold():
             package = ctx.cache.admit(package).package
             result = segment_image(session.image, package, ctx.device.type, overlap, None, False, cascade, None, fast)

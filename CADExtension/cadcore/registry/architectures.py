@@ -32,14 +32,32 @@ def network_family(spec: Mapping[str, Any]) -> str:
     return str(spec.get("name", ""))
 
 
+# Networks that are not MONAI's, written in the engine (from published topologies and state dicts): card name →
+# (module, class). A fixed table, like the MONAI list: a card can only pick one of these, never name code.
+ENGINE_NETWORKS = {
+    "MeshNet": ("cadcore.registry.meshnet", "MeshNet"),
+    "HippodeepHead": ("cadcore.registry.hippodeep_networks", "HippodeepHead"),
+    "HippodeepAffine": ("cadcore.registry.hippodeep_networks", "HippodeepAffine"),
+    "HippodeepHippo": ("cadcore.registry.hippodeep_networks", "HippodeepHippo"),
+}
+
+
 def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate ``spec = {"name": <MONAI class>, "params": {...}}``."""
+    """Instantiate ``spec = {"name": <MONAI class or ENGINE_NETWORKS name>, "params": {...}}``."""
+    name = network_family(spec)
+    params = dict(spec.get("params", {}))
+    if name in ENGINE_NETWORKS:
+        import importlib
+
+        module, attribute = ENGINE_NETWORKS[name]
+        try:
+            return getattr(importlib.import_module(module), attribute)(**params)
+        except (TypeError, ValueError, AssertionError, KeyError, IndexError) as exc:
+            raise CadError(f"network parameters do not fit {name}: {exc}") from exc
     import monai.networks.nets as nets
 
-    name = network_family(spec)
     if name not in SEGMENTATION_NETWORKS + CLASSIFICATION_NETWORKS:
         raise CadError(f"unsupported network {name!r} in model card")
-    params = dict(spec.get("params", {}))
     if name == "ResNet":
         from monai.networks.nets.resnet import ResNetBlock
 
@@ -60,6 +78,8 @@ def stages_of(card: ModelCard) -> list[tuple[str, Stage]]:
         stages.append((CARD_FIELD["fast"] if card.fast.network is not None else "network", card.fast_stage()))
     if card.ensemble_members:
         stages = [("network", stage) for stage in card.member_stages()]
+    if card.pipeline is not None:
+        stages += [(f"pipeline.networks.{stage.role}", stage) for stage in card.pipeline.stages]
     unique: dict[tuple[str, str, tuple[str, ...]], tuple[str, Stage]] = {}
     for where, stage in stages:
         key = (json.dumps(stage.network, sort_keys=True, default=str), stage.weight_prefix, stage.foreign_prefixes)

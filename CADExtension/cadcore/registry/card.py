@@ -130,6 +130,18 @@ class Interactive:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """A model that is not run by the standard pipeline (resample, normalise, sliding window, back to the grid):
+    ``name`` picks the engine's pipeline module (``cadcore.registry.pipelines.PIPELINES``), ``options`` are its own
+    typed options (a frozen dataclass read by that pipeline's card module), and ``stages`` its extra networks, each
+    stored under the weight prefix ``"<stage role>."`` beside the card's main ``network``."""
+
+    name: str
+    options: Any = None
+    stages: tuple[Stage, ...] = ()
+
+
+@dataclass(frozen=True)
 class Calibration:
     temperature: float = 1.0
     prior: tuple[float, ...] | None = None  # real class frequencies (training sampled classes evenly)
@@ -166,6 +178,7 @@ class ModelCard:
     calibration: Calibration = Calibration()
     gradcam_layer: str = "layer4"
     interactive: Interactive | None = None  # a guided network's prompt channels
+    pipeline: Pipeline | None = None  # None: the standard pipeline
     weights: WeightsFile = WeightsFile()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the JSON as read: provenance and all
     path: Path | None = field(default=None, compare=False)  # where it was read from, for error messages
@@ -178,6 +191,8 @@ class ModelCard:
         if self.cascade is not None:
             return Stage("fine", self.network, self.preprocessing, self.inference, FINE_PREFIX)
         foreign = (FAST_PREFIX,) if self.fast and self.fast.network is not None else ()
+        if self.pipeline is not None:
+            foreign += tuple(stage.weight_prefix for stage in self.pipeline.stages)
         return Stage("main", self.network, self.preprocessing, self.inference, "", foreign)
 
     def fast_stage(self) -> Stage:

@@ -34,6 +34,7 @@ from cadcore.registry.card import (
     Interactive,
     Label,
     ModelCard,
+    Pipeline,
     Stage,
     WeightsFile,
 )
@@ -229,6 +230,26 @@ class _CardReader:
             raise self.fail("interactive.channels", f"has {len(channels)} channels but the network takes {declared}")
         return Interactive(tuple(channels), str(kind), float(radius))
 
+    def pipeline(self) -> Pipeline | None:
+        """``pipeline``: the model's own pipeline (:mod:`cadcore.registry.pipelines`), its extra networks and its
+        options; None for the standard pipeline."""
+        from cadcore.registry.pipelines import read_options
+
+        section = self.data.get("pipeline")
+        if section is None:
+            return None
+        if not isinstance(section, Mapping) or not isinstance(section.get("name"), str):
+            raise self.fail("pipeline", f"must be an object with a pipeline 'name', got {section!r}")
+        networks = section.get("networks", {})
+        if not isinstance(networks, Mapping) or not all(is_model_id(role) for role in networks):
+            raise self.fail("pipeline.networks", f"must map plain role names to networks, got {networks!r}")
+        stages = tuple(Stage(str(role), self.network(spec, f"pipeline.networks.{role}"), {}, Inference(),
+                             f"{role}.") for role, spec in networks.items())
+        options = {key: value for key, value in section.items() if key not in ("name", "networks")}
+        return Pipeline(section["name"], read_options(section["name"], options,
+                                                      lambda where, problem: self.fail(f"pipeline.{where}", problem)),
+                        stages)
+
     def fast(self, main: Inference) -> FastMode | None:
         section = self.data.get("fast")
         if section is None:
@@ -302,6 +323,6 @@ class _CardReader:
             cascade=self.cascade(), fast=self.fast(inference), ensemble_members=tuple(members),
             roi=self.section(data, "roi", "roi"),
             calibration=Calibration(float(temperature), tuple(float(p) for p in prior) if prior else None),
-            gradcam_layer=str(layer), interactive=self.interactive(network),
+            gradcam_layer=str(layer), interactive=self.interactive(network), pipeline=self.pipeline(),
             weights=self.weights_file(weights),
             raw=copy.deepcopy(dict(data)), path=self.path)

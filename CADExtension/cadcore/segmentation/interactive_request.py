@@ -34,6 +34,9 @@ def check_interact_request(model: str | Path, label: int, positive: Sequence[Any
         raise CadError(UNCERTAINTY_NEEDS_PROBABILITIES, package.folder)
     if package.task != "segmentation":
         raise CadError(f"is a {package.task} model; cad interact needs a segmentation model", package.folder)
+    pipeline = getattr(getattr(package, "card", None), "pipeline", None)
+    if pipeline is not None:  # its own conform/template steps do not run on a prompt's region
+        raise CadError(f"runs its own {pipeline.name} pipeline on the whole volume; use cad segment", package.folder)
     names = package.label_names()
     if label not in names:
         raise CadError(f"--label {label} is not one of the model's labels ({', '.join(map(str, names))})",

@@ -55,5 +55,6 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
         "cascade": result.cascade,
         "fast": result.fast,
         "working_spacing": result.working_spacing,
+        **({"measures": result.measures} if result.measures else {}),
         "timings": {**result.timings, "total_s": round(seconds, 3)},
     }

@@ -38,6 +38,7 @@ class SegmentationResult:
     cascade: dict[str, Any] | None = None
     working_spacing: list[float] | None = None  # the network's voxel size in mm (None: the input's own)
     fast: bool = False
+    measures: dict[str, Any] | None = None  # a pipeline's own figures for the sidecar (e.g. hippodeep's eTIV)
 
 
 def check_automatic(package: ModelPackage) -> None:
@@ -100,6 +101,13 @@ def segment_image(
     check_automatic(package)
     torch_device = pick_device(device)
     card = package.card
+    if card.pipeline is not None:  # its own conventions (conform, masks, template crops): its own module
+        if fast or keep_probabilities:
+            raise CadError(f"model {package.id} runs its own {card.pipeline.name} pipeline, which has no "
+                           f"{'--fast mode' if fast else 'probability output'}", package.folder)
+        from cadcore.segmentation.pipelines import run_pipeline
+
+        return run_pipeline(image, package, torch_device, progress)
     stage = card.fast_stage() if fast else card.main_stage
     overlap = stage.inference.overlap if overlap is None else overlap
     sw_batch_size = sw_batch_size or stage.inference.sw_batch_size

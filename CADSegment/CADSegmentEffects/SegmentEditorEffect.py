@@ -75,7 +75,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return _("<html>Segment a structure with AI from prompts.<p>"
                  "<b>Click</b>: left-click inside the structure; Shift+left-click where it is not. Each click refines "
                  "the segment.<br><b>Box</b>: place a markups ROI around it and press Segment in box.<br>"
-                 "<b>Scribble</b>: paint inside (drag) and outside (Shift+drag).<p>"
+                 "<b>Scribble</b>: paint inside (drag) and outside (Shift+drag).<br>Esc cancels a running prompt.<p>"
                  "The result goes through the editable area, intensity range and overwrite settings below, and "
                  "Undo reverts each prompt.</html>")
 
@@ -272,6 +272,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # --- interaction -------------------------------------------------------------------------------------------
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if eventId == vtk.vtkCommand.KeyPressEvent and callerInteractor.GetKeySym() == "Escape" \
+                and self.logic is not None and self.logic.isRunning():
+            self.logic.cancel()  # the prompt writes nothing; its onFinished reports "cancelled"
+            return True
         if viewWidget.className() != "qMRMLSliceWidget" or callerInteractor.GetControlKey() \
                 or callerInteractor.GetAltKey():
             return False

@@ -54,6 +54,19 @@ OPTIONS = {  # hippodeep.py's constants, named (see cadcore.registry.hippodeep_c
     "noise_floor": 32 / 255,
     "label_threshold": 0.5,
 }
+METRICS = {  # measured after conversion (docs/benchmarks.md); the conversion itself changes no number
+    "agreement_with_reference": {
+        "what": "cad segment vs the reference hippodeep.py on the same NIfTI; Dice of labels (reference uint8 mask "
+                ">= 128, ours >= 0.5), soft volumes and eTIV from both",
+        "example_brain_t1": {"dice_left": 1.0, "dice_right": 1.0, "left_ml": [3.161, 3.1606],
+                             "right_ml": [3.344, 3.3438], "etiv_ml": [1439.994, 1440.1]},
+        "whole_head_mr_8_volumes": {"dice_min": 0.9655, "dice_below_1": "3 labels, one voxel each, all where the "
+                                    "reference's truncated uint8 value is 127 (127.0-127.99 of 255, either side of "
+                                    "0.5)"},
+        "command": "PYTHONPATH=CADExtension .venv/bin/python benchmarks/hippodeep_agreement.py "
+                   "--json benchmarks/results/hippodeep_agreement.json",
+    },
+}
 HIPPOCAMPUS = {"scheme": "SCT", "code": "5366008", "meaning": "Hippocampus"}
 STRUCTURE = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
 SIDES = {"left": {"scheme": "SCT", "code": "7771000", "meaning": "Left"},
@@ -120,6 +133,7 @@ def card(hashes: dict[str, str]) -> dict[str, Any]:
             "conversion": "tools/convert_hippodeep.py (tensors copied unchanged; checked equal after writing)",
             "citation": CITATION,
         },
+        "metrics": METRICS,
         "licence": "MIT (hippodeep_pytorch README: 'Hippodeep is MIT License')",
     }
 

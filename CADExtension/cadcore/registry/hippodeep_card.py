@@ -50,8 +50,8 @@ class HippodeepOptions:
 def _numbers(section: Mapping[str, Any], key: str, fail: Fail, count: int, kind: type) -> tuple[Any, ...]:
     value = section.get(key)
     ok = isinstance(value, list) and len(value) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and (kind is float or float(v).is_integer())
-        for v in value)
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        and (kind is float or float(v).is_integer()) for v in value)
     if not ok:
         raise fail(key, f"must be a list of {count} {'integers' if kind is int else 'numbers'}, got {value!r}")
     return tuple(kind(v) for v in value)

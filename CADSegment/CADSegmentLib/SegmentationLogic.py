@@ -21,6 +21,7 @@ The engine runs as ``python -m cadcore segment ...`` (see ``CADExtensionLib.comm
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -126,6 +127,10 @@ class SegmentationLogic(EngineJobLogic[_Run]):
             raise RuntimeError(f"segmentation failed: cannot read the engine's sidecar {sidecarPath} ({exc})") \
                 from exc
         modelId = str(sidecar.get("model") or Path(run.model).name)
+        for warning in sidecar.get("warnings") or []:  # "this scan may not be what the model was made for"
+            logging.warning("%s: %s", self.logPrefix, warning)
+            if run.onLog:
+                run.onLog(f"warning: {warning}")
         return importLabelmapToSegmentation(run.outputPath, sidecar.get("labels", []), run.volumeNode,
                                             run.segmentationNode,
                                             name=f"{run.volumeNode.GetName()} {modelId} segmentation")

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"overlay PNG:  {args.png}")
     for label in report["labels"]:
         print(f"  {label['value']:>3}  {label['name']:<32} {label['volume_ml']:8.3f} mL")
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}")
     return 0
 
 

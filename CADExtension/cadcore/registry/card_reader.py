@@ -292,7 +292,7 @@ class _CardReader:
         task = str(data["task"])
         network = self.network(data["network"], "network")
         inference = _inference(data.get("inference", {}), "inference", self.path)
-        if task == "segmentation" and inference.patch_size is None:
+        if task == "segmentation" and inference.patch_size is None and "pipeline" not in data:
             raise self.fail("inference.patch_size", "is missing (a segmentation model needs its window size)")
         weights = self.section(data, "weights", "weights")
         calibration = self.section(data, "calibration", "calibration")

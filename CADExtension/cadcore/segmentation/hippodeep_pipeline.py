@@ -101,7 +101,34 @@ def segment(image: sitk.Image, package: ModelPackage, device: torch.device,
     timings["postprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("postprocess", 1.0)
-    return SegmentationResult(result, None, timings, measures=measures)
+    return SegmentationResult(result, None, timings, measures=measures,
+                              warnings=plausibility_warnings(image, measures, package.id))
+
+
+ETIV_RANGE_ML = (1000.0, 2300.0)  # adult eTIV lies well inside this (about 1.1-2.0 L); outside: not a head T1
+HIPPOCAMPUS_RANGE_ML = (1.5, 6.5)  # one adult hippocampus (label volume), atrophy included
+MAX_VOXEL_MM = 2.0  # the method was made on 3D T1s of about 1 mm; thick slices give implausible hippocampi
+
+
+def plausibility_warnings(image: sitk.Image, measures: dict, model_id: str) -> list[str]:
+    """Say when the answer is not to be trusted because the scan is not what hippodeep was made for (a whole-head
+    3D T1 of an adult): an eTIV or a hippocampus volume outside the adult range, or thick voxels. Measured: on an
+    abdominal MR it gave an eTIV of 2.7 L; on 6.5 mm-slice scans, hippocampi of 0.015-1.2 mL (docs/benchmarks.md)."""
+    warnings = []
+    etiv = measures["etiv_ml"]
+    if not ETIV_RANGE_ML[0] <= etiv <= ETIV_RANGE_ML[1]:
+        warnings.append(f"{model_id}: eTIV {etiv / 1000:.2f} L is outside the adult range "
+                        f"{ETIV_RANGE_ML[0] / 1000:.1f}-{ETIV_RANGE_ML[1] / 1000:.1f} L: is this a whole-head T1 MR?")
+    for side in ("left", "right"):
+        volume = measures[f"hippocampus_{side}_label_ml"]
+        if not HIPPOCAMPUS_RANGE_ML[0] <= volume <= HIPPOCAMPUS_RANGE_ML[1]:
+            warnings.append(f"{model_id}: {side} hippocampus {volume:.2f} mL is outside the adult range "
+                            f"{HIPPOCAMPUS_RANGE_ML[0]}-{HIPPOCAMPUS_RANGE_ML[1]} mL: check the result")
+    thickest = max(image.GetSpacing())
+    if thickest > MAX_VOXEL_MM:
+        warnings.append(f"{model_id}: voxels up to {thickest:.1f} mm; it was made for 3D T1s of about 1 mm "
+                        f"(at most {MAX_VOXEL_MM:g} mm): expect too small hippocampi")
+    return warnings
 
 
 def check_model(package: ModelPackage, options: HippodeepOptions) -> tuple[Stage, Stage, Stage]:

@@ -56,5 +56,6 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
         "fast": result.fast,
         "working_spacing": result.working_spacing,
         **({"measures": result.measures} if result.measures else {}),
+        **({"warnings": list(result.warnings)} if result.warnings else {}),  # absent: nothing to warn about
         "timings": {**result.timings, "total_s": round(seconds, 3)},
     }

@@ -39,6 +39,7 @@ class SegmentationResult:
     working_spacing: list[float] | None = None  # the network's voxel size in mm (None: the input's own)
     fast: bool = False
     measures: dict[str, Any] | None = None  # a pipeline's own figures for the sidecar (e.g. hippodeep's eTIV)
+    warnings: list[str] = field(default_factory=list)  # "this scan may not be what the model was made for"
 
 
 def check_automatic(package: ModelPackage) -> None:

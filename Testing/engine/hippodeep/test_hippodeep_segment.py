@@ -52,7 +52,9 @@ def cad_segment(example, tmp_path_factory) -> tuple[sitk.Image, dict]:
 
     output = tmp_path_factory.mktemp("hippodeep") / "hippo.nii.gz"
     assert main(["segment", str(EXAMPLE), "-m", "hippocampus-whole-head", "-o", str(output), "--device", "cpu"]) == 0
-    return sitk.ReadImage(str(output)), json.loads(Path(f"{output}.json").read_text())["measures"]
+    sidecar = json.loads(Path(f"{output}.json").read_text())
+    assert "warnings" not in sidecar  # a whole-head 3D T1 of an adult: nothing to warn about
+    return sitk.ReadImage(str(output)), sidecar["measures"]
 
 
 def test_cad_segment_matches_the_reference_volumes_and_etiv(example, cad_segment):
@@ -119,3 +121,19 @@ def test_oblique_anisotropic_grid_gives_the_same_volumes_on_its_own_grid(example
     assert measures["hippocampus_right_ml"] == pytest.approx(REFERENCE_ML["right"], rel=0.05)
     assert measures["etiv_ml"] == pytest.approx(REFERENCE_ML["etiv"], rel=0.02)
     assert {1, 2} <= set(np.unique(sitk.GetArrayFromImage(result.labels)))
+
+
+def test_a_scan_it_was_not_made_for_says_so():
+    """An abdominal MR gave eTIV 2.7 L and 0.35 mL of "hippocampus"; thick-slice scans give tiny hippocampi: the
+    sidecar (and cad segment's output) warns instead of reporting them silently."""
+    from cadcore.segmentation.hippodeep_pipeline import plausibility_warnings
+
+    head = sitk.Image([8, 8, 8], sitk.sitkFloat32)
+    fine = {"etiv_ml": 1440.0, "hippocampus_left_label_ml": 3.1, "hippocampus_right_label_ml": 3.3}
+    assert plausibility_warnings(head, fine, "m") == []
+    abdomen = {"etiv_ml": 2700.0, "hippocampus_left_label_ml": 0.35, "hippocampus_right_label_ml": 0.0}
+    warnings = plausibility_warnings(head, abdomen, "m")
+    assert len(warnings) == 3 and "eTIV 2.70 L" in warnings[0] and "left hippocampus 0.35 mL" in warnings[1]
+    thick = sitk.Image([8, 8, 8], sitk.sitkFloat32)
+    thick.SetSpacing([0.9, 0.9, 6.5])
+    assert any("6.5 mm" in w for w in plausibility_warnings(thick, fine, "m"))

@@ -60,12 +60,16 @@ def head_box(scaled: np.ndarray, threshold: float, margin: int, min_voxels: int 
 def _take(volume: torch.Tensor, lo: list[int], hi: list[int]) -> torch.Tensor:
     """``volume[..., lo:hi]`` per spatial axis with zeros where the range leaves the volume."""
     shape = volume.shape[2:]
-    inside = [(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape)]
+    inside = [(min(max(0, a), n), max(min(n, b), 0)) for a, b, n in zip(lo, hi, shape)]
     part = volume[:, :, inside[0][0]:inside[0][1], inside[1][0]:inside[1][1], inside[2][0]:inside[2][1]]
-    pad = []
-    for (a, b), (ia, ib) in reversed(list(zip(zip(lo, hi), inside))):
-        pad += [ia - a, b - ib]
-    return F.pad(part, pad) if any(pad) else part
+    if [ia - a for a, (ia, _) in zip(lo, inside)] == [0, 0, 0] and list(part.shape[2:]) == [b - a for a, b in
+                                                                                             zip(lo, hi)]:
+        return part
+    out = volume.new_zeros((*volume.shape[:2], *[b - a for a, b in zip(lo, hi)]))
+    if part.numel():
+        out[:, :, inside[0][0] - lo[0]:inside[0][1] - lo[0], inside[1][0] - lo[1]:inside[1][1] - lo[1],
+            inside[2][0] - lo[2]:inside[2][1] - lo[2]] = part
+    return out
 
 
 def _zero_outside(x: torch.Tensor, lo: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -128,10 +132,11 @@ class _Input:
         return block.contiguous(memory_format=CHANNELS_LAST)
 
 
-def boxed_labels(network: MeshNet, scaled: np.ndarray, box: Box, step: int, tick: Any = None) -> np.ndarray:
+def boxed_labels(network: MeshNet, scaled: np.ndarray, box: Box, step: int, tick: Any = None,
+                 dtype: torch.dtype = torch.float32) -> np.ndarray:
     """uint8 labels of the whole cube: the box streamed through the layers ``step`` slices at a time (exact: see the
     module's doc), background elsewhere. Memory: each layer holds ``2 × dilation + 2 × step`` slices at most."""
-    volume = torch.from_numpy(scaled)[None, None]
+    volume = torch.from_numpy(scaled)[None, None].to(dtype)
     shape = tuple(scaled.shape)
     lo, hi = [b[0] for b in box], [b[1] for b in box]
     halos = np.cumsum([0, *reversed(network.dilations)])[::-1].tolist()  # halo still needed before each layer

@@ -240,14 +240,18 @@ def model_card_md(model: Model, params: Mapping[str, Any], labels: list[dict[str
         "| | |", "|---|---|",
         f"| Network | MeshNet: {len(params['dilations'])} dilated 3×3×3 convolutions of {params['channels']} channels "
         f"(dilations {', '.join(map(str, params['dilations']))}), {params['activation'].upper()}"
-        f"{', instance norm (GroupNorm, one group per channel, no affine), no bias' if params['norm'] == 'instance' else ''}"
+        + (", instance norm (GroupNorm, one group per channel, no affine), no bias" if params["norm"] == "instance"
+           else "") +
         f", then a 1×1×1 convolution to {params['classes']} classes |",
-        "| Input | one volume; FreeSurfer-style conform (256³, 1 mm, LIA, uint8: minimum → 0, 99.9th percentile → 255), "
+        "| Input | one volume; FreeSurfer-style conform (256³, 1 mm, LIA, uint8: minimum → 0, 99.9th percentile "
+        "→ 255), "
         "then 2nd–98th percentile scaling to [0, 1] (brainchop's conventions) |",
-        f"| Inference | the head's box only, streamed with the full receptive-field halo ({sum(params['dilations'])} "
-        "voxels): the labels of the plain full-volume forward"
+        ("| Inference | the whole conformed cube, layer by layer (its instance norm needs every voxel)"
+         if params["norm"] == "instance" else
+         f"| Inference | the head's box only, streamed with the full receptive-field halo "
+         f"({sum(params['dilations'])} voxels): the labels of the plain full-volume forward")
         + (f"; labels kept only inside `{model.mask_model}`'s brain" if model.mask_model else "") + " |",
-        f"| Output | {len(labels)} labels on the input's exact grid (nearest neighbour from the conformed cube)"
+        f"| Output | {len(labels)} label{'s' if len(labels) > 1 else ''} on the input's exact grid (nearest neighbour from the conformed cube)"
         + (f"; SNOMED CT codes: {', '.join(coded)}" if coded else "") + " |",
         "", "## Source and provenance", "",
         f"Converted by `tools/convert_brainchop.py` from `{SOURCE_REPO}` at commit `{SOURCE_COMMIT}`, folder "

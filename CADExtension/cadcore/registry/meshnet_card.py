@@ -20,7 +20,8 @@ from cadcore.errors import CadError
 from cadcore.registry.card_reader import is_model_id
 
 KNOWN = ("conform_size", "conform_spacing", "orientation", "uint8_percentile", "percentiles", "mask_model",
-         "box_threshold", "box_margin", "tile_depth")
+         "box_threshold", "box_margin", "tile_depth", "precision")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _orientation_codes() -> frozenset[str]:
@@ -46,6 +47,7 @@ class MeshNetOptions:
     box_threshold: float = 0.05  # of the scaled intensity: what counts as head for the head box
     box_margin: int = 4  # voxels around the head box that are still labelled
     tile_depth: int = 8  # slices per streaming step (memory per layer: 2 x (dilation + step) slices)
+    precision: str = "float32"  # bfloat16: about 5x faster on AVX512-BF16 CPUs, but some labels differ
 
 
 def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError]) -> MeshNetOptions:
@@ -101,6 +103,11 @@ def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError
     if not (_integer(depth) and 1 <= depth <= 1024):
         raise fail("tile_depth", f"must be a number of slices between 1 and 1024, got {depth!r}")
     values["tile_depth"] = int(depth)
+
+    precision = section.get("precision", default.precision)
+    if precision not in PRECISIONS:
+        raise fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    values["precision"] = precision
     return MeshNetOptions(**values)
 
 

@@ -152,15 +152,16 @@ def boxed_labels(network: MeshNet, scaled: np.ndarray, box: Box, step: int, tick
     return labels
 
 
-def whole_volume_labels(network: MeshNet, scaled: np.ndarray, tick: Any = None, chunk: int = 32) -> np.ndarray:
+def whole_volume_labels(network: MeshNet, scaled: np.ndarray, tick: Any = None, chunk: int = 32,
+                        dtype: torch.dtype = torch.float32) -> np.ndarray:
     """The plain forward, layer by layer, channels-last, for networks normalised over the whole volume: each
     convolution is written slab by slab into one buffer, then normalised and activated in place, so two
     activations are alive at a time (not the four a plain ``forward`` can hold)."""
-    x = torch.from_numpy(scaled)[None, None].contiguous(memory_format=CHANNELS_LAST)
+    x = torch.from_numpy(scaled)[None, None].to(dtype).contiguous(memory_format=CHANNELS_LAST)
     depth = x.shape[2]
     for index, dilation in enumerate(network.dilations):
         conv = network.layers[index]
-        out = torch.empty((1, conv.out_channels, *x.shape[2:]), memory_format=CHANNELS_LAST)
+        out = torch.empty((1, conv.out_channels, *x.shape[2:]), dtype=dtype, memory_format=CHANNELS_LAST)
         for start in range(0, depth, chunk):
             stop = min(depth, start + chunk)
             window = _take(x, [start - dilation, -dilation, -dilation],
@@ -169,8 +170,10 @@ def whole_volume_labels(network: MeshNet, scaled: np.ndarray, tick: Any = None, 
                                              dilation=conv.dilation)
         del x
         if network.norm == "instance":
-            variance, mean = torch.var_mean(out, dim=(2, 3, 4), keepdim=True, unbiased=False)
-            out.sub_(mean).div_(torch.sqrt(variance + GROUPNORM_EPS))
+            for channel in range(out.shape[1]):  # statistics in float32 whatever the precision
+                values = out[:, channel]
+                variance, mean = torch.var_mean(values.float(), unbiased=False)
+                values.sub_(mean.to(dtype)).div_(torch.sqrt(variance + GROUPNORM_EPS).to(dtype))
         for start in range(0, depth, chunk):
             out[:, :, start:start + chunk] = network.act(out[:, :, start:start + chunk])
         x = out
@@ -188,13 +191,14 @@ def conformed_labels(package: ModelPackage, scaled: np.ndarray, device: Any, opt
     network = load_network(package, package.card.main_stage, "cpu")
     if not isinstance(network, MeshNet):
         raise CadError("the meshnet pipeline runs a MeshNet network only", package.folder)
-    network = network.to(memory_format=CHANNELS_LAST)
+    dtype = torch.bfloat16 if options.precision == "bfloat16" else torch.float32
+    network = network.to(dtype=dtype, memory_format=CHANNELS_LAST)
     with torch.inference_mode():
         if network.norm != "none":
-            return whole_volume_labels(network, scaled, tick)
+            return whole_volume_labels(network, scaled, tick, dtype=dtype)
         if box is None:
             return np.zeros(scaled.shape, dtype=np.uint8)
-        return boxed_labels(network, scaled, box, options.tile_depth, tick)
+        return boxed_labels(network, scaled, box, options.tile_depth, tick, dtype=dtype)
 
 
 def mask_package(package: ModelPackage, options: MeshNetOptions) -> ModelPackage | None:

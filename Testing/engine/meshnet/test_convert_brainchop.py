@@ -1,4 +1,4 @@
-"""tools/convert_brainchop.py: tfjs MeshNets → packages, tensors equal to the sources, bad manifests refused in one line."""
+"""tools/convert_brainchop.py: tfjs MeshNets → packages, tensors equal to their sources, bad manifests refused."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require_shared, run_cad
 from meshnet_fixtures import WEIGHTS, converter, write_tfjs
+
+from conftest import require_shared, run_cad
 
 SHIPPED = {"brain-mask": "mindgrab", "brain-structures": "model30chan18cls", "brain-tissue": "model20chan3cls",
            "brain-parcellation": "model21_104class"}

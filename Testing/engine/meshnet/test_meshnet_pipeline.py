@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_direction, require_shared, run_cad
 from meshnet_fixtures import WEIGHTS, make_meshnet_package, write_tfjs
 
 from cadcore.errors import CadError
 from cadcore.registry.card_reader import parse_card
 from cadcore.registry.meshnet import MeshNet
 from cadcore.segmentation import meshnet_pipeline as mp
+from conftest import oblique_direction, require_shared, run_cad
 
 
 def _net(seed=0, **params):

@@ -89,7 +89,11 @@ def conform(image: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     grid = np.stack(np.meshgrid(*[np.arange(256.0)] * 3, indexing="ij"), axis=0).reshape(3, -1)
     points = LIA @ grid + cube_origin[:, None]
     index = np.linalg.solve(matrix, points - origin[:, None])
-    sampled = map_coordinates(values, index, order=1, mode="constant", cval=0.0, prefilter=False)
+    # a point counts as inside the scan up to half a voxel beyond the outer voxel centres (then the edge value),
+    # outside it is 0: ITK's convention, which the engine's resampler follows
+    inside = np.all((index >= -0.5) & (index <= size[:, None] - 0.5), axis=0)
+    sampled = map_coordinates(values, index, order=1, mode="nearest", prefilter=False)
+    sampled[~inside] = 0.0
     return np.rint(sampled).reshape(256, 256, 256).astype(np.uint8), LIA, cube_origin
 
 
@@ -102,7 +106,8 @@ def back_to_input(labels: np.ndarray, image: sitk.Image, cube_origin: np.ndarray
     """(i, j, k) labels of every input voxel, nearest neighbour from the cube (outside: 0)."""
     matrix, origin, size = geometry(image)
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in size], indexing="ij"), axis=0).reshape(3, -1)
-    cube_index = np.rint(np.linalg.solve(LIA, matrix @ grid + (origin - cube_origin)[:, None])).astype(int)
+    # nearest neighbour, halves rounded up (ITK's rule; the grids often meet exactly half-way, e.g. 1.75 mm voxels)
+    cube_index = np.floor(np.linalg.solve(LIA, matrix @ grid + (origin - cube_origin)[:, None]) + 0.5).astype(int)
     inside = np.all((cube_index >= 0) & (cube_index < 256), axis=0)
     out = np.zeros(grid.shape[1], dtype=np.uint8)
     out[inside] = labels[cube_index[0, inside], cube_index[1, inside], cube_index[2, inside]]

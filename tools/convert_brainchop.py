@@ -253,7 +253,8 @@ def model_card_md(model: Model, params: Mapping[str, Any], labels: list[dict[str
          f"| Inference | the head's box only, streamed with the full receptive-field halo "
          f"({sum(params['dilations'])} voxels): the labels of the plain full-volume forward")
         + (f"; labels kept only inside `{model.mask_model}`'s brain" if model.mask_model else "") + " |",
-        f"| Output | {len(labels)} label{'s' if len(labels) > 1 else ''} on the input's exact grid (nearest neighbour from the conformed cube)"
+        f"| Output | {len(labels)} label{'s' if len(labels) > 1 else ''} on the input's exact grid (nearest "
+        "neighbour from the conformed cube)"
         + (f"; SNOMED CT codes: {', '.join(coded)}" if coded else "") + " |",
         "", "## Source and provenance", "",
         f"Converted by `tools/convert_brainchop.py` from `{SOURCE_REPO}` at commit `{SOURCE_COMMIT}`, folder "

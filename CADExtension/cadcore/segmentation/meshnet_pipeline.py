@@ -182,10 +182,9 @@ def whole_volume_labels(network: MeshNet, scaled: np.ndarray, tick: Any = None, 
         out = torch.empty((1, conv.out_channels, *x.shape[2:]), dtype=dtype, memory_format=CHANNELS_LAST)
         for start in range(0, depth, chunk):
             stop = min(depth, start + chunk)
-            window = _take(x, [start - dilation, -dilation, -dilation],
-                           [stop + dilation, x.shape[3] + dilation, x.shape[4] + dilation])
+            window = _take(x, [start - dilation, 0, 0], [stop + dilation, x.shape[3], x.shape[4]])
             out[:, :, start:stop] = F.conv3d(window.contiguous(memory_format=CHANNELS_LAST), conv.weight, conv.bias,
-                                             dilation=conv.dilation)
+                                             padding=(0, dilation, dilation), dilation=conv.dilation)
         del x
         if network.norm == "instance":
             # one pass over the buffer (channels are its fastest axis), sums in float64 whatever the precision

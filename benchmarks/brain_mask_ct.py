@@ -2,7 +2,7 @@
 
 For each CT: ``cad segment -m brain-mask`` in a fresh process, then the fraction of the OpenKBP brainstem contour
 inside the mask (when a label file is given) and the share of bone (> 300 HU) that the mask includes, with the
-mask's volume. Writes an overlay PNG per case beside the labels when ``--png`` is given.
+mask's volume. ``--png-dir``: also the overlay PNG and the mask of each case there.
 
     .venv/bin/python benchmarks/brain_mask_ct.py ../shared/data/slicer_testing_ct_head_dicom \\
         ../shared/data/openkbp_headneck_ct/imagesTr/train_pt_1.nii.gz [...] [--png-dir DIR]
@@ -54,8 +54,12 @@ def main() -> None:
             if done.returncode:
                 raise SystemExit(f"cad segment failed on {ct}: {done.stderr.strip()}")
             mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+            if args.png_dir:
+                sitk.WriteImage(sitk.ReadImage(str(out)), str(args.png_dir / f"{ct.name.split('.')[0]}_mask.nii.gz"))
         image = read(ct)
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        if hu.min() >= 0:  # stored values without a rescale intercept (Slicer's CTHead series): HU + 1024
+            hu -= 1024.0
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         bone = hu > BONE_HU
         label = ct.parent.parent / "labelsTr" / ct.name

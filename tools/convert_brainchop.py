@@ -59,7 +59,10 @@ class Model:
 MODELS = (
     Model("brain-mask", "mindgrab", "Brain extraction (MindGrab MeshNet): brain vs everything else, any modality",
           "ANY", "Trained on synthetic data (per its paper) for T1, T2, DWI, MRA, PD, EPI, CT and PET; checked here "
-          "on T1/T2-like MR and head CT. Whole-volume instance norm: it runs on the whole conformed cube."),
+          "on T1/T2-like MR (labels identical to the reference conventions) and head CT: on head-and-neck CT the "
+          "brainstem is inside and the calvarium outside the mask, but soft tissue of the neck, face and upper chest "
+          "that falls inside the 256 mm cube is marked too; use a head-only field of view. Its instance norm needs "
+          "the whole conformed cube (about 2.5 minutes on 2 CPU cores)."),
     Model("brain-structures", "model30chan18cls", "FreeSurfer aseg-like brain structures (brainchop "
           "model30chan18cls): 17 structures, left and right merged", "MR",
           "Expects a whole-head T1-weighted MR; left and right are one label per structure."),

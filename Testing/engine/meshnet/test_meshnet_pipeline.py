@@ -153,7 +153,7 @@ def test_good_options_are_typed_and_frozen(tmp_path):
 
 @pytest.mark.slow
 def test_brain_mask_on_a_real_whole_head_t1(tmp_path, capsys):
-    """brain-mask end to end on hippodeep's example T1 (about a minute on 2 cores: MindGrab's instance norm needs
+    """brain-mask end to end on hippodeep's example T1 (2.5-4 minutes on 2 cores: MindGrab's instance norm needs
     the whole conformed cube)."""
     source = require_shared(WEIGHTS / "hippodeep" / "example_brain_t1.nii.gz")
     out = tmp_path / "mask.nii.gz"
@@ -163,4 +163,4 @@ def test_brain_mask_on_a_real_whole_head_t1(tmp_path, capsys):
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     millilitres = mask.sum() * 1.75 ** 3 / 1000
     assert 1000 < millilitres < 1700, millilitres  # an adult brain, not the head nor an empty mask
-    assert time.perf_counter() - started < 300
+    assert time.perf_counter() - started < 900  # a sanity bound, not the benchmark (docs/benchmarks.md)

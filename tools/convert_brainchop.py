@@ -14,7 +14,6 @@ card (``model.json``, with the source files' sha256) and ``MODEL_CARD.md``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "CADExtension"))
 
 from cadcore.errors import CadError  # noqa: E402
+from cadcore.registry.locations import sha256_of  # noqa: E402
 
 SOURCE_REPO = "neuroneural/brainchop"
 SOURCE_COMMIT = "4c87885f3a2a8835e260d521dcec922b58d91d41"
@@ -73,14 +73,6 @@ MODELS = (
           "Expects a whole-head T1-weighted MR; labels outside the brain are removed by brain-mask, as brainchop "
           "does.", mask_model="brain-mask"),
 )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_tfjs(folder: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:

@@ -16,7 +16,6 @@ exactly. ``MODEL_CARD.md`` is kept by hand beside them (it holds the measured fi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from cadcore.errors import CadError
+from cadcore.registry.locations import sha256_of
 
 REPOSITORY = "https://github.com/bthyreau/hippodeep_pytorch"
 COMMIT = "310305fe5a928b1da3e98e7c1384490881690593"
@@ -71,14 +71,6 @@ HIPPOCAMPUS = {"scheme": "SCT", "code": "5366008", "meaning": "Hippocampus"}
 STRUCTURE = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
 SIDES = {"left": {"scheme": "SCT", "code": "7771000", "meaning": "Left"},
          "right": {"scheme": "SCT", "code": "24028007", "meaning": "Right"}}
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_source(path: Path, spec: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from cadcore.errors import CadError
+from cadcore.preprocessing.working_space import from_array, to_array
 from cadcore.progress import StagedProgress
 from cadcore.registry.card import Stage
 from cadcore.registry.hippodeep_card import STEM_SHRINK, HippodeepOptions
@@ -64,7 +65,7 @@ def segment(image: sitk.Image, package: ModelPackage, device: torch.device,
         template_to_grid = affine(torch.cat([priors[:, 1:2] * brain, priors[:, 3:4] * brain], 1))[0]
     to_native = template_to_native(template_to_grid.double().cpu().numpy(), head_grid, options)
     crop = crop_grid(options)
-    cropped = from_image(sitk.Resample(normalised, crop, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    cropped = to_array(sitk.Resample(normalised, crop, to_native, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     del normalised
     if progress:
         progress.update("network", 0.3)
@@ -76,21 +77,21 @@ def segment(image: sitk.Image, package: ModelPackage, device: torch.device,
 
     started = time.perf_counter()
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    brain_map = to_image(brain[0, 0].float().cpu().numpy(), head_grid)
-    inside = from_image(sitk.Resample(brain_map, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    brain_map = from_array(brain[0, 0].float().cpu().numpy(), head_grid)
+    inside = to_array(sitk.Resample(brain_map, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
     etiv_ml = float((inside > options.brain_threshold).sum()) * voxel_ml
     del inside
     to_template = to_native.GetInverse()
     soft = {}
     for side, values in soft_crop.items():
-        native = from_image(sitk.Resample(to_image(values, crop), image, to_template, sitk.sitkLinear, 0.0,
+        native = to_array(sitk.Resample(from_array(values, crop), image, to_template, sitk.sitkLinear, 0.0,
                                           sitk.sitkFloat32))
         native[native < options.noise_floor] = 0.0
         soft[side] = native
     labels = np.zeros(soft[LEFT].shape, np.uint8)
     labels[soft[LEFT] >= options.label_threshold] = LEFT
     labels[(soft[RIGHT] >= options.label_threshold) & (soft[RIGHT] > soft[LEFT])] = RIGHT
-    result = to_image(labels, image)
+    result = from_array(labels, image)
     measures = {
         "etiv_ml": round(etiv_ml, 2),
         "hippocampus_left_ml": round(float(soft[LEFT].sum()) * voxel_ml, 4),  # hippodeep's own (soft) volumes
@@ -274,16 +275,4 @@ def hippocampus_maps(cropped: np.ndarray, network: torch.nn.Module, options: Hip
 
 def to_network(image: sitk.Image, device: torch.device) -> torch.Tensor:
     """A grid's voxels as a (1, 1, I, J, K) tensor in index order (SimpleITK's arrays are K, J, I)."""
-    return torch.from_numpy(np.ascontiguousarray(from_image(image)))[None, None].to(device)
-
-
-def from_image(image: sitk.Image) -> np.ndarray:
-    """Voxels in index order (I, J, K)."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-
-
-def to_image(values: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    """An array in index order (I, J, K) as an image with ``grid``'s geometry."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(values.transpose(2, 1, 0)))
-    image.CopyInformation(grid)
-    return image
+    return torch.from_numpy(np.ascontiguousarray(to_array(image)))[None, None].to(device)

@@ -39,8 +39,7 @@ def segmentArgv(
     process is started and the volume is written. ``fast`` asks for the model card's low ``fast`` resolution (the
     engine refuses it for a card without one, so the panel offers it only for such models).
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    _checkDevice(device)
     argv = [str(python), "-m", ENGINE_MODULE, "segment", str(inputPath), "-m", str(model), "-o", str(outputPath),
             "--device", device]
     if overlap is not None:
@@ -87,8 +86,7 @@ def trainArgv(
     here so a bad one fails before any volume is exported; lists are written as one ``--opt=a,b,c`` token, as the
     engine parses them.
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    _checkDevice(device)
     for name, value, low in (("epochs", epochs, 1), ("freezeEncoderEpochs", freezeEncoderEpochs, 0),
                              ("valEvery", 1 if valEvery is None else valEvery, 1)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
@@ -164,8 +162,7 @@ def classifyArgv(
     point survives the trip through text exactly, and as ``--center=...`` so a negative first coordinate is not
     mistaken for an option.
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+    _checkDevice(device)
     if maskPath is not None and centerRAS is not None:
         raise ValueError("give either a mask (maskPath/label) or a point (centerRAS/sizeMM), not both")
     if label is not None and maskPath is None:
@@ -177,9 +174,7 @@ def classifyArgv(
     if maskPath is not None:
         argv += ["--mask", str(maskPath)]
         if label is not None:
-            if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 < int(label) < 2**31:
-                raise ValueError(f"label must be a positive integer, got {label!r}")
-            argv += ["--label", str(int(label))]
+            argv += ["--label", _positiveLabel(label)]
     if centerRAS is not None:
         # "--center=X,Y,Z" in one token: argparse takes a separate "-3.5,2,1" for an option and refuses it
         argv.append("--center=" + ",".join(map(repr, _numbers(centerRAS, "centerRAS", (3,)))))
@@ -214,12 +209,9 @@ def interactArgv(
     one-line error. ``--force`` is always passed, as for :func:`segmentArgv`: the outputs live in the prompt's own
     temporary folder.
     """
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
-    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 < int(label) < 2**31:
-        raise ValueError(f"label must be a positive integer, got {label!r}")
+    _checkDevice(device)
     argv = [str(python), "-m", ENGINE_MODULE, "interact", str(inputPath), "-m", str(model), "-o", str(outputPath),
-            "--label", str(int(label))]
+            "--label", _positiveLabel(label)]
     for sign, points in (("+", positive), ("-", negative)):
         for point in points:
             argv.append(f"--click={sign}" + ",".join(map(repr, _numbers(point, "a click", (3,)))))
@@ -231,6 +223,19 @@ def interactArgv(
             argv += [option, str(path)]
     argv += ["--device", device, "--force"]
     return argv
+
+
+def _checkDevice(device: str) -> None:
+    """Checked here as well as in the engine, so a bad value fails before a volume is written or a process started."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r} (use one of {', '.join(DEVICES)})")
+
+
+def _positiveLabel(label: int) -> str:
+    """``--label``'s text: a positive integer that fits the engine's labelmaps (a bool is not a label)."""
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 < int(label) < 2**31:
+        raise ValueError(f"label must be a positive integer, got {label!r}")
+    return str(int(label))
 
 
 def engineFolder() -> Path:

@@ -15,7 +15,11 @@ less work:
 * channels-last tensors (oneDNN's fast path for 3D convolutions, about 3× on CPU) and ``inference_mode``.
 
 A network with an instance norm (MindGrab) normalises over the whole cube, so its statistics need every voxel of
-every layer: it runs layer by layer on the whole cube (same result as ``forward``), still channels-last.
+every layer: it runs layer by layer on the whole cube (same result as ``forward``), still channels-last. Its
+dilations (five cycles of 16-8-4-2-1) reach 155 voxels each way, so no box would be smaller than the cube anyway:
+25 layers × 16.8 M voxels × 15 × 15 × 27 multiply-adds = 2.5 × 10¹² per scan, about 150 s at the ~35 GFLOP/s
+oneDNN reaches here on 2 cores (docs/benchmarks.md). On an accelerator (``--device cuda``) every model runs the
+plain forward on the whole cube.
 
 ``mask_model`` (a card option) names another meshnet model; its labels > 0, in the same conformed cube, keep this
 model's labels, and its box (plus the halo rule above) bounds the work.
@@ -209,12 +213,33 @@ def whole_volume_labels(network: MeshNet, scaled: np.ndarray, tick: Any = None, 
     return labels
 
 
+def device_labels(network: MeshNet, scaled: np.ndarray, device: torch.device, chunk: int = 32) -> np.ndarray:
+    """The plain forward on an accelerator, whose memory holds the whole cube's activations (about 16.8 M voxels ×
+    channels × 4 bytes, twice: 2 GB for 30 channels): seconds there, where the CPU needs the streamed paths."""
+    network = network.to(device)
+    x = torch.from_numpy(scaled)[None, None].to(device)
+    logits = network(x)
+    del x
+    labels = np.empty(tuple(scaled.shape), dtype=np.uint8)
+    for start in range(0, labels.shape[0], chunk):
+        labels[start:start + chunk] = logits[0, :, start:start + chunk].argmax(0).to(torch.uint8).cpu().numpy()
+    return labels
+
+
 def conformed_labels(package: ModelPackage, scaled: np.ndarray, device: Any, options: MeshNetOptions,
                      box: Box | None, tick: Any = None) -> np.ndarray:
-    """This package's labels on the conformed cube (z, y, x) from the scaled cube."""
+    """This package's labels on the conformed cube (z, y, x) from the scaled cube: on ``device`` when it is an
+    accelerator (the plain forward), else by the CPU's streamed or layer-by-layer paths."""
     network = load_network(package, package.card.main_stage, "cpu")
     if not isinstance(network, MeshNet):
         raise CadError("the meshnet pipeline runs a MeshNet network only", package.folder)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cpu":
+        with torch.inference_mode():
+            labels = device_labels(network, scaled, device)
+        if tick:
+            tick(1.0)
+        return labels
     dtype = torch.bfloat16 if options.precision == "bfloat16" else torch.float32
     network = network.to(dtype=dtype, memory_format=CHANNELS_LAST)
     with torch.inference_mode():

@@ -59,6 +59,22 @@ def test_whole_volume_path_equals_the_plain_forward_with_instance_norm():
     np.testing.assert_array_equal(labels, _plain(network, cube))
 
 
+def test_accelerator_path_is_the_plain_forward_and_is_taken_for_a_non_cpu_device(monkeypatch):
+    """``--device cuda`` runs the plain forward on the device (checked here on the CPU, the only device CI has),
+    and ``conformed_labels`` routes any non-CPU device there instead of silently using the CPU's paths."""
+    cube = np.random.default_rng(3).random((12, 11, 10), dtype=np.float32)
+    network = _net(activation="gelu", norm="instance", bias=False, classes=2)
+    with torch.inference_mode():
+        labels = mp.device_labels(network, cube, torch.device("cpu"), chunk=5)
+    np.testing.assert_array_equal(labels, _plain(network, cube))
+    taken = []
+    monkeypatch.setattr(mp, "device_labels", lambda net, scaled, device: taken.append(device) or np.zeros((1,)))
+    monkeypatch.setattr(mp, "load_network", lambda *args: network)
+    package = type("P", (), {"card": type("C", (), {"main_stage": None})(), "folder": None})()
+    mp.conformed_labels(package, cube, "meta", mp.MeshNetOptions(), None)
+    assert taken == [torch.device("meta")]
+
+
 def _head(size=(40, 36, 14), spacing=(1.9, 2.3, 4.5)):
     """An oblique, anisotropic volume: a bright ellipsoid (the 'head') in dark noise."""
     k, j, i = np.meshgrid(*[np.linspace(-1, 1, n) for n in size[::-1]], indexing="ij")

@@ -43,6 +43,12 @@ LOADABLE_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 """Outputs read back as labelmaps; DICOM SEG (``dcm``) goes through Slicer's DICOM module instead."""
 
 
+def availableFormats(sceneInput: bool) -> tuple[str, ...]:
+    """The output formats the panel offers: DICOM SEG (``dcm``) references its source DICOM series, so it is not
+    offered for scene volumes (they reach the engine as exported NRRD files)."""
+    return tuple(name for name in BATCH_FORMATS if not (sceneInput and name == "dcm"))
+
+
 @dataclass(frozen=True)
 class BatchCase:
     """One finished case as the engine reported it: ``status`` is ``"ok"`` or ``"failed"``."""

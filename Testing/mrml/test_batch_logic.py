@@ -268,3 +268,11 @@ def test_blocking_run_cancelled_from_a_case_callback_raises(mrml, engine, work, 
     with pytest.raises(BatchCancelled):
         logic.run(tmp_path / "out", inputFolder=folder, onCase=lambda case: logic.cancel())
     assert list(work.iterdir()) == [] and not logic.isRunning()
+
+
+def test_dicom_seg_is_offered_for_folders_only():
+    from CADSegmentLib.BatchLogic import LOADABLE_FORMATS, availableFormats
+
+    assert availableFormats(sceneInput=False) == ("nii.gz", "nrrd", "seg.nrrd", "dcm")
+    assert availableFormats(sceneInput=True) == ("nii.gz", "nrrd", "seg.nrrd")
+    assert "dcm" not in LOADABLE_FORMATS

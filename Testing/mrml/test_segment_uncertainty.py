@@ -175,3 +175,14 @@ def test_real_engine_uncertainty_map_when_available(mrml, work, case, tmp_path):
     assert values.shape == slicer.util.arrayFromVolume(volume).shape and _ijk(mapNode) == _ijk(volume)
     assert 0.0 <= values.min() and values.max() <= 1.0
     assert any(line.startswith("uncertainty") for line in logs)
+
+
+def test_uncertainty_option_is_off_for_no_model_and_bundles():
+    from CADExtensionLib.model_summary import ModelSummary
+    from CADSegmentLib import uncertaintyOption
+
+    assert uncertaintyOption(None) == (False, "Select a model first.")
+    enabled, tooltip = uncertaintyOption(ModelSummary("spleen", "segmentation", "/b", bundle=True))
+    assert not enabled and "MONAI bundle" in tooltip
+    enabled, tooltip = uncertaintyOption(ModelSummary("hippocampus-unet", "segmentation", "/m"))
+    assert enabled and "entropy" in tooltip

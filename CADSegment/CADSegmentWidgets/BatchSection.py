@@ -20,6 +20,10 @@ class BatchSection:
         self.ui = widget.ui
         self._sceneInput = False  # what the current run reads: scene volumes are gone when the scene closes
         self._counts = [0, 0]  # ok, failed cases of the current run
+        # A directory button starts at the application's working folder: never write a cohort there unasked.
+        self._chosen = {"input": False, "output": False}
+        self.ui.batchInputFolderButton.connect("directoryChanged(QString)", lambda _path: self._choose("input"))
+        self.ui.batchOutputFolderButton.connect("directoryChanged(QString)", lambda _path: self._choose("output"))
         self.ui.batchRunButton.connect("clicked(bool)", self.onRunButton)
         self.ui.batchRefreshVolumesButton.connect("clicked(bool)", self.refreshVolumes)
         self.ui.batchInputTabWidget.connect("currentChanged(int)", self._onInputKindChanged)
@@ -29,6 +33,9 @@ class BatchSection:
     @property
     def logic(self):
         return self.widget.logic.batch
+
+    def _choose(self, which: str) -> None:
+        self._chosen[which] = True
 
     def _folderInput(self) -> bool:
         return self.ui.batchInputTabWidget.currentIndex == 0
@@ -121,6 +128,8 @@ class BatchSection:
 
             import CADExtension
 
+            if not self._chosen["output"] or (self._folderInput() and not self._chosen["input"]):
+                raise ValueError(_("Choose the input and output folders first."))
             if not CADExtension.CADExtensionLogic().ensureDependencies(askConfirmation=True):
                 self.widget._log(_("Dependencies are not installed; see the CAD Extension module."))
                 return

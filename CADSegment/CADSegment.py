@@ -39,7 +39,8 @@ class CADSegment(ScriptedLoadableModule):
         self.parent.contributors = ["The CADExtension authors"]
         self.parent.helpText = _(
             "Segment a CT or MR volume automatically with a CADExtension model. The result is a segmentation with "
-            "named, coloured segments; existing segments are never overwritten. "
+            "named, coloured segments; existing segments are never overwritten. Optionally an uncertainty map is "
+            "shown as an overlay. The Batch section segments a folder or the scene's volumes in one background run. "
             '<a href="https://github.com/cadextension/SlicerCADExtension#readme">Documentation</a>.')
         self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
         slicer.app.connect("startupCompleted()", registerCADAIEffect)

@@ -93,7 +93,8 @@ def batchArgv(
     ``inputPath`` is a folder (image files and DICOM series, found recursively), a CSV or a ``dataset.json``; the
     outputs go to the user's ``outputFolder`` (``<id>.<format>`` + sidecar per case, ``summary.csv``). Unlike the
     single-case commands, ``--force`` is *not* implied: the folder is the user's, so replacing what is there is their
-    choice (``force``), as is skipping the cases already done (``resume``). ``--format`` and ``--workers`` are always
+    choice (``force``), as is skipping the cases already done (``resume``; not both, as the engine says).
+    ``--format`` and ``--workers`` are always
     written, so the run does not depend on the engine's defaults. ``shard`` is ``(K, N)``, K counted from 0. Values
     are checked here so a bad one fails before a volume is exported or a process started.
     """
@@ -102,6 +103,8 @@ def batchArgv(
         raise ValueError(f"unknown output format {outputFormat!r} (use one of {', '.join(BATCH_FORMATS)})")
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if resume and force:
+        raise ValueError("resume continues a batch and force redoes it: give one of them")
     argv = [str(python), "-m", ENGINE_MODULE, "batch", str(inputPath), "-m", str(model), "-o", str(outputFolder),
             "--format", outputFormat, "--workers", str(int(workers))]
     if shard is not None:

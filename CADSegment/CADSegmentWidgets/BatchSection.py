@@ -28,11 +28,17 @@ class BatchSection:
         self.ui.batchRefreshVolumesButton.connect("clicked(bool)", self.refreshVolumes)
         self.ui.batchInputTabWidget.connect("currentChanged(int)", self._onInputKindChanged)
         self.ui.batchFormatComboBox.connect("currentIndexChanged(int)", self._updateLoadOption)
+        # Resume (skip what is done) and Overwrite (redo everything) exclude each other, as in the engine.
+        self.ui.batchResumeCheckBox.connect("toggled(bool)", lambda on: on and self._uncheck("batchOverwriteCheckBox"))
+        self.ui.batchOverwriteCheckBox.connect("toggled(bool)", lambda on: on and self._uncheck("batchResumeCheckBox"))
         self._updateFormats()
 
     @property
     def logic(self):
         return self.widget.logic.batch
+
+    def _uncheck(self, name: str) -> None:
+        getattr(self.ui, name).checked = False
 
     def _choose(self, which: str) -> None:
         self._chosen[which] = True

@@ -132,6 +132,8 @@ MAIN = textwrap.dedent('''
         parser.add_argument("--force", action="store_true")
         args = parser.parse_args(argv)
         source, out = Path(args.inputs), Path(args.output)
+        if args.resume and args.force:
+            fail("batch", out, "--resume continues a batch and --force redoes it: give one of them")
         if os.environ.get("FAKE_CAD_REFUSE") == "1":
             fail("batch", source, "no image files or DICOM series found")
         cases = sorted(p for p in source.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))

@@ -179,6 +179,7 @@ def test_scene_volumes_are_exported_under_safe_ids_and_loaded_on_their_grid(mrml
     ({"outputFormat": "dcm", "loadResults": True}, "not loaded here"),
     ({"outputFormat": "png"}, "unknown output format"),
     ({"workers": 0}, "workers must be"),
+    ({"resume": True, "force": True}, "give one of them"),
     ({"device": "gpu"}, "unknown device"),
     ({"inputFolder": "/no/such/folder"}, "no such input folder"),
     ({"volumeNodes": []}, "at least one volume"),

@@ -19,11 +19,12 @@ def test_batch_argv_defaults_exact():
 def test_batch_argv_all_options_exact():
     argv = batchArgv(Path("/opt/Slicer/bin/PythonSlicer"), Path("/d/cases.csv"), Path("/d/out"), Path("/m/tiny"),
                      outputFormat="seg.nrrd", workers=3, shard=(2, 5), resume=True, uncertainty=True, fast=True,
-                     device="cuda", force=True)
+                     device="cuda")
     assert argv == [
         "/opt/Slicer/bin/PythonSlicer", "-m", "cadcore", "batch", "/d/cases.csv", "-m", "/m/tiny", "-o", "/d/out",
         "--format", "seg.nrrd", "--workers", "3", "--shard", "2/5", "--resume", "--uncertainty", "--fast",
-        "--device", "cuda", "--force"]
+        "--device", "cuda"]
+    assert batchArgv("py", "in", "out", "m", force=True)[-3:] == ["--device", "auto", "--force"]
     assert all(isinstance(item, str) for item in argv)
     assert BATCH_FORMATS == ("nii.gz", "nrrd", "seg.nrrd", "dcm")  # the contract's formats, in its order
     assert batchArgv("py", "in", "out", "m", outputFormat="dcm", shard=(0, 1))[9:14] == [
@@ -33,7 +34,7 @@ def test_batch_argv_all_options_exact():
 @pytest.mark.parametrize("kwargs", [
     {"outputFormat": "nii"}, {"outputFormat": ".nii.gz"}, {"workers": 0}, {"workers": True}, {"workers": "2"},
     {"workers": 1.5}, {"shard": (3, 3)}, {"shard": (-1, 3)}, {"shard": (1,)}, {"shard": "1/3"}, {"shard": (True, 2)},
-    {"device": "gpu"}])
+    {"device": "gpu"}, {"resume": True, "force": True}])
 def test_batch_argv_refuses_bad_values(kwargs):
     with pytest.raises(ValueError):
         batchArgv("py", "in", "out", "m", **kwargs)
@@ -66,11 +67,12 @@ def _parse_or_skip(argv: list[str], what: str):
 
 def test_batch_argv_is_accepted_by_the_engine_parser():
     argv = batchArgv("py", "cohort", "out", "m", outputFormat="nrrd", workers=2, shard=(1, 3), resume=True,
-                     uncertainty=True, fast=True, device="cpu", force=True)
+                     uncertainty=True, fast=True, device="cpu")
     args = _parse_or_skip(argv[3:], "`cad batch`")
     assert args.command == "batch" and args.model == "m" and args.device == "cpu"
     assert (args.format, args.workers, args.resume, args.uncertainty, args.fast, args.force) == (
-        "nrrd", 2, True, True, True, True)
+        "nrrd", 2, True, True, True, False)
+    assert _parse_or_skip(batchArgv("py", "c", "o", "m", force=True)[3:], "`cad batch`").force is True
     assert str(args.shard).replace(" ", "") in ("1/3", "(1,3)", "[1,3]")
 
 

@@ -66,8 +66,9 @@ def uncertaintySummaryLines(summary: Mapping[str, Any] | None) -> list[str]:
     """
     if not isinstance(summary, Mapping):
         return []
-    how = ", ".join(str(part) for part in (summary.get("method"),
-                                            f"{summary['passes']} passes" if summary.get("passes") else None) if part)
+    method = str(summary.get("method") or "")
+    passes = f"{summary['passes']} passes" if summary.get("passes") and "pass" not in method else ""
+    how = ", ".join(part for part in (method, passes) if part)  # the engine's method text may name the passes
     mean = summary.get("mean")
     first = "uncertainty" + (f" ({how})" if how else "") + ": "
     first += f"mean {float(mean):.3f} over the volume" if isinstance(mean, (int, float)) else "no volume mean"

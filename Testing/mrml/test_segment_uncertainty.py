@@ -143,6 +143,8 @@ def test_summary_lines_are_lenient():
     assert uncertaintySummaryLines({"labels": [{"name": "a"}, "x", {"value": 3, "mean": 0.25}]}) == [
         "uncertainty: no volume mean (normalised entropy, 0 = certain, 1 = undecided)",
         "uncertainty of label 3: mean 0.250"]
+    assert uncertaintySummaryLines({"method": "mirror TTA (4 passes)", "passes": 4, "mean": 0.5})[0].startswith(
+        "uncertainty (mirror TTA (4 passes)): mean 0.500 over the volume")
 
 
 def _engine_has_uncertainty() -> bool:

@@ -39,7 +39,8 @@ class CADSegment(ScriptedLoadableModule):
         self.parent.contributors = ["The CADExtension authors"]
         self.parent.helpText = _(
             "Segment a CT or MR volume automatically with a CADExtension model. The result is a segmentation with "
-            "named, coloured segments; existing segments are never overwritten. "
+            "named, coloured segments; existing segments are never overwritten. Optionally an uncertainty map is "
+            "shown as an overlay. The Batch section segments a folder or the scene's volumes in one background run. "
             '<a href="https://github.com/cadextension/SlicerCADExtension#readme">Documentation</a>.')
         self.parent.acknowledgementText = _("Built on 3D Slicer, MONAI and PyTorch.")
         slicer.app.connect("startupCompleted()", registerCADAIEffect)
@@ -74,6 +75,7 @@ class CADSegmentParameterNode:
     useCascade - run a cascaded model coarse-to-fine (off: the fine network on the whole volume).
     fast - run at the card's low "fast" resolution (offered only for models whose card names one).
     outputSegmentation - the segmentation to add segments to; None creates a new one.
+    uncertainty - also compute the voxel uncertainty map, shown as an overlay (its per-label means go to the log).
     improveVolume, improveSegmentation - the pair the "Add pair" button adds to the fine-tuning cases (the list of
     pairs itself is panel state). improveModelName, improveEpochs, improveOverwrite - the new model's id (empty:
     the suggestion), the epochs, and whether an existing model of that id may be replaced.
@@ -86,6 +88,7 @@ class CADSegmentParameterNode:
     useCascade: bool = True
     fast: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
+    uncertainty: bool = False
     improveVolume: vtkMRMLScalarVolumeNode
     improveSegmentation: vtkMRMLSegmentationNode
     improveModelName: str = ""
@@ -103,11 +106,13 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._models = {}
         self._timer = None
         self.improveSection = None
+        self.batchSection = None
+        self._warnings = []  # the engine's warnings of the current segmentation, shown above the log
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         import CADExtensionWidgets  # noqa: F401 (registers the model selector's parameter-node connector)
-        from CADSegmentWidgets import ImproveModelSection
+        from CADSegmentWidgets import BatchSection, ImproveModelSection
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CADSegment.ui"))
         self.layout.addWidget(uiWidget)
@@ -126,6 +131,8 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSelector.connect("currentIndexChanged(int)", self._updateModelDescription)
         self.ui.manageModelsButton.connect("clicked(bool)", lambda: slicer.util.selectModule("CADExtension"))
         self.improveSection = ImproveModelSection(self)  # the "Improve model" section's buttons and state
+        self.batchSection = BatchSection(self)  # the "Batch" section: cad batch in the background
+        self._showWarnings([])
 
         self.refreshModels()
         self.initializeParameterNode()
@@ -133,8 +140,9 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
-        if self.logic is not None and self.logic.improve.isRunning():
-            self.logic.improve.cancel()
+        for job in ("improve", "batch"):
+            if self.logic is not None and getattr(self.logic, job).isRunning():
+                getattr(self.logic, job).cancel()
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
@@ -153,6 +161,8 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.isRunning():
             self.logic.cancel()  # its input volume is about to disappear
         self.improveSection.sceneClosed()
+        self.batchSection.sceneClosed()
+        self._showWarnings([])
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -195,12 +205,13 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._models = {info.id: info for info in models}
         populateModelSelector(self.ui.modelSelector, models)
+        self.batchSection.modelsChanged(models)
         self._updateModelDescription()
 
     def _updateModelDescription(self, index=None) -> None:
         from CADExtensionLib.model_summary import modelDescription
         from CADExtensionWidgets import selectedModelId
-        from CADSegmentLib import fastOption
+        from CADSegmentLib import fastOption, uncertaintyOption
 
         modelId = selectedModelId(self.ui.modelSelector)
         info = self._models.get(modelId)
@@ -210,13 +221,18 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.fastCheckBox.toolTip = tooltip
         if not enabled and self._parameterNode and self._parameterNode.fast:
             self._parameterNode.fast = False
+        enabled, tooltip = uncertaintyOption(info)  # disabled, saying why, for models that give no map
+        self.ui.uncertaintyCheckBox.enabled = enabled
+        self.ui.uncertaintyCheckBox.toolTip = tooltip
         self.improveSection.modelChanged(modelId, info)
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        segmenting, improving = self.logic.isRunning(), self.logic.improve.isRunning()
-        self.improveSection.updateRunningState(segmenting, improving)
-        if segmenting or improving:
+        segmenting, improving, batching = (self.logic.isRunning(), self.logic.improve.isRunning(),
+                                           self.logic.batch.isRunning())
+        self.improveSection.updateRunningState(segmenting or batching, improving)  # one engine job at a time
+        self.batchSection.updateRunningState(segmenting or improving, batching)
+        if segmenting or improving or batching:
             self.ui.applyButton.enabled = segmenting  # it is the Cancel button now; no segmenting while training
             return
         if parameters and parameters.inputVolume and parameters.model:
@@ -229,13 +245,13 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateRunningState(self) -> None:
         """What runs decides the panel: its button becomes Cancel, the inputs of either job wait, the timer that
         delivers the engine's callbacks runs."""
-        segmenting, improving = self.logic.isRunning(), self.logic.improve.isRunning()
+        segmenting, busy = self.logic.isRunning(), self.logic.improve.isRunning() or self.logic.batch.isRunning()
         self.ui.applyButton.text = _("Cancel") if segmenting else _("Apply")
         self.ui.applyButton.toolTip = _("Stop the segmentation; nothing is added to the scene") if segmenting else ""
         for widget in (self.ui.inputsCollapsibleButton, self.ui.speedCollapsibleButton,
                        self.ui.outputsCollapsibleButton):
-            widget.enabled = not (segmenting or improving)
-        if segmenting or improving:
+            widget.enabled = not (segmenting or busy)
+        if segmenting or busy:
             self._timer.start()
         else:
             self._timer.stop()
@@ -243,6 +259,15 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _log(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)
+
+    def _showWarnings(self, warnings) -> None:
+        """The engine's warnings of the current run, prominently above the log (hidden when there are none)."""
+        self._warnings = list(warnings)
+        self.ui.warningLabel.text = "\n".join(_("Warning: {text}").format(text=text) for text in self._warnings)
+        self.ui.warningLabel.visible = bool(self._warnings)
+
+    def _onWarning(self, text: str) -> None:
+        self._showWarnings([*self._warnings, text])
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
@@ -257,13 +282,16 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters = self._parameterNode
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
+            self._showWarnings([])
             self._log(_("Segmenting {volume} with {model} on {device}…").format(
                 volume=parameters.inputVolume.GetName(), model=parameters.model, device=parameters.device))
             self.logic.run(parameters.inputVolume, model=parameters.model, device=parameters.device,
                            outputSegmentationNode=parameters.outputSegmentation, wait=False,
                            overlap=parameters.overlap, useCascade=parameters.useCascade,
                            fast=parameters.fast and self.ui.fastCheckBox.enabled,
-                           onProgress=self._onProgress, onLog=self._log, onFinished=self._onFinished)
+                           uncertainty=parameters.uncertainty and self.ui.uncertaintyCheckBox.enabled,
+                           onProgress=self._onProgress, onLog=self._log, onWarning=self._onWarning,
+                           onFinished=self._onFinished)
             self._updateRunningState()
 
     def _onProgress(self, percent: int) -> None:
@@ -276,6 +304,14 @@ class CADSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode:
                 self._parameterNode.outputSegmentation = segmentationNode
             self._log(_("Done: {segmentation}").format(segmentation=segmentationNode.GetName()))
+            from CADExtensionLib.overlays import showOverlay
+            from CADSegmentLib.SegmentationLogic import UNCERTAINTY_REFERENCE
+
+            uncertaintyNode = segmentationNode.GetNodeReference(UNCERTAINTY_REFERENCE)
+            if uncertaintyNode is not None and self._parameterNode and self._parameterNode.inputVolume:
+                showOverlay(uncertaintyNode, self._parameterNode.inputVolume, 0.5)
+                self._log(_("Uncertainty map: {name} (overlay in the slice views)").format(
+                    name=uncertaintyNode.GetName()))
         elif error == "cancelled":
             self.ui.progressBar.value = 0
             self._log(_("Cancelled; nothing was added to the scene."))
@@ -292,6 +328,7 @@ class CADSegmentLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmentation = None
         self._improve = None
+        self._batch = None
 
     def getParameterNode(self):
         return CADSegmentParameterNode(super().getParameterNode())
@@ -307,7 +344,8 @@ class CADSegmentLogic(ScriptedLoadableModuleLogic):
     def run(self, volumeNode, model: str = "hippocampus-unet", device: str = "auto", outputSegmentationNode=None,
             wait: bool = True, **kwargs):
         """Segment ``volumeNode``; returns the segmentation node (``wait=True``). Keyword arguments (overlap,
-        useCascade, onProgress, onLog, onFinished) go to ``SegmentationLogic.run``."""
+        useCascade, fast, uncertainty, strict, onProgress, onLog, onWarning, onFinished) go to
+        ``SegmentationLogic.run``."""
         return self.segmentation.run(volumeNode, model=model, device=device,
                                      outputSegmentationNode=outputSegmentationNode, wait=wait, **kwargs)
 
@@ -326,8 +364,19 @@ class CADSegmentLogic(ScriptedLoadableModuleLogic):
             self._improve = ImproveModelLogic()  # the user models folder: $CAD_MODELS, set from the settings
         return self._improve
 
+    @property
+    def batch(self):
+        """Batch: ``logic.batch.run(outputFolder, model=..., inputFolder=... or volumeNodes=[...])`` runs ``cad batch``
+        (``CADSegmentLib.BatchLogic``)."""
+        if self._batch is None:
+            from CADSegmentLib import BatchLogic
+
+            self._batch = BatchLogic()
+        return self._batch
+
     def processEvents(self) -> int:
-        return sum(logic.processEvents() for logic in (self._segmentation, self._improve) if logic is not None)
+        return sum(logic.processEvents() for logic in (self._segmentation, self._improve, self._batch)
+                   if logic is not None)
 
 
 class CADSegmentTest(ScriptedLoadableModuleTest):

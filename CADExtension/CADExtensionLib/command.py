@@ -2,8 +2,9 @@
 
 Kept free of ``slicer``, ``vtk`` and I/O so the exact argv the Slicer module runs can be unit-tested as a list, and
 so the engine contracts (``cad segment INPUT -m MODEL -o OUTPUT ...``, ``cad classify INPUT -m MODEL -o RESULT
-...``, ``cad interact INPUT -m MODEL -o MASK --label N ...`` and ``cad train --data DATA -o OUTPUT --init MODEL
-...``, docs/cli.md) are written down in exactly one place on the Slicer side.
+...``, ``cad interact INPUT -m MODEL -o MASK --label N ...``, ``cad train --data DATA -o OUTPUT --init MODEL ...``
+and ``cad batch INPUTS -m MODEL -o OUT_DIR ...``, docs/cli.md, docs/batch.md) are written down in exactly one place
+on the Slicer side.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ ENGINE_MODULE = "cadcore"
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
+UNCERTAINTY_SUFFIXES = (".nii.gz", ".nrrd", ".mha")
+"""What ``cad segment --uncertainty FILE`` writes (a float32 map on the input's grid)."""
+
+BATCH_FORMATS = ("nii.gz", "nrrd", "seg.nrrd", "dcm")
+"""``cad batch --format``: one output per case, ``OUT_DIR/<id>.<format>``; ``dcm`` (DICOM SEG) needs DICOM series."""
+
 
 def segmentArgv(
     python: str | os.PathLike[str],
@@ -30,6 +37,8 @@ def segmentArgv(
     useCascade: bool = True,
     probabilitiesPath: str | os.PathLike[str] | None = None,
     fast: bool = False,
+    uncertaintyPath: str | os.PathLike[str] | None = None,
+    strict: bool = False,
 ) -> list[str]:
     """The argv of one ``cad segment`` run.
 
@@ -37,9 +46,14 @@ def segmentArgv(
     existing file there can only be a leftover of our own, never user data (the engine refuses to overwrite
     without it). ``overlap`` and ``device`` are checked here as well as in the engine so a bad value fails before a
     process is started and the volume is written. ``fast`` asks for the model card's low ``fast`` resolution (the
-    engine refuses it for a card without one, so the panel offers it only for such models).
+    engine refuses it for a card without one, so the panel offers it only for such models). ``uncertaintyPath``
+    asks for the voxel uncertainty map (``--uncertainty FILE``: normalised entropy in [0, 1] on the input's grid; its
+    suffix is checked here, before anything is written); ``strict`` turns the engine's out-of-distribution warning
+    into a refusal (``--strict``: exit 2, nothing written).
     """
     _checkDevice(device)
+    if uncertaintyPath is not None and not str(uncertaintyPath).lower().endswith(UNCERTAINTY_SUFFIXES):
+        raise ValueError(f"{uncertaintyPath}: the uncertainty map must be one of {', '.join(UNCERTAINTY_SUFFIXES)}")
     argv = [str(python), "-m", ENGINE_MODULE, "segment", str(inputPath), "-m", str(model), "-o", str(outputPath),
             "--device", device]
     if overlap is not None:
@@ -52,7 +66,62 @@ def segmentArgv(
         argv += ["--probabilities", str(probabilitiesPath)]
     if fast:
         argv.append("--fast")
+    if uncertaintyPath is not None:
+        argv += ["--uncertainty", str(uncertaintyPath)]
+    if strict:
+        argv.append("--strict")
     argv.append("--force")
+    return argv
+
+
+def batchArgv(
+    python: str | os.PathLike[str],
+    inputPath: str | os.PathLike[str],
+    outputFolder: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    outputFormat: str = "nii.gz",
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    uncertainty: bool = False,
+    fast: bool = False,
+    device: str = "auto",
+    force: bool = False,
+) -> list[str]:
+    """The argv of one ``cad batch`` run: ``cad batch INPUTS -m MODEL -o OUT_DIR --format F --workers N ...``.
+
+    ``inputPath`` is a folder (image files and DICOM series, found recursively), a CSV or a ``dataset.json``; the
+    outputs go to the user's ``outputFolder`` (``<id>.<format>`` + sidecar per case, ``summary.csv``). Unlike the
+    single-case commands, ``--force`` is *not* implied: the folder is the user's, so replacing what is there is their
+    choice (``force``), as is skipping the cases already done (``resume``; not both, as the engine says).
+    ``--format`` and ``--workers`` are always
+    written, so the run does not depend on the engine's defaults. ``shard`` is ``(K, N)``, K counted from 0. Values
+    are checked here so a bad one fails before a volume is exported or a process started.
+    """
+    _checkDevice(device)
+    if outputFormat not in BATCH_FORMATS:
+        raise ValueError(f"unknown output format {outputFormat!r} (use one of {', '.join(BATCH_FORMATS)})")
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if resume and force:
+        raise ValueError("resume continues a batch and force redoes it: give one of them")
+    argv = [str(python), "-m", ENGINE_MODULE, "batch", str(inputPath), "-m", str(model), "-o", str(outputFolder),
+            "--format", outputFormat, "--workers", str(int(workers))]
+    if shard is not None:
+        try:
+            index, count = shard
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"shard must be (K, N), got {shard!r}") from exc
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (index, count)) or not (
+                0 <= index < count):
+            raise ValueError(f"shard must be (K, N) with 0 <= K < N, got {shard!r}")
+        argv += ["--shard", f"{int(index)}/{int(count)}"]
+    for flag, wanted in (("--resume", resume), ("--uncertainty", uncertainty), ("--fast", fast)):
+        if wanted:
+            argv.append(flag)
+    argv += ["--device", device]
+    if force:
+        argv.append("--force")
     return argv
 
 

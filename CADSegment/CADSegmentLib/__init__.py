@@ -3,6 +3,7 @@
 Needs the CADExtension module folder on ``sys.path`` (Slicer adds every module folder) for ``CADExtensionLib``.
 """
 
+from CADSegmentLib.BatchLogic import BatchCancelled, BatchCase, BatchLogic, BatchResult, availableFormats
 from CADSegmentLib.ImproveModelLogic import ImproveModelCancelled, ImproveModelLogic, ImproveModelResult
 from CADSegmentLib.InProcessRunner import InProcessRunner
 from CADSegmentLib.PromptBackends import (
@@ -22,9 +23,15 @@ from CADSegmentLib.SegmentationLogic import (
     engineErrorLine,
     fastOption,
     fastSpacing,
+    uncertaintyOption,
+    uncertaintySummaryLines,
 )
 
 __all__ = [
+    "BatchCancelled",
+    "BatchCase",
+    "BatchLogic",
+    "BatchResult",
     "CommandBackend",
     "ImproveModelCancelled",
     "ImproveModelLogic",
@@ -38,10 +45,13 @@ __all__ = [
     "SegmentationCancelled",
     "SegmentationLogic",
     "VolumeFileCache",
+    "availableFormats",
     "defaultRunner",
     "engineErrorLine",
     "fastOption",
     "fastSpacing",
     "modelLabelForSegment",
     "roiBoxInVolume",
+    "uncertaintyOption",
+    "uncertaintySummaryLines",
 ]

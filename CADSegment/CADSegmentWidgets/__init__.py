@@ -4,6 +4,7 @@ Layer 3 like the module file: imports qt and slicer, runs only inside the Slicer
 own (that is ``CADSegmentLib``, tested on slicer-core). The static and UI suites check it with the module file.
 """
 
+from CADSegmentWidgets.BatchSection import BatchSection
 from CADSegmentWidgets.ImproveModelSection import ImproveModelSection
 
-__all__ = ["ImproveModelSection"]
+__all__ = ["BatchSection", "ImproveModelSection"]

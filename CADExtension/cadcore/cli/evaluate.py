@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     for value, row in report["per_label"].items():
         hd = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f} mm"
         dice = "n/a" if row["dice_mean"] is None else f"{row['dice_mean']:.4f}"
-        scored = f"  ({row['n_cases']} cases with this label)" if partial else ""  # labels_present: not all
+        count = row["n_cases"]
+        scored = f"  (scored on {count} case{'' if count == 1 else 's'})" if partial else ""  # labels_present
         print(f"  {value:>3} {row['name']:<36} Dice {dice}  HD95 {hd}{scored}")
     return 0
 

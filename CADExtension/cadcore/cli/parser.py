@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--modality", default=None,
                     help=f"MR (percentile clip + z-score), CT (window + scale) or any (CT and MR in one network: "
                          f"percentile clip + z-score per image); default {_default(seg, 'modality')}")
+    tr.add_argument("--ct-window", type=_floats, default=None,
+                    help=f"with --modality CT: LOW,HIGH Hounsfield units, clipped then scaled to [0, 1] (default "
+                         f"{_default(seg, 'ct_window')}; write --ct-window=-250,1250 for a negative LOW)")
     tr.add_argument("--mirror-axes", type=_ints, default=None,
                     help=f"axes safe to mirror (I=0 is left-right; default {_default(seg, 'mirror_axes')})")
     tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")

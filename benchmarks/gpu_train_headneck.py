@@ -94,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, required=True, help="folder for summary.json/.md and the report")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-minutes", type=float, default=None, help="stop training (resumably) after this")
+    parser.add_argument("--epochs", type=int, default=None, help="override the planned epochs (300; smoke 2)")
     parser.add_argument("--smoke", action="store_true", help="4 patients, 8 mm, 2 epochs: proves the path on a CPU")
     args = parser.parse_args(argv)
     data, model = args.work / "data", args.work / ("model-smoke" if args.smoke else "headneck-oar-ct")
     args.results.mkdir(parents=True, exist_ok=True)
     split = convert(args.source, data, args.smoke)
-    settings = SMOKE if args.smoke else FULL
+    settings = [*(SMOKE if args.smoke else FULL), *(["--epochs", str(args.epochs)] if args.epochs else [])]
     train_args = ["train", "--data", str(data / "dataset.json"), "-o", str(model), "--labels",
                   str(data / "labels.json"), "--device", args.device, "--description", DESCRIPTION, *settings]
     summary = finished(model)

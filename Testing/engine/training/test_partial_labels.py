@@ -84,7 +84,7 @@ def test_errors_on_present_labels_still_cost() -> None:
     assert MaskedDiceCELoss()(swap_background_and(perfect, truth, 1, 2), truth, present) > base + 0.1
 
 
-def test_gradients_are_finite_and_reach_present_classes_only_through_the_merge() -> None:
+def test_gradients_are_finite_and_background_and_the_absent_label_move_together() -> None:
     logits, truth = logits_and_truth(3)
     truth[0][truth[0] == 2] = 0
     logits.requires_grad_(True)

@@ -83,7 +83,7 @@ def table(report: dict[str, Any]) -> str:
     rows = ["| organ | cases scored | Dice mean | Dice median | HD95 mean (mm) |", "|---|---|---|---|---|"]
     for value, row in report["per_label"].items():
         shown = ["n/a" if row[key] is None else f"{row[key]:.3f}" for key in ("dice_mean", "dice_median", "hd95_mean")]
-        rows.append(f"| {value} {row['name']} | {row['n_cases']} | {' | '.join(shown)} |")
+        rows.append(f"| {value} {row['name']} | {row.get('n_cases', report['n_cases'])} | {' | '.join(shown)} |")
     return "\n".join(rows)
 
 

@@ -35,11 +35,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {output}")
     mean = "n/a" if report["mean_dice"] is None else f"{report['mean_dice']:.4f}"
     print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {mean}")
-    partial = any(row["n_cases"] != report["n_cases"] for row in report["per_label"].values())
+    partial = any("n_cases" in row for row in report["per_label"].values())  # labels_present in the data
     for value, row in report["per_label"].items():
         hd = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f} mm"
         dice = "n/a" if row["dice_mean"] is None else f"{row['dice_mean']:.4f}"
-        count = row["n_cases"]
+        count = row.get("n_cases", report["n_cases"])
         scored = f"  (scored on {count} case{'' if count == 1 else 's'})" if partial else ""  # labels_present
         print(f"  {value:>3} {row['name']:<36} Dice {dice}  HD95 {hd}{scored}")
     return 0

@@ -9,8 +9,9 @@ the held-out ones (``mean_dice_held_out``, ``n_held_out``, ``n_trained_on``, ``h
 
 Partly labelled data (dataset.json ``labels_present``, label values as the model's): a label a case does not list
 was not contoured there, so its "truth" of no voxels says nothing; it is not scored on that case (``null`` in the
-case's ``dice``/``hd95``), and each label's summary is over the cases that list it, with their number (``n_cases``).
-The mean Dice is over the labels scored on at least one case.
+case's ``dice``/``hd95``), and each label's summary is over the cases that list it, with their number (``n_cases``,
+given only for such data: otherwise every label is scored on all the report's ``n_cases``, and the report keeps the
+fields it always had). The mean Dice is over the labels scored on at least one case.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def score_case(prediction: np.ndarray, truth: np.ndarray, spacing, values: list[
 
 
 def summarise(cases: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
-    """Per label, over the cases that scored it (all of them unless the data are partly labelled)."""
+    """Per label, over the cases that scored it (all of them unless the data are partly labelled; then each label
+    also says how many, ``n_cases``)."""
+    partial = any("labels_present" in case for case in cases)
     per_label = {}
     for value, name in names.items():
         scored = [c for c in cases if c["dice"][str(value)] is not None]
@@ -55,7 +58,7 @@ def summarise(cases: list[dict[str, Any]], names: dict[int, str]) -> dict[str, A
         distances = [c["hd95"][str(value)] for c in scored if c["hd95"][str(value)] is not None]
         per_label[str(value)] = {
             "name": name,
-            "n_cases": len(scored),
+            **({"n_cases": len(scored)} if partial else {}),
             "dice_mean": round(float(np.mean(dices)), 5) if dices else None,
             "dice_std": round(float(np.std(dices)), 5) if dices else None,
             "dice_median": round(float(np.median(dices)), 5) if dices else None,

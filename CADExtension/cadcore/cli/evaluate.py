@@ -33,10 +33,15 @@ def run(args: argparse.Namespace) -> int:
     with all_or_none(replace=args.force):
         write_json(output, report)
     print(f"report: {output}")
-    print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {report['mean_dice']:.4f}")
+    mean = "n/a" if report["mean_dice"] is None else f"{report['mean_dice']:.4f}"
+    print(f"{report['model']} on {report['n_cases']} {report['split']} cases: mean Dice {mean}")
+    partial = any("n_cases" in row for row in report["per_label"].values())  # labels_present in the data
     for value, row in report["per_label"].items():
         hd = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f} mm"
-        print(f"  {value:>3} {row['name']:<36} Dice {row['dice_mean']:.4f}  HD95 {hd}")
+        dice = "n/a" if row["dice_mean"] is None else f"{row['dice_mean']:.4f}"
+        count = row.get("n_cases", report["n_cases"])
+        scored = f"  (scored on {count} case{'' if count == 1 else 's'})" if partial else ""  # labels_present
+        print(f"  {value:>3} {row['name']:<36} Dice {dice}  HD95 {hd}{scored}")
     return 0
 
 

@@ -26,6 +26,11 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
+def _axes(text: str) -> list[int]:
+    """``--mirror-axes``: axes to mirror, or ``none`` (data with left/right labels: a flip would swap them)."""
+    return [] if text.strip().lower() == "none" else _ints(text)
+
+
 def _click(text: str) -> tuple[str, list[float]]:
     """``+R,A,S`` (the structure; the sign may be left out) or ``-R,A,S`` (not the structure), RAS mm."""
     sign = "-" if text.startswith("-") else "+"
@@ -98,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--modality", default=None,
                     help=f"MR (percentile clip + z-score), CT (window + scale) or any (CT and MR in one network: "
                          f"percentile clip + z-score per image); default {_default(seg, 'modality')}")
-    tr.add_argument("--mirror-axes", type=_ints, default=None,
-                    help=f"axes safe to mirror (I=0 is left-right; default {_default(seg, 'mirror_axes')})")
+    tr.add_argument("--ct-window", type=_floats, default=None,
+                    help=f"with --modality CT: LOW,HIGH Hounsfield units, clipped then scaled to [0, 1] (default "
+                         f"{_default(seg, 'ct_window')}; write --ct-window=-250,1250 for a negative LOW)")
+    tr.add_argument("--mirror-axes", type=_axes, default=None,
+                    help=f"axes safe to mirror, or none (I=0 is left-right: none when labels are lateral, e.g. left "
+                         f"and right parotid; default {_default(seg, 'mirror_axes')})")
     tr.add_argument("--max-cases", type=int, default=None, help="use only the first N cases (quick runs)")
     tr.add_argument("--device", default="auto")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT/training/last.pt")

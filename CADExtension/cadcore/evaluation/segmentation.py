@@ -6,6 +6,12 @@ so they measure what a user gets. Dice per label; HD95 in millimetres (MONAI, wi
 A score on cases the model trained on is not a measure of how it generalises, so every case says whether it may
 have been (``trained_on``, see :func:`held_out_marks`) and the report gives the mean Dice over all cases and over
 the held-out ones (``mean_dice_held_out``, ``n_held_out``, ``n_trained_on``, ``held_out_basis``).
+
+Partly labelled data (dataset.json ``labels_present``, label values as the model's): a label a case does not list
+was not contoured there, so its "truth" of no voxels says nothing; it is not scored on that case (``null`` in the
+case's ``dice``/``hd95``), and each label's summary is over the cases that list it, with their number (``n_cases``,
+given only for such data: otherwise every label is scored on all the report's ``n_cases``, and the report keeps the
+fields it always had). The mean Dice is over the labels scored on at least one case.
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ from cadcore.registry.packages import find_model
 from cadcore.segmentation.predict import segment_image
 
 
-def score_case(prediction: np.ndarray, truth: np.ndarray, spacing, values: list[int]) -> dict[str, dict[str, Any]]:
+def score_case(prediction: np.ndarray, truth: np.ndarray, spacing, values: list[int],
+               present: tuple[int, ...] | None = None) -> dict[str, dict[str, Any]]:
+    """Dice and HD95 per label; ``None`` for a label the case's ``labels_present`` leaves out (not contoured)."""
     scores: dict[str, dict[str, Any]] = {"dice": {}, "hd95": {}}
     for value in values:
+        if present is not None and value not in present:
+            scores["dice"][str(value)] = scores["hd95"][str(value)] = None
+            continue
         p, t = prediction == value, truth == value
         scores["dice"][str(value)] = round(dice(p, t), 5)
         distance = hd95(p, t, spacing)
@@ -37,15 +48,20 @@ def score_case(prediction: np.ndarray, truth: np.ndarray, spacing, values: list[
 
 
 def summarise(cases: list[dict[str, Any]], names: dict[int, str]) -> dict[str, Any]:
+    """Per label, over the cases that scored it (all of them unless the data are partly labelled; then each label
+    also says how many, ``n_cases``)."""
+    partial = any("labels_present" in case for case in cases)
     per_label = {}
     for value, name in names.items():
-        dices = [c["dice"][str(value)] for c in cases]
-        distances = [c["hd95"][str(value)] for c in cases if c["hd95"][str(value)] is not None]
+        scored = [c for c in cases if c["dice"][str(value)] is not None]
+        dices = [c["dice"][str(value)] for c in scored]
+        distances = [c["hd95"][str(value)] for c in scored if c["hd95"][str(value)] is not None]
         per_label[str(value)] = {
             "name": name,
-            "dice_mean": round(float(np.mean(dices)), 5),
-            "dice_std": round(float(np.std(dices)), 5),
-            "dice_median": round(float(np.median(dices)), 5),
+            **({"n_cases": len(scored)} if partial else {}),
+            "dice_mean": round(float(np.mean(dices)), 5) if dices else None,
+            "dice_std": round(float(np.std(dices)), 5) if dices else None,
+            "dice_median": round(float(np.median(dices)), 5) if dices else None,
             "hd95_mean": round(float(np.mean(distances)), 4) if distances else None,
             "hd95_median": round(float(np.median(distances)), 4) if distances else None,
             "hd95_undefined_cases": len(dices) - len(distances),
@@ -80,9 +96,9 @@ def held_out_marks(card: ModelCard, dataset: Dataset, cases: list[Case], split: 
 
 
 def _mean_dice(cases: list[dict[str, Any]], names: dict[int, str]) -> float | None:
-    if not cases:
-        return None
-    return round(float(np.mean([row["dice_mean"] for row in summarise(cases, names).values()])), 5)
+    """The mean of the per-label mean Dice over the labels these cases scored (None: nothing scored)."""
+    means = [row["dice_mean"] for row in summarise(cases, names).values() if row["dice_mean"] is not None]
+    return round(float(np.mean(means)), 5) if cases and means else None
 
 
 def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fast: bool = False) -> dict[str, Any]:
@@ -108,8 +124,9 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
         result = segment_image(image, package, device, fast=fast)
         prediction = to_array(result.labels)
         truth = np.rint(to_array(truth_image)).astype(np.int64)
-        scores = score_case(prediction, truth, image.GetSpacing(), sorted(names))
-        results.append({"id": case.id, "trained_on": marks[case.id], **scores,
+        scores = score_case(prediction, truth, image.GetSpacing(), sorted(names), case.labels_present)
+        present = {} if case.labels_present is None else {"labels_present": list(case.labels_present)}
+        results.append({"id": case.id, "trained_on": marks[case.id], **present, **scores,
                         "seconds": round(time.perf_counter() - case_started, 3)})
     per_label = summarise(results, names)
     known = all(mark is not None for mark in marks.values())
@@ -122,7 +139,7 @@ def evaluate(model: str, data: str, split: str = "val", device: str = "auto", fa
         "split": split,
         "fast": fast,
         "n_cases": len(results),
-        "mean_dice": round(float(np.mean([v["dice_mean"] for v in per_label.values()])), 5),
+        "mean_dice": _mean_dice(results, names),
         "n_trained_on": len(trained_on) if known else None,
         "n_held_out": len(held_out) if known else None,
         "mean_dice_held_out": _mean_dice(held_out, names) if known else None,

@@ -9,6 +9,10 @@ other label 255 is refused like every value outside the label set. A ``training`
 ``weight`` (a finite number >= 0, default 1): the training loader draws cases in proportion to it
 (:func:`cadcore.training.patches.case_sampler`), so a data set assembled from sources of very different sizes (260
 hippocampus crops beside 3 TotalSegmentator scans) gives each source the share it chose, and model-made labels less.
+A ``training`` or ``validation`` entry may list ``labels_present`` (label values, e.g. ``[1, 3, 5]``): the labels that
+were contoured in that case (partly labelled data, such as OpenKBP's organs at risk). A label not listed is unknown
+there, not background: training masks it out of the loss (:class:`cadcore.training.losses.MaskedDiceCELoss`) and
+``cad evaluate`` scores it only over the cases that list it. Without the field every label is present.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class Case:
     label: Path | None
     pseudo: bool = False  # a pseudo-label (self-training): may contain the ignore value 255
     weight: float = 1.0  # relative chance of being drawn for a training patch (dataset.json ``weight``)
+    labels_present: tuple[int, ...] | None = None  # partly labelled: the labels contoured here (None: all of them)
+
+    def has_label(self, value: int) -> bool:
+        """Whether label ``value`` was contoured in this case (so its absence means background, and it is scored)."""
+        return self.labels_present is None or value in self.labels_present
 
 
 @dataclass
@@ -133,8 +142,8 @@ def _from_json(path: Path) -> Dataset:
     for key in ("name", "licence", "license", "description"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise CadError(f"dataset.json '{key}' must be a string, got {type(spec[key]).__name__}", path)
-    cases = _cases(entries, path, "training")
-    held_out = _cases(validation, path, "validation") if validation else None
+    cases = _cases(entries, path, "training", labels)
+    held_out = _cases(validation, path, "validation", labels) if validation else None
     if held_out and {c.id for c in held_out} & {c.id for c in cases}:
         both = sorted({c.id for c in held_out} & {c.id for c in cases})
         raise CadError(f"dataset.json lists a case in both 'training' and 'validation' ({', '.join(both[:3])})", path)
@@ -170,7 +179,25 @@ def _label_names(labels: Any, path: Path) -> dict[int, str]:
     return names
 
 
-def _cases(entries: list, path: Path, section: str) -> list[Case]:
+def _labels_present(entry: dict, where: str, labels: dict[int, str], path: Path) -> tuple[int, ...] | None:
+    """An entry's ``labels_present``: unique label values that the description's ``labels`` names (a value it does not
+    name would be masked or scored against nothing, so it is refused, as is the field without ``labels``)."""
+    if "labels_present" not in entry:
+        return None
+    given = entry["labels_present"]
+    if not isinstance(given, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in given):
+        raise CadError(f"{where}: 'labels_present' must be a list of label values, got {given!r}"[:200], path)
+    if not labels:
+        raise CadError(f"{where}: 'labels_present' needs the dataset.json 'labels' that name the values", path)
+    unknown = sorted({v for v in given if v not in labels})
+    if unknown:
+        raise CadError(f"{where}: 'labels_present' lists {unknown}, not in 'labels' {sorted(labels)}"[:200], path)
+    if len(set(given)) != len(given):
+        raise CadError(f"{where}: 'labels_present' lists a value twice ({given})"[:200], path)
+    return tuple(sorted(given))
+
+
+def _cases(entries: list, path: Path, section: str, labels: dict[int, str] | None = None) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, Path] = {}
     for number, entry in enumerate(entries):
@@ -195,7 +222,8 @@ def _cases(entries: list, path: Path, section: str) -> list[Case]:
         if cid in seen:
             raise CadError(f"{where}: case id {cid!r} is listed twice ({seen[cid].name} and {image.name})", path)
         seen[cid] = image
-        cases.append(Case(cid, image, label, entry.get("pseudo") is True, float(weight)))
+        present = _labels_present(entry, where, labels or {}, path)
+        cases.append(Case(cid, image, label, entry.get("pseudo") is True, float(weight), present))
     return cases
 
 
@@ -272,7 +300,9 @@ def dataset_description(dataset: Dataset, training: list[dict[str, Any]], valida
 
 
 def dataset_entry(image: str | Path, label: str | Path, pseudo: bool = False,
-                  weight: float | None = None) -> dict[str, Any]:
-    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one, a sampling weight kept."""
+                  weight: float | None = None, labels_present: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """A dataset.json entry; a pseudo-labelled case (self-training) stays marked as one, a sampling weight and a
+    partly labelled case's ``labels_present`` kept."""
     return {"image": str(image), "label": str(label), **({"pseudo": True} if pseudo else {}),
-            **({"weight": weight} if weight is not None else {})}
+            **({"weight": weight} if weight is not None else {}),
+            **({"labels_present": list(labels_present)} if labels_present is not None else {})}

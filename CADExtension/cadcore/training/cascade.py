@@ -149,7 +149,8 @@ def write_crops(cases: list[Case], jitter: bool, options: CascadeOptions, folder
         image_path, label_path = folder / "imagesTr" / f"{case.id}.nii.gz", folder / "labelsTr" / f"{case.id}.nii.gz"
         sitk.WriteImage(sitk.RegionOfInterest(image, size, index), str(image_path), True)
         sitk.WriteImage(sitk.RegionOfInterest(label, size, index), str(label_path), True)
-        entries.append(dataset_entry(f"./imagesTr/{image_path.name}", f"./labelsTr/{label_path.name}", case.pseudo))
+        entries.append(dataset_entry(f"./imagesTr/{image_path.name}", f"./labelsTr/{label_path.name}", case.pseudo,
+                                     labels_present=case.labels_present))
         info[case.id] = {"index": index, "size": size, "target": box is not None,
                          "extent_mm": [round(float(n * s), 2) for n, s in zip(size, image.GetSpacing())]}
     return entries, info, empty
@@ -330,7 +331,8 @@ def train_cascade(config: TrainConfig, options: CascadeOptions) -> ModelPackage:
 
     crops = crops_or_nothing(train_cases, val_cases, dataset, options, output, config.seed)
     whole = stages / "whole_volumes.json"
-    as_entries = [[dataset_entry(c.image, c.label, c.pseudo) for c in group] for group in (train_cases, val_cases)]
+    as_entries = [[dataset_entry(c.image, c.label, c.pseudo, labels_present=c.labels_present) for c in group]
+                  for group in (train_cases, val_cases)]
     write_json(whole, dataset_description(dataset, *as_entries))
     coarse = run_stage(replace(coarse_config, data=str(whole), output=str(stages / "coarse")), "coarse")
     fine = run_stage(replace(fine_config, data=str(crops), output=str(stages / "fine")), "fine")

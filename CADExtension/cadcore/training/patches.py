@@ -23,6 +23,13 @@ class PreparedCase:
     image: np.ndarray  # (1, I, J, K) float32
     label: np.ndarray  # (1, I, J, K) uint8
     weight: float = 1.0  # the case's sampling weight (dataset.json ``weight``)
+    labels_present: tuple[int, ...] | None = None  # partly labelled: the labels contoured here (None: all)
+
+    def present_mask(self, label_values: list[int]) -> np.ndarray:
+        """(1 + len(label_values),) float32: 1 for background and each label contoured in this case, 0 for an absent
+        one (the ``present`` argument of :class:`cadcore.training.losses.MaskedDiceCELoss`)."""
+        known = self.labels_present
+        return np.array([1.0] + [float(known is None or v in known) for v in label_values], dtype=np.float32)
 
 
 def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labels: set[int] | None,
@@ -30,7 +37,8 @@ def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labe
     """Read, check and preprocess every case once (small datasets stay in memory).
 
     A pseudo-labelled case may also contain :data:`IGNORE_LABEL` (voxels the teacher was unsure of); anywhere else
-    that value is an error like any value outside the label set."""
+    that value is an error like any value outside the label set. A partly labelled case's label may hold only the
+    values its ``labels_present`` lists (a contour of an "absent" organ means the entry is wrong)."""
     prepared = []
     for case in tqdm(cases, desc=desc, leave=False):
         image = read_volume(case.image)
@@ -46,7 +54,13 @@ def prepare_cases(cases: list[Case], preprocessing: dict[str, Any], allowed_labe
             if extra:
                 raise CadError(f"label values {extra} are not in the model's label set {sorted(allowed_labels)}",
                                case.label)
-        prepared.append(PreparedCase(case.id, working.array[None], label_array[None], case.weight))
+        if case.labels_present is not None:
+            contoured = sorted(set(np.unique(label_array).tolist()) - set(case.labels_present) - {0, IGNORE_LABEL})
+            if contoured:
+                raise CadError(f"label values {contoured} are drawn but the dataset entry's labels_present "
+                               f"{list(case.labels_present)} omits them", case.label)
+        prepared.append(PreparedCase(case.id, working.array[None], label_array[None], case.weight,
+                                     case.labels_present))
     return prepared
 
 
@@ -80,12 +94,15 @@ class PatchDataset:
     """A torch-style dataset that draws one augmented patch per case per epoch.
 
     ``foreground=True`` adds a ``"foreground"`` mask (labelled and not ignored) for ``augmentation(crop_key=...)``.
+    ``label_values`` (partly labelled data) adds each sample's ``"present"`` mask (:meth:`PreparedCase.present_mask`).
     """
 
-    def __init__(self, cases: list[PreparedCase], transform, foreground: bool = False) -> None:
+    def __init__(self, cases: list[PreparedCase], transform, foreground: bool = False,
+                 label_values: list[int] | None = None) -> None:
         self.cases = cases
         self.transform = transform
         self.foreground = foreground
+        self.label_values = label_values
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -97,7 +114,12 @@ class PatchDataset:
             data["foreground"] = (case.label > 0) & (case.label != IGNORE_LABEL)
         sample = self.transform(data)
         sample = sample[0] if isinstance(sample, list) else sample
-        return {"image": sample["image"].float(), "label": sample["label"].long()}
+        out = {"image": sample["image"].float(), "label": sample["label"].long()}
+        if self.label_values is not None:
+            import torch
+
+            out["present"] = torch.from_numpy(case.present_mask(self.label_values))
+        return out
 
 
 class WeightedShardSampler:

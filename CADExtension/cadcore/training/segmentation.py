@@ -97,18 +97,27 @@ def lr_factor(epoch: float, config: TrainConfig) -> float:
 
 def validate(network: torch.nn.Module, cases: list[PreparedCase], labels: list[int], patch: list[int],
              device: torch.device, ranks: Ranks | None = None) -> dict[int, float]:
-    """Mean Dice per label over validation cases (working space, no post-processing); under DDP each rank scores
-    its share of the cases and the sums are reduced."""
+    """Mean Dice per label over the validation cases where the label is present (working space, no
+    post-processing; NaN for a label no validation case has); under DDP each rank scores its share of the cases and
+    the sums are reduced."""
     ranks = ranks or Ranks()
-    sums = np.zeros(len(labels) + 1)
+    sums, counts = np.zeros(len(labels)), np.zeros(len(labels))
     for case in cases[ranks.rank::ranks.world]:
         prediction = predict_probabilities(network, case.image, patch, device, overlap=0.5).argmax(0)
         truth = case.label[0]
         for index, value in enumerate(labels):
-            sums[index] += dice(prediction == value, truth == value)
-        sums[-1] += 1
-    sums = summed(sums, ranks)
-    return {value: float(sums[index] / max(1.0, sums[-1])) for index, value in enumerate(labels)}
+            if case.labels_present is None or value in case.labels_present:  # absent: unknown, not background
+                sums[index] += dice(prediction == value, truth == value)
+                counts[index] += 1
+    totals = summed(np.concatenate([sums, counts]), ranks)
+    sums, counts = totals[: len(labels)], totals[len(labels):]
+    return {value: float(sums[i] / counts[i]) if counts[i] else float("nan") for i, value in enumerate(labels)}
+
+
+def mean_dice(scores: dict[int, float]) -> float:
+    """The mean over the labels validation could score (a label no validation case has is left out)."""
+    known = [v for v in scores.values() if not math.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
 
 
 def split_for(config: TrainConfig, dataset: Dataset) -> tuple[list[Case], list[Case]]:
@@ -184,11 +193,14 @@ def train(config: TrainConfig) -> ModelPackage:
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
     partial = any(case.pseudo for case in train_cases)  # pseudo-labels: skip their ignored voxels
-    loss_fn = MaskedDiceCELoss() if partial else DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    # partly labelled cases (dataset.json labels_present): their absent labels merge into background in the loss;
+    # an interactive network's target is "the prompted structure" (always a present one), so it needs no mask
+    absent = not config.interactive and any(case.labels_present is not None for case in train_cases)
+    loss_fn = MaskedDiceCELoss() if partial or absent else DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     crop_key = "foreground" if partial else "label"
     patches = PatchDataset(train_prepared, augmentation(config.patch_size, config.mirror_axes,
                                                           config.augmentation_strength, crop_key=crop_key),
-                           foreground=partial)
+                           foreground=partial, label_values=label_values if absent else None)
     shard = case_sampler(patches, ranks, config.seed)  # per-case weights (dataset.json), else plain shuffling
     loader = torch.utils.data.DataLoader(
         patches, batch_size=config.batch_size, shuffle=shard is None, sampler=shard,
@@ -239,7 +251,8 @@ def train(config: TrainConfig) -> ModelPackage:
                     # the unwrapped network: its rounds run no DDP collective, however many each rank draws
                     inputs, targets = prompted_batch(inputs, targets, network, config.spacing, prompt_rng,
                                                      config.prompt_corrections, device)
-                loss = loss_fn(model(inputs.to(device)), targets.to(device))
+                extra = (batch["present"].to(device),) if absent else ()
+                loss = loss_fn(model(inputs.to(device)), targets.to(device), *extra)
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
@@ -252,7 +265,7 @@ def train(config: TrainConfig) -> ModelPackage:
                                               device, ranks=ranks)} if config.interactive else
                         validate(network, val_prepared, label_values, config.patch_size, device, ranks))
                 row.update({f"dice_{v}": d for v, d in dice.items()})
-                row["dice_mean"] = float(np.mean(list(dice.values())))
+                row["dice_mean"] = mean_dice(dice)
                 if row["dice_mean"] > state["best_mean_dice"]:
                     state["best_mean_dice"], state["best_epoch"] = row["dice_mean"], epoch + 1
                     best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
@@ -355,7 +368,17 @@ def build_card(config: TrainConfig, dataset, spec, preprocessing, label_values, 
             "seconds": round(seconds),
             "seconds_all_runs": round(total_training_seconds(state["history"])),
             "config": {k: v for k, v in asdict(config).items() if k not in ("data", "output")},
+            **partial_label_counts(label_values, train_cases, val_cases),
         },
         "metrics": {"validation_dice_working_space": round(state["best_mean_dice"], 4)},
         **({"interactive": interactive_card_section()} if config.interactive else {}),
     }
+
+
+def partial_label_counts(label_values: list[int], train_cases: list[Case], val_cases: list[Case]) -> dict[str, Any]:
+    """For a partly labelled data set: on how many training and validation cases each label was contoured (the
+    card's reader learns that, e.g., the esophagus was learnt from a third of the cases); nothing otherwise."""
+    if all(case.labels_present is None for case in train_cases + val_cases):
+        return {}
+    return {"labels_present_cases": {str(v): {"train": sum(c.has_label(v) for c in train_cases),
+                                             "val": sum(c.has_label(v) for c in val_cases)} for v in label_values}}

@@ -272,7 +272,7 @@ def pseudo_round(teacher: ModelPackage, volumes: list[Path], folder: Path, confi
                             f"pseudo-labelling (round {index})")
 
     def entry(case: Case) -> dict[str, Any]:  # absolute: this file lives elsewhere than the user's dataset.json
-        return dataset_entry(Path(case.image).resolve(), Path(case.label).resolve())
+        return dataset_entry(Path(case.image).resolve(), Path(case.label).resolve(), labels_present=case.labels_present)
 
     pseudo = [dataset_entry(Path(p).resolve(), Path(summary["files"][case_id(p)]).resolve(), pseudo=True)
               for p in volumes]

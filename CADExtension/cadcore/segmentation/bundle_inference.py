@@ -187,7 +187,11 @@ def run_bundle_noted(image: sitk.Image, bundle: BundleModel, device: Any, overla
     """
     import torch
 
+    from cadcore.registry.monai_import import import_monai
+
     translation = translation or bundle_translation(bundle)
+    if translation.plan is not None:  # a fallback bundle's own transforms may want what the lean import leaves out
+        import_monai()
     started = time.perf_counter()
     parser = _parser(bundle, device)
     sys.path.insert(0, str(bundle.folder))  # bundles may import their own scripts/ package, as monai.bundle allows

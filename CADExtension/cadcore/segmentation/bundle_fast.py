@@ -89,6 +89,25 @@ def working_image(image: sitk.Image, plan: BundlePlan) -> WorkingImage:
                         crop)  # type: ignore[arg-type]
 
 
+def as_inverted(probabilities: np.ndarray, working: WorkingImage) -> tuple[np.ndarray, WorkingImage]:
+    """Probabilities and geometry on which :func:`labels_to_input_grid` gives ``Invertd``'s labels exactly.
+
+    ``Invertd`` pads an undone crop with zeros in every class (our uncrop makes it background) and samples beyond the
+    last working voxel centre with ``grid_sample``'s border padding (ITK snaps all three axes to the nearest voxel
+    there). So: uncrop with zeros, and on a resampled grid add one edge-replicated voxel on every side, after which
+    every input voxel centre lies inside, where linear interpolation of replicated values is the border value.
+    """
+    if working.crop is not None:
+        full = np.zeros((probabilities.shape[0], *working.grid.GetSize()), np.float32)
+        full[(slice(None), *working.crop)] = probabilities
+        probabilities = full
+    if not working.resampled:
+        return probabilities, WorkingImage(working.array, working.grid, working.original, False, None)
+    grid = sitk.ConstantPad(working.grid, [1, 1, 1], [1, 1, 1], 0.0)
+    padded = np.pad(probabilities, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+    return padded, WorkingImage(working.array, grid, working.original, True, None)
+
+
 def keep_largest_component(labels: np.ndarray) -> np.ndarray:
     """KeepLargestConnectedComponent (independent, full connectivity) on a label array, in place."""
     from scipy import ndimage
@@ -150,7 +169,7 @@ def run_plan(image: sitk.Image, plan: BundlePlan, network: Any, device: Any, ove
     timings["network_s"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
-    labels = labels_to_input_grid(probabilities, working)
+    labels = labels_to_input_grid(*as_inverted(probabilities, working))
     del probabilities
     for step in plan.postprocessing:
         labels = keep_largest_component(labels) if step == "largest_component" else fill_holes(labels)

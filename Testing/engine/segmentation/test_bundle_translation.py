@@ -119,14 +119,17 @@ def confident(bundle: Path) -> None:
     torch.save(state, path)
 
 
-def test_end_to_end_labels_equal_monai_bundle(tmp_path):
-    """Spleen layout plus KeepLargestConnectedComponentd and FillHolesd: engine path == monai.bundle path."""
+@pytest.mark.parametrize("nested", [True, False], ids=["nested-grid", "edge-beyond-working-grid"])
+@pytest.mark.parametrize("pipeline", ["spleen", "crop-then-normalise"])
+def test_end_to_end_labels_equal_monai_bundle(tmp_path, pipeline, nested):
+    """Spleen layout plus KeepLargestConnectedComponentd and FillHolesd: engine path == monai.bundle path, also
+    where input voxels lie beyond the last working voxel centre (Invertd's border padding) and after a crop."""
     post = copy.deepcopy(SPLEEN_INFERENCE["postprocessing"]["transforms"])
     post[3:3] = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred"},
                  {"_target_": "FillHolesd", "keys": "pred"}]
-    folder = bundle_with(tmp_path, post=post)
+    folder = bundle_with(tmp_path, PIPELINES[pipeline], post=post)
     confident(folder)
-    image, _ = axis_aligned_ct(tmp_path, nested=True)
+    image, _ = axis_aligned_ct(tmp_path, nested=nested)
     bundle = read_bundle(folder)
     assert translate(bundle).plan.postprocessing == ["largest_component", "fill_holes"]
     cpu = torch.device("cpu")
@@ -137,12 +140,14 @@ def test_end_to_end_labels_equal_monai_bundle(tmp_path):
         assert result.GetSize() == image.GetSize() and result.GetOrigin() == image.GetOrigin()
         assert result.GetDirection() == image.GetDirection() and result.GetSpacing() == image.GetSpacing()
     a, b = sitk.GetArrayFromImage(ours) > 0, sitk.GetArrayFromImage(theirs) > 0
-    assert 0.05 < a.mean() < 0.95  # a real segmentation, not all one class
+    assert 0.02 < a.mean() < 0.95  # a real segmentation, not all one class
     dice = 2 * (a & b).sum() / (a.sum() + b.sum())
-    # identical but for near-ties (float rounding of folded batch norm / channels-last). On a grid whose last voxel
-    # centres lie beyond the working grid's, the edge slices differ too (extrapolation there is not yet MONAI's):
-    # Dice 0.982 on a 14-slice 3 mm volume, one slice of 14 at the edge; hence the nested grid here
-    assert dice >= 0.999, dice
+    # identical but for ties to float rounding (folded batch norm and channels-last change the last bits of the
+    # logits; confident weights make that rare). One tie by construction: on the nested grid after a crop, the
+    # input slab whose centres fall exactly on the first working voxel outside the crop (all classes 0 after
+    # Invertd's zero padding) is background here, and whatever the inside neighbour says in MONAI, whose float
+    # coordinate lands a hair inside; 111 voxels of one slab, Dice 0.9915 on this tiny volume
+    assert dice >= (0.99 if nested and pipeline == "crop-then-normalise" else 0.999), dice
 
 
 UNTRANSLATED = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.abc
 import sys
 
-NOT_WITH_MONAI = ("matplotlib", "scipy.signal", "scipy.stats", "sklearn")
+NOT_WITH_MONAI = ("matplotlib", "scipy.signal", "scipy.stats", "scipy.optimize", "sklearn")
 
 
 class _Block(importlib.abc.MetaPathFinder):

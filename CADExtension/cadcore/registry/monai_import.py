@@ -1,8 +1,9 @@
 """Import MONAI without the plotting and statistics packages it loads eagerly and ``cad`` never uses through it.
 
 ``import monai`` imports every MONAI submodule, and through their ``optional_import`` calls matplotlib (notebook
-plots), scipy.signal with scipy.stats (an ultrasound transform) and scikit-learn (one metric): about 1.3 s of the
-2.5 s MONAI costs ``cad segment`` on 2 cores, paid by every Slicer Apply and every batch case (docs/benchmarks.md).
+plots), scipy.signal with scipy.stats (an ultrasound transform), scipy.optimize and scikit-learn (two metrics):
+about 1.3 s of the 2.5 s MONAI costs ``cad segment`` on 2 cores, paid by every Slicer Apply and every batch case
+(docs/benchmarks.md).
 Blocking them for the duration of that one import makes MONAI record them as absent, exactly as on a machine
 without them; nothing ``cad`` runs through MONAI (networks, sliding window, bundle transforms) needs them, and cad's
 own later imports of them (``--png`` overlays, the scikit-learn classifiers) work, as the block is lifted at once.

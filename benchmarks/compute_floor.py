@@ -18,7 +18,8 @@ def network_flops(model: str, patch: list[int]) -> float:
     from cadcore.registry.networks import load_network
     from cadcore.registry.packages import find_model
 
-    network = load_network(find_model(model), torch.device("cpu"))
+    package = find_model(model)
+    network = load_network(package, package.card.main_stage, torch.device("cpu"))
     total = [0.0]
 
     def count(module, inputs, output) -> None:

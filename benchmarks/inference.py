@@ -52,20 +52,21 @@ SPLEEN_PREPROCESSING = {"orientation": "RAS", "spacing": [1.5, 1.5, 2.0],
                         "normalization": {"kind": "ct", "window": [-57.0, 164.0]}}
 
 
-def build_ct(cache: Path, native: bool = False) -> Path:
+def build_ct(cache: Path, native: bool = False, full_size: tuple[int, ...] = (512, 512, 300)) -> Path:
     """512x512x300 at 0.8 mm around the centre of the example CT (real anatomy), int16, air outside; ``native``: the
     same extent at the spleen network's own 1.5x1.5x2 mm in RAS, so neither pipeline resamples."""
     import SimpleITK as sitk
 
-    path = cache / ("ct_native_1.5x1.5x2.nii.gz" if native else "ct_512x512x300.nii.gz")
+    tag = "x".join(str(s) for s in full_size)
+    path = cache / (f"ct_native_1.5x1.5x2_{tag}.nii.gz" if native else f"ct_{tag}.nii.gz")
     if path.exists():
         return path
     source = sitk.ReadImage(str(SOURCE_CT))
-    size, spacing = np.array([512, 512, 300]), np.array([0.8, 0.8, 0.8])
+    size, spacing = np.array(full_size), np.array([0.8, 0.8, 0.8])
     if native:
         source = sitk.DICOMOrient(source, "RAS")
         spacing = np.array(SPLEEN_PREPROCESSING["spacing"])
-        size = np.round(np.array([512, 512, 300]) * 0.8 / spacing).astype(int)
+        size = np.round(np.array(full_size) * 0.8 / spacing).astype(int)
     direction = np.array(source.GetDirection()).reshape(3, 3)
     centre = np.array(source.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in source.GetSize()]))
     origin = centre - direction @ (spacing * (size - 1) / 2)
@@ -115,12 +116,13 @@ def build_trained_spleen(cache: Path) -> Path:
     return folder
 
 
-def cases(cache: Path) -> dict[str, dict]:
-    ct = build_ct(cache)
+def cases(cache: Path, size: tuple[int, ...] = (512, 512, 300), random_ct: bool = False) -> dict[str, dict]:
+    """``random_ct``: the CT cases with the seeded random weights (a quick check that needs no training)."""
+    ct = build_ct(cache, full_size=size)
     spleen = str(build_spleen_package(cache, ct))
-    trained = str(build_trained_spleen(cache))
+    trained = spleen if random_ct else str(build_trained_spleen(cache))
     return {"ct": {"image": str(ct), "model": trained},
-            "ct_native": {"image": str(build_ct(cache, native=True)), "model": trained},
+            "ct_native": {"image": str(build_ct(cache, native=True, full_size=size)), "model": trained},
             "hippocampus": {"image": str(HIPPOCAMPUS), "model": "hippocampus-unet"},
             "tumour": {"image": str(TUMOUR), "model": spleen}}
 
@@ -182,7 +184,7 @@ def worker_reference(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     working = WorkingImage(np.ascontiguousarray(array), grid, image, resampled)
     preprocess_s = time.perf_counter() - started
     tick = time.perf_counter()
-    network = load_network(package, torch.device("cpu"))
+    network = load_network(package, package.card.main_stage, torch.device("cpu"))
     with torch.inference_mode():
         logits = sliding_window_inference(torch.from_numpy(working.array)[None, None], inference["patch_size"], 2,
                                           network, inference.get("overlap", 0.5), mode=inference.get("mode"))
@@ -223,7 +225,7 @@ def worker_baseline(image_path: str, model: str) -> tuple[np.ndarray, dict]:
     data = preprocessing({"image": image_path})
     preprocess_s = time.perf_counter() - started
     tick = time.perf_counter()
-    network = load_network(package, torch.device("cpu"))
+    network = load_network(package, package.card.main_stage, torch.device("cpu"))
     with torch.inference_mode():
         data["pred"] = sliding_window_inference(data["image"][None], inference["patch_size"], 4, network,
                                                 inference.get("overlap", 0.25), mode=inference.get("mode"))[0]
@@ -311,6 +313,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every measured process (default: cad's)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--cases", default="ct,ct_native,hippocampus,tumour")
+    parser.add_argument("--bundle", action="store_true", help="add the MONAI bundle rows (benchmarks/bundle_row.py) "
+                        "to the cases run with the spleen network")
+    parser.add_argument("--ct-size", default="512,512,300", help="the CT cases' size in voxels at 0.8 mm")
+    parser.add_argument("--random-ct-weights", action="store_true", help="CT cases with seeded random weights")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -330,9 +336,10 @@ def main() -> None:
     import SimpleITK as sitk
 
     sys.path.insert(0, str(REPO / "benchmarks"))  # workers run through runpy, which does not add the script's folder
+    import bundle_row as bundle_rows
     from compute_floor import compute_floor, conv_gflops
 
-    all_cases = cases(CACHE)
+    all_cases = cases(CACHE, tuple(int(s) for s in args.ct_size.split(",")), args.random_ct_weights)
     scratch = CACHE / "scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"command": " ".join(sys.argv), "cpu": platform.processor() or platform.machine(),
@@ -345,27 +352,37 @@ def main() -> None:
         print(f"[{name}] reference", flush=True)
         reference = run_worker("reference", case, scratch / f"{name}_reference.npy", args.threads)
         truth = np.load(scratch / f"{name}_reference.npy")
-        runs: dict[str, list[dict]] = {"reference": [reference], "ours": [], "cli": [], "baseline": [], "fast": []}
+        runs: dict[str, list[dict]] = {"reference": [reference], "ours": [], "cli": [], "baseline": [], "fast": [],
+                                       "bundle": [], "bundle_monai": []}
         agree: dict[str, dict] = {"reference": agreement(truth, truth)}
         has_fast = "fast" in json.loads((Path(case["model"]) / "model.json").read_text()) \
             if Path(case["model"]).is_dir() else False
         pipelines = ("ours", "cli") + (() if args.skip_baseline else ("baseline",)) + (("fast",) if has_fast else ())
+        bundle = bundle_rows.build_bundle(CACHE, case["model"]) if args.bundle and name != "hippocampus" else None
+        pipelines += ("bundle", "bundle_monai") if bundle else ()
         for repeat in range(args.repeats):
             for pipeline in pipelines:
                 print(f"[{name}] {pipeline} {repeat + 1}/{args.repeats}", flush=True)
+                if pipeline in ("bundle", "bundle_monai"):
+                    runs[pipeline].append(bundle_rows.run_bundle_cli(
+                        bundle, case["image"], scratch / f"{name}_{pipeline}.nii.gz", args.threads,
+                        pipeline == "bundle_monai", CACHE / "worker.log"))
+                    continue
                 if pipeline in ("cli", "fast"):
                     runs[pipeline].append(run_cli(case, scratch / f"{name}_{pipeline}.nii.gz", args.threads,
                                                   fast=pipeline == "fast"))
                     continue
                 runs[pipeline].append(run_worker(pipeline, case, scratch / f"{name}_{pipeline}.npy", args.threads))
                 agree[pipeline] = agreement(np.load(scratch / f"{name}_{pipeline}.npy"), truth)
-        for pipeline in ("cli", "fast"):
-            if runs[pipeline]:
+        for pipeline in ("cli", "fast", "bundle", "bundle_monai"):
+            if runs.get(pipeline):
                 written = sitk.ReadImage(str(scratch / f"{name}_{pipeline}.nii.gz"))
                 agree[pipeline] = agreement(sitk.GetArrayFromImage(written).transpose(2, 1, 0), truth)
         summary = {k: summarise(v, voxels) | agree.get(k, {}) for k, v in runs.items() if v}
         if "baseline" in summary:
             summary["ratio_baseline_over_ours"] = round(summary["baseline"]["total_s"] / summary["ours"]["total_s"], 2)
+        if "bundle" in summary:
+            summary["bundle_rows"] = bundle_rows.compare(summary, scratch, name, case["image"])
         report["cases"][name] = {"image": case["image"], "model": case["model"], "input_voxels": voxels,
                                  "summary": summary, "runs": runs}
     for name in report["cases"]:
@@ -391,7 +408,7 @@ def print_table(report: dict) -> None:
         print(f"{'pipeline':<10}{'total s':>16}{'pre s':>8}{'net s':>8}{'post s':>8}{'RSS MiB':>9}{'Mvox/s':>8}"
               f"{'identical':>11}{'Dice':>8}")
         for pipeline, row in case["summary"].items():
-            if not isinstance(row, dict):
+            if not isinstance(row, dict) or "total_s" not in row:
                 continue
             total = f"{row['total_s']:.2f} ({row['total_min_s']:.2f})"
             cells = [f"{row[k]:.2f}" if k in row else "-" for k in ("preprocess_s", "network_s", "postprocess_s")]
@@ -400,6 +417,8 @@ def print_table(report: dict) -> None:
                   f"{row.get('dice', float('nan')):>8.4f}")
         if "ratio_baseline_over_ours" in case["summary"]:
             print(f"baseline / ours: {case['summary']['ratio_baseline_over_ours']:.2f}x")
+        if "bundle_rows" in case["summary"]:
+            print("bundle rows: " + json.dumps(case["summary"]["bundle_rows"]))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,19 @@ def line_of(model: object, note: str = "") -> str:
             f"{kind}  {summary.path}{'  ' + note if note else ''}")
 
 
+def inference_path(model: object) -> dict[str, object]:
+    """For a MONAI bundle, the path ``cad segment`` takes: ``engine`` (translated onto cad's optimised path) or
+    ``monai.bundle`` with the one-line reason (the transform or argument not translated); nothing for a package."""
+    from cadcore.registry.bundles import BundleModel
+
+    if not isinstance(model, BundleModel):
+        return {}
+    from cadcore.segmentation.bundle_inference import bundle_translation
+
+    translation = bundle_translation(model)
+    return {"inference_path": {"path": translation.path, "reason": translation.reason}}
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.models_command == "list":
         for model in list_all():
@@ -35,7 +48,8 @@ def dispatch(args: argparse.Namespace) -> int:
             print(line_of(model, SHADOWED))
         return 0
     if args.models_command == "show":
-        print(json.dumps(find_model_or_bundle(args.model).as_json(), indent=2))
+        model = find_model_or_bundle(args.model)
+        print(json.dumps({**model.as_json(), **inference_path(model)}, indent=2))
         return 0
     if args.models_command == "verify":
         package = find_model_or_bundle(args.model)

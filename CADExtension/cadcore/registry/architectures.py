@@ -54,6 +54,9 @@ def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
             return getattr(importlib.import_module(module), attribute)(**params)
         except (TypeError, ValueError, AssertionError, KeyError, IndexError) as exc:
             raise CadError(f"network parameters do not fit {name}: {exc}") from exc
+    from cadcore.registry.monai_import import import_monai
+
+    import_monai()  # without matplotlib, scipy.signal/stats, sklearn: start-up time (see that module)
     import monai.networks.nets as nets
 
     if name not in SEGMENTATION_NETWORKS + CLASSIFICATION_NETWORKS:

@@ -274,6 +274,11 @@ def _resolve(config: dict[str, Any], value: Any, hops: int = 8) -> Any:
     return value
 
 
+def resolve_reference(config: dict[str, Any], value: Any) -> Any:
+    """Public name of :func:`_resolve` (bundle translation reads the raw config the same way)."""
+    return _resolve(config, value)
+
+
 def _triple(value: Any, kind: type) -> list[Any] | None:
     """Three positive numbers (one number meaning all three axes), else None."""
     values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value

@@ -1,4 +1,8 @@
-"""Running a MONAI bundle on one volume: its own network, preprocessing, inferer and postprocessing.
+"""Running a MONAI bundle on one volume: on the engine's own path when its pipeline is recognised, else as MONAI does.
+
+A bundle whose transforms and inferer :mod:`.bundle_translation` recognises runs on the engine's path
+(:mod:`.bundle_fast`); only its ``network_def`` is built here. Any other bundle runs with its own preprocessing,
+inferer and postprocessing (the rest of this docstring), and says so in one line for the sidecar's ``warnings``.
 
 The bundle's ``configs/inference.json`` is read with :class:`monai.bundle.ConfigParser`, and only the items a single
 prediction needs are built (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``), so a bundle segments
@@ -18,6 +22,7 @@ neighbour) onto it with SimpleITK, and the grid is asserted, as :mod:`cadcore.pr
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import sys
 import tempfile
@@ -34,6 +39,7 @@ import SimpleITK as sitk
 from cadcore.errors import CadError
 from cadcore.registry.bundles import CONFIG_FILE, METADATA_FILE, REQUIRED_ITEMS, BundleModel, config_targets
 from cadcore.registry.networks import load_weights
+from cadcore.segmentation.bundle_translation import MONAI_PATH, Translation, translate
 
 # postprocessing steps that write files: results stay in memory until cad writes every output at once
 WRITER_TRANSFORMS = ("SaveImaged", "SaveImage")
@@ -157,13 +163,35 @@ def onto_input_grid(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
 def run_bundle(image: sitk.Image, bundle: BundleModel, device: Any, overlap: float | None = None,
                sw_batch_size: int | None = None,
                progress: Callable[[str, float], None] | None = None) -> tuple[sitk.Image, dict[str, float]]:
-    """Segment ``image`` with the bundle's own network, preprocessing, inferer and postprocessing.
+    """:func:`run_bundle_noted` without its notes (the labelmap on ``image``'s exact grid and the stage timings)."""
+    labels, timings, _ = run_bundle_noted(image, bundle, device, overlap, sw_batch_size, progress)
+    return labels, timings
 
-    Returns a uint8 labelmap on ``image``'s exact grid and the stage timings.
+
+def bundle_translation(bundle: BundleModel) -> Translation:
+    """How ``cad segment`` will run this bundle: translated onto the engine's path, or through ``monai.bundle``
+    (always, when ``$CAD_BUNDLE_PATH`` is ``monai.bundle``: the benchmark's and the tests' way to compare)."""
+    if os.environ.get("CAD_BUNDLE_PATH", "") == MONAI_PATH:
+        return Translation(None, "CAD_BUNDLE_PATH=monai.bundle asks for it")
+    return translate(bundle)
+
+
+def run_bundle_noted(image: sitk.Image, bundle: BundleModel, device: Any, overlap: float | None = None,
+                     sw_batch_size: int | None = None, progress: Callable[[str, float], None] | None = None,
+                     translation: Translation | None = None) -> tuple[sitk.Image, dict[str, float], list[str]]:
+    """Segment ``image`` with the bundle: on the engine's own path when its pipeline is recognised
+    (:mod:`.bundle_translation`), else with its own transforms and inferer through ``monai.bundle``.
+
+    Returns a uint8 labelmap on ``image``'s exact grid, the stage timings, and the notes for the sidecar's
+    ``warnings`` (one line naming what kept the bundle off the engine's path; none on it).
     """
     import torch
 
-    timings: dict[str, float] = {}
+    from cadcore.registry.monai_import import import_monai
+
+    translation = translation or bundle_translation(bundle)
+    if translation.plan is not None:  # a fallback bundle's own transforms may want what the lean import leaves out
+        import_monai()
     started = time.perf_counter()
     parser = _parser(bundle, device)
     sys.path.insert(0, str(bundle.folder))  # bundles may import their own scripts/ package, as monai.bundle allows
@@ -175,41 +203,58 @@ def run_bundle(image: sitk.Image, bundle: BundleModel, device: Any, overlap: flo
             raise CadError(f"bundle network_def is not a torch module ({type(network).__name__})", bundle.folder)
         load_weights(network, bundle.load_state_dict(), bundle.weights_path)
         network = network.to(device).eval()
-        preprocessing = _parsed(parser, bundle, "preprocessing")
-        inferer = _parsed(parser, bundle, "inferer")
-        postprocessing = _parsed(parser, bundle, "postprocessing") if "postprocessing" in parser else None
-        if overlap is not None and hasattr(inferer, "overlap"):
-            inferer.overlap = overlap
-        if sw_batch_size and hasattr(inferer, "sw_batch_size"):
-            inferer.sw_batch_size = sw_batch_size
-        key = bundle.input_key
-        with tempfile.TemporaryDirectory(prefix="cad-bundle-") as tmp:
-            source = Path(tmp) / "input.nii.gz"
-            sitk.WriteImage(image, str(source), True)
-            try:
-                with _quiet():
-                    data = preprocessing({key: str(source)})
-            except Exception as exc:
-                raise _fail(bundle, "preprocessing", exc, parser.get("preprocessing")) from exc
-        timings["preprocess_s"] = round(time.perf_counter() - started, 3)
-        if progress:
-            progress("preprocess", 1.0)
+        if translation.plan is not None:
+            from cadcore.segmentation.bundle_fast import run_plan
 
-        started = time.perf_counter()
-        pred = _infer(bundle, network, inferer, data[key], device, progress)
-        timings["network_s"] = round(time.perf_counter() - started, 3)
-
-        started = time.perf_counter()
-        data = dict(data)
-        data["pred"] = pred
-        if postprocessing is not None:
-            try:
-                with _quiet():
-                    data = postprocessing(data)
-            except Exception as exc:
-                raise _fail(bundle, "postprocessing", exc, parser.get("postprocessing")) from exc
+            labels, timings = run_plan(image, translation.plan, network, device, overlap, sw_batch_size, progress)
+            timings["load_s"] = round(time.perf_counter() - started - sum(timings.values()), 3)
+            return labels, timings, []
+        labels, timings = _run_monai(image, bundle, parser, network, device, overlap, sw_batch_size, progress,
+                                     started)
     finally:
         sys.path.remove(str(bundle.folder))
+    note = translation.note()
+    return labels, timings, [note] if note else []
+
+
+def _run_monai(image: sitk.Image, bundle: BundleModel, parser: Any, network: Any, device: Any, overlap: float | None,
+               sw_batch_size: int | None, progress: Callable[[str, float], None] | None,
+               started: float) -> tuple[sitk.Image, dict[str, float]]:
+    """The bundle's own preprocessing, inferer and postprocessing (``monai.bundle``), as before translation."""
+    timings: dict[str, float] = {}
+    preprocessing = _parsed(parser, bundle, "preprocessing")
+    inferer = _parsed(parser, bundle, "inferer")
+    postprocessing = _parsed(parser, bundle, "postprocessing") if "postprocessing" in parser else None
+    if overlap is not None and hasattr(inferer, "overlap"):
+        inferer.overlap = overlap
+    if sw_batch_size and hasattr(inferer, "sw_batch_size"):
+        inferer.sw_batch_size = sw_batch_size
+    key = bundle.input_key
+    with tempfile.TemporaryDirectory(prefix="cad-bundle-") as tmp:
+        source = Path(tmp) / "input.nii.gz"
+        sitk.WriteImage(image, str(source), True)
+        try:
+            with _quiet():
+                data = preprocessing({key: str(source)})
+        except Exception as exc:
+            raise _fail(bundle, "preprocessing", exc, parser.get("preprocessing")) from exc
+    timings["preprocess_s"] = round(time.perf_counter() - started, 3)
+    if progress:
+        progress("preprocess", 1.0)
+
+    started = time.perf_counter()
+    pred = _infer(bundle, network, inferer, data[key], device, progress)
+    timings["network_s"] = round(time.perf_counter() - started, 3)
+
+    started = time.perf_counter()
+    data = dict(data)
+    data["pred"] = pred
+    if postprocessing is not None:
+        try:
+            with _quiet():
+                data = postprocessing(data)
+        except Exception as exc:
+            raise _fail(bundle, "postprocessing", exc, parser.get("postprocessing")) from exc
     labels = onto_input_grid(prediction_image(data["pred"], data[key].affine), image)
     timings["postprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:

@@ -54,6 +54,9 @@ def predict_probabilities(
     ``channels_last``: run the network's 3D convolutions channels-last (oneDNN's fast layout on CPU; same results
     to float rounding). It converts ``network`` in place, so pass it only for a network used for inference alone.
     """
+    from cadcore.registry.monai_import import import_monai
+
+    import_monai()
     from monai.inferers import sliding_window_inference
 
     if not 0.0 <= overlap < 1.0:

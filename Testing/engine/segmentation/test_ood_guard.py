@@ -201,3 +201,21 @@ def test_whole_head_t1_with_hippocampus_unet_warns_exits_0_and_keeps_the_labels(
     assert unguarded.warnings == []
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "seg.nii.gz")))
     assert np.array_equal(written, sitk.GetArrayFromImage(unguarded.labels))
+
+
+def test_cad_train_records_the_domain_of_its_training_cases(tmp_path):
+    from cadcore.cli import main
+    from cadcore.io.datasets import load_dataset
+
+    samples = Path(__file__).resolve().parents[3] / "sample_data" / "hippocampus"
+    output = tmp_path / "trained"
+    assert main(["train", "--data", str(samples), "-o", str(output), "--patch-size", "16,16,16", "--batch-size", "2",
+                 "--device", "cpu", "--val-every", "1", "--spacing", "2,2,2", "--val-fraction", "0.34",
+                 "--epochs", "1"]) == 0
+    card = find_model(output).card
+    domain = card.training_domain
+    trained = [c for c in load_dataset(samples).cases if c.id not in set(card.validation_ids)]
+    assert domain is not None and domain.cases == len(trained) and domain.modality == "MR"
+    sizes = [sitk.ReadImage(str(c.image)).GetSize() for c in trained]  # RAS crops stored LPS: I and J keep their axes
+    assert domain.field_of_view_mm.max == tuple(float(max(s[a] for s in sizes)) for a in range(3))
+    assert domain.intensity is not None and ood_guard.check(sitk.ReadImage(str(trained[0].image)), card) == []

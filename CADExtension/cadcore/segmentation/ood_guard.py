@@ -142,8 +142,8 @@ def check(image: sitk.Image, card: ModelCard) -> list[str]:
     """Plain-sentence warnings (none, or one naming every reason) for ``image`` given to ``card``'s model; a card
     without a ``training_domain`` is not guarded."""
     domain = card.training_domain
-    if domain is None:
-        return []
+    if domain is None or image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        return []  # not a scalar volume: the pipeline refuses it in its own words
     found = reasons(measure(image, card.preprocessing, domain.intensity is not None), domain, card.modality)
     if not found:
         return []

@@ -74,6 +74,7 @@ def test_far_outside_warns_inside_does_not_and_finer_voxels_are_never_a_reason()
     [coarse] = ood_guard.check(blob((12, 12, 12), spacing=(3.0, 3.0, 3.0)), card)
     assert "far coarser" in coarse and "far larger" not in coarse
     assert ood_guard.check(blob((36, 36, 36)), card_with(None)) == []  # no domain: no guard
+    assert ood_guard.check(sitk.Image([64, 64], sitk.sitkFloat32), card) == []  # refused later, in its own words
 
 
 def test_modality_comes_from_the_dicom_tag_or_hounsfield_air():

@@ -157,3 +157,12 @@ def test_a_bad_uncertainty_path_is_refused_before_reading(tmp_path, capsys, name
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(tmp_path / name) in err
     assert (tmp_path / "exists.nii.gz").read_bytes() == b"keep" and not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_fast_mode_gives_a_map_on_the_input_grid_too(tmp_path):
+    package = make_tiny_segmentation_package(tmp_path / "fast", fast={"spacing": [2.0, 2.0, 2.0]})
+    image = volume()
+    result = segment_image(image, package, "cpu", fast=True, uncertainty=True)
+    assert result.fast and result.working_spacing == [2.0, 2.0, 2.0]
+    assert result.uncertainty.shape == sitk.GetArrayFromImage(image).shape and result.uncertainty.max() <= 1.0
+    assert result.uncertainty_summary["passes"] == 2

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-cascade", action="store_true", help="skip a cascade model's coarse stage")
     seg.add_argument("--fast", action="store_true",
                      help="run at the model card's low fast resolution (CPU-only laptops); labels on the input grid")
+    seg.add_argument("--uncertainty", default=None,
+                     help="also write the voxel uncertainty (normalised entropy of the mirror-TTA mean softmax, 0..1; "
+                          ".nii.gz/.nrrd/.mha); the labels are then the TTA mean's")
+    seg.add_argument("--strict", action="store_true",
+                     help="refuse (exit 2) an input the model's out-of-distribution guard warns about")
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
     seg, cls, cas, st_ = TrainConfig, ClassifyConfig, CascadeOptions, SelfTrainOptions

@@ -3,11 +3,14 @@
 Outputs are published without replacing anything unless ``--force`` (a second ``cad segment`` racing onto the same
 name is refused, exit 2); an interruption (SIGTERM/SIGINT, armed in :func:`cadcore.cli.main`), a full disk or any
 other failure while writing removes what this run had already published, so a labelmap never lacks its sidecar.
+Out-of-distribution warnings (:mod:`cadcore.segmentation.ood_guard`) are printed on stderr as ``warning: ...``;
+``--strict`` checks them right after reading the image and refuses (exit 2, nothing computed or written).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from cadcore.errors import CadError
 from cadcore.io.images import read_volume
 from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_json
 from cadcore.progress import StagedProgress
-from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities
+from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities, write_uncertainty
 from cadcore.segmentation.predict import segment_image, segmentation_model
 
 
@@ -26,32 +29,40 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     output, sidecar_path = Path(args.output), Path(f"{args.output}.json")
-    _refuse_repeated(Path(args.input), [output, sidecar_path, *(Path(p) for p in (args.probabilities, args.png) if p)])
+    extra_outputs = (args.probabilities, args.png, args.uncertainty)
+    _refuse_repeated(Path(args.input), [output, sidecar_path, *(Path(p) for p in extra_outputs if p)])
     check_output_path(output, args.force)
     check_output_file(sidecar_path, args.force, "output sidecar exists")
     if args.probabilities:
         check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
     if args.png:
         check_output_path(args.png, args.force, (".png",))
-    package = segmentation_model(args.model, args.overlap, args.fast, bool(args.probabilities))
+    if args.uncertainty:
+        check_output_path(args.uncertainty, args.force, PROBABILITY_SUFFIXES)
+    package = segmentation_model(args.model, args.overlap, args.fast, bool(args.probabilities), bool(args.uncertainty))
     package.verify()
     image = read_volume(args.input, args.series)
+    if args.strict:
+        _refuse_out_of_distribution(image, package, args.input)
     configure_cpu_threads()
     progress = StagedProgress({"preprocess": 1, "network": 8, "postprocess": 1, "write": 0.5})
     completed = False
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
                                keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
-                               progress=progress, fast=args.fast)
+                               progress=progress, fast=args.fast, uncertainty=bool(args.uncertainty))
         report = sidecar(package, result, image, time.perf_counter() - started, {
             "input": str(args.input), "output": str(args.output),
             "probabilities": str(args.probabilities) if args.probabilities else None,
-            "overlay_png": str(args.png) if args.png else None})
+            "overlay_png": str(args.png) if args.png else None,
+            "uncertainty": str(args.uncertainty) if args.uncertainty else None})
         progress.update("write", 0.0)
         with all_or_none(replace=args.force):  # a sidecar never describes a missing file, nor the reverse
             write_labelmap(result.labels, output, package.labels)
             if args.probabilities:
                 write_probabilities(result.probabilities, image, Path(args.probabilities))
+            if args.uncertainty:
+                write_uncertainty(result.uncertainty, image, Path(args.uncertainty))
             if args.png:
                 from cadcore.io.overlay import render_overlay
 
@@ -66,11 +77,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"sidecar:      {sidecar_path}")
     if args.png:
         print(f"overlay PNG:  {args.png}")
+    if args.uncertainty:
+        print(f"uncertainty:  {args.uncertainty} (mean {report['uncertainty']['mean']:.3f} over the labels)")
     for label in report["labels"]:
         print(f"  {label['value']:>3}  {label['name']:<32} {label['volume_ml']:8.3f} mL")
     for warning in report.get("warnings", []):
-        print(f"warning: {warning}")
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _refuse_out_of_distribution(image, package, source) -> None:
+    """``--strict``: the guard's first warning as the one-line error, before anything is computed."""
+    from cadcore.registry.packages import ModelPackage
+    from cadcore.segmentation.ood_guard import check
+
+    warnings = check(image, package.card) if isinstance(package, ModelPackage) else []
+    if warnings:
+        raise CadError(f"{warnings[0]} (refused by --strict)", source)
 
 
 def _refuse_repeated(source: Path, targets: list[Path]) -> None:

@@ -155,6 +155,37 @@ class WeightsFile:
 
 
 @dataclass(frozen=True)
+class AxisRange:
+    """Per-axis bounds (I, J, K of the card's working orientation; in mm)."""
+
+    min: tuple[float, float, float]
+    max: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Voxel intensities after the card's normalisation, pooled over the training images."""
+
+    mean: float
+    std: float
+    p01: float
+    p99: float
+
+
+@dataclass(frozen=True)
+class TrainingDomain:
+    """What the network was trained on (``training_domain``), so ``cad segment`` can say when an input lies far
+    outside it (:mod:`cadcore.segmentation.ood_guard`). Every part is optional: a guard checks what is recorded."""
+
+    modality: str | None = None
+    field_of_view_mm: AxisRange | None = None
+    spacing_mm: AxisRange | None = None
+    intensity: IntensityStats | None = None
+    cases: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A validated ``model.json``; build it with :meth:`parse`."""
 
@@ -180,6 +211,7 @@ class ModelCard:
     interactive: Interactive | None = None  # a guided network's prompt channels
     pipeline: Pipeline | None = None  # None: the standard pipeline
     weights: WeightsFile = WeightsFile()
+    training_domain: TrainingDomain | None = None  # None: no out-of-distribution guard
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the JSON as read: provenance and all
     path: Path | None = field(default=None, compare=False)  # where it was read from, for error messages
 
@@ -245,6 +277,20 @@ class ModelCard:
         split = self.training.get("split")
         held_out = split.get("val") if isinstance(split, Mapping) else None
         return [str(v) for v in held_out] if isinstance(held_out, list) else []
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """The axes training mirrored (``training.config.mirror_axes``, a cascade's fine stage's), so test-time
+        augmentation shows the network only views it has learnt; left-right (0, the trainer's default) when the
+        card does not say."""
+        stages = self.training.get("stages")
+        fine = stages.get("fine") if isinstance(stages, Mapping) else None
+        for section in (self.training, fine if isinstance(fine, Mapping) else {}):
+            config = section.get("config")
+            axes = config.get("mirror_axes") if isinstance(config, Mapping) else None
+            if isinstance(axes, list) and all(a in (0, 1, 2) and not isinstance(a, bool) for a in axes):
+                return tuple(sorted(set(int(a) for a in axes)))
+        return (0,)
 
     @property
     def trained_epochs(self) -> int | None:

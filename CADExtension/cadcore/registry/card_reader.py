@@ -26,16 +26,19 @@ from cadcore.registry.card import (
     PROMPT_CHANNELS,
     PROMPT_KINDS,
     TASKS,
+    AxisRange,
     Calibration,
     Cascade,
     ClassLabel,
     FastMode,
     Inference,
+    IntensityStats,
     Interactive,
     Label,
     ModelCard,
     Pipeline,
     Stage,
+    TrainingDomain,
     WeightsFile,
 )
 
@@ -264,6 +267,43 @@ class _CardReader:
         inference = _inference({**_inference_dict(main), **overrides}, "fast.inference", self.path)
         return FastMode(spacing, inference, network)
 
+    def training_domain(self) -> TrainingDomain | None:
+        """``training_domain`` (optional): ranges of positive per-axis mm with min <= max, four finite intensity
+        statistics (std > 0, p01 <= p99), a case count and free-text modality and source."""
+        section = self.data.get("training_domain")
+        if section is None:
+            return None
+        if not isinstance(section, Mapping):
+            raise self.fail("training_domain", f"must be an object, got {section!r}")
+        ranges = {}
+        for key in ("field_of_view_mm", "spacing_mm"):
+            where, value = f"training_domain.{key}", section.get(key)
+            if value is None:
+                ranges[key] = None
+                continue
+            if not isinstance(value, Mapping):
+                raise self.fail(where, f"must be an object with 'min' and 'max', got {value!r}")
+            low, high = (_triple(value.get(end), f"{where}.{end}", self.path) for end in ("min", "max"))
+            if min(low) <= 0 or any(a > b for a, b in zip(low, high)):
+                raise self.fail(where, f"must have 0 < min <= max on every axis, got {dict(value)!r}")
+            ranges[key] = AxisRange(tuple(float(v) for v in low), tuple(float(v) for v in high))
+        intensity = section.get("intensity")
+        if intensity is not None:
+            names = ("mean", "std", "p01", "p99")
+            if not (isinstance(intensity, Mapping) and all(_number(intensity.get(n)) for n in names)
+                    and intensity["std"] > 0 and intensity["p01"] <= intensity["p99"]):
+                raise self.fail("training_domain.intensity", f"must hold numbers mean, std > 0, p01 <= p99, got "
+                                                             f"{intensity!r}")
+            intensity = IntensityStats(*(float(intensity[n]) for n in names))
+        cases, modality, source = section.get("cases"), section.get("modality"), section.get("source", "")
+        if cases is not None and (not isinstance(cases, int) or isinstance(cases, bool) or cases < 1):
+            raise self.fail("training_domain.cases", f"must be a positive integer, got {cases!r}")
+        for key, value in (("modality", modality), ("source", source)):
+            if value is not None and not isinstance(value, str):
+                raise self.fail(f"training_domain.{key}", f"must be text, got {value!r}")
+        return TrainingDomain(modality, ranges["field_of_view_mm"], ranges["spacing_mm"], intensity, cases,
+                              source or "")
+
     def weights_file(self, weights: Mapping[str, Any]) -> WeightsFile:
         """The weights file is a plain name inside the package (``../x`` or an absolute path would verify and load a
         file from anywhere), in safetensors format, pinned by a sha256 when one is given."""
@@ -324,5 +364,5 @@ class _CardReader:
             roi=self.section(data, "roi", "roi"),
             calibration=Calibration(float(temperature), tuple(float(p) for p in prior) if prior else None),
             gradcam_layer=str(layer), interactive=self.interactive(network), pipeline=self.pipeline(),
-            weights=self.weights_file(weights),
+            weights=self.weights_file(weights), training_domain=self.training_domain(),
             raw=copy.deepcopy(dict(data)), path=self.path)

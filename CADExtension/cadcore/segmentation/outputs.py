@@ -29,10 +29,18 @@ def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: 
     write_image(image, path)
 
 
+def write_uncertainty(uncertainty: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    """(z, y, x) float32 normalised entropy -> an image with the reference's exact geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(uncertainty, dtype=np.float32))
+    image.CopyInformation(reference)
+    write_image(image, path)
+
+
 def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, image: sitk.Image, seconds: float,
             paths: dict[str, str | None]) -> dict[str, Any]:
     """The sidecar JSON; ``paths`` names what was read and written (``input``, ``output``, ``probabilities``,
-    ``overlay_png``; None for an output not asked for)."""
+    ``overlay_png``, ``uncertainty``; None for an output not asked for). ``uncertainty`` (the file and its summary)
+    and ``warnings`` appear only when there is something to say."""
     from cadcore.io.labelmaps import label_volumes_ml
 
     volumes = label_volumes_ml(result.labels, package.labels)
@@ -57,5 +65,7 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
         "working_spacing": result.working_spacing,
         **({"measures": result.measures} if result.measures else {}),
         **({"warnings": list(result.warnings)} if result.warnings else {}),  # absent: nothing to warn about
+        **({"uncertainty": {"file": paths.get("uncertainty"), **result.uncertainty_summary}}
+           if result.uncertainty_summary is not None else {}),
         "timings": {**result.timings, "total_s": round(seconds, 3)},
     }

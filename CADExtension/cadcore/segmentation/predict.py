@@ -6,6 +6,9 @@ A card with a ``cascade`` section runs a coarse network first and the fine netwo
 A card with a ``fast`` section names a low working resolution (``spacing``; optionally its own ``network`` stored
 under the ``fast.`` weight prefix, and ``inference`` settings) that ``--fast`` runs for CPU-only laptops; the labels
 still come back on the input's exact grid.
+``uncertainty=True`` runs mirror test-time augmentation and returns the normalised voxel entropy of the mean softmax
+(:mod:`.uncertainty`; the labels are then the mean's). Every model package with a ``training_domain`` is checked by
+the out-of-distribution guard (:mod:`.ood_guard`), whose sentences go into ``warnings``; the result is unchanged.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from cadcore.progress import StagedProgress
 from cadcore.registry.bundles import BundleModel
 from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
+from cadcore.segmentation.ood_guard import check as guard
 from cadcore.segmentation.postprocess import clean_labels
 from cadcore.segmentation.sliding_window import count_windows, fold_batch_norm, predict_probabilities
+from cadcore.segmentation.uncertainty import entropy_on_input_grid, passes_for, tta_mean, uncertainty_summary
 
 
 @dataclass
@@ -40,6 +45,19 @@ class SegmentationResult:
     fast: bool = False
     measures: dict[str, Any] | None = None  # a pipeline's own figures for the sidecar (e.g. hippodeep's eTIV)
     warnings: list[str] = field(default_factory=list)  # "this scan may not be what the model was made for"
+    uncertainty: np.ndarray | None = None  # float32 normalised entropy, (z, y, x) as sitk.GetArrayFromImage
+    uncertainty_summary: dict[str, Any] | None = None  # the sidecar's "uncertainty" object without "file"
+
+
+def check_uncertainty(package: ModelPackage | BundleModel) -> None:
+    """Refuse ``--uncertainty`` where there are no voxel probabilities to average: a MONAI bundle (its
+    postprocessing returns labels) or a model with its own pipeline."""
+    if isinstance(package, BundleModel):
+        raise CadError("--uncertainty is not available for MONAI bundles (their postprocessing returns labels)",
+                       package.folder)
+    if package.card.pipeline is not None:
+        raise CadError(f"--uncertainty is not available for model {package.id}: it runs its own "
+                       f"{package.card.pipeline.name} pipeline, without test-time augmentation", package.folder)
 
 
 def check_automatic(package: ModelPackage) -> None:
@@ -51,7 +69,7 @@ def check_automatic(package: ModelPackage) -> None:
 
 
 def segmentation_model(model: str, overlap: float | None = None, fast: bool = False,
-                       probabilities: bool = False) -> ModelPackage | BundleModel:
+                       probabilities: bool = False, uncertainty: bool = False) -> ModelPackage | BundleModel:
     """The package or bundle ``cad segment`` (and the server's ``/segment``) will run with these options, refused
     in one line before any image is read: a bad overlap, a classifier, a guided network, ``--fast`` or
     probabilities where the model has none. One function, so the command and the server cannot drift apart."""
@@ -68,6 +86,8 @@ def segmentation_model(model: str, overlap: float | None = None, fast: bool = Fa
         raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
     if not bundle:
         check_automatic(package)
+    if uncertainty:
+        check_uncertainty(package)
     if fast:
         if bundle:
             raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
@@ -86,8 +106,11 @@ def segment_image(
     use_cascade: bool = True,
     progress: StagedProgress | None = None,
     fast: bool = False,
+    uncertainty: bool = False,
 ) -> SegmentationResult:
     """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly."""
+    if uncertainty:
+        check_uncertainty(package)
     if isinstance(package, BundleModel):  # a MONAI bundle runs its own transforms and inferer
         if fast:
             raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
@@ -102,13 +125,16 @@ def segment_image(
     check_automatic(package)
     torch_device = pick_device(device)
     card = package.card
+    warnings = guard(image, card)  # cheap (header and a subsample); the result is computed all the same
     if card.pipeline is not None:  # its own conventions (conform, masks, template crops): its own module
         if fast or keep_probabilities:
             raise CadError(f"model {package.id} runs its own {card.pipeline.name} pipeline, which has no "
                            f"{'--fast mode' if fast else 'probability output'}", package.folder)
         from cadcore.segmentation.pipelines import run_pipeline
 
-        return run_pipeline(image, package, torch_device, progress)
+        result = run_pipeline(image, package, torch_device, progress)
+        result.warnings = warnings + result.warnings
+        return result
     stage = card.fast_stage() if fast else card.main_stage
     overlap = stage.inference.overlap if overlap is None else overlap
     sw_batch_size = sw_batch_size or stage.inference.sw_batch_size
@@ -137,7 +163,8 @@ def segment_image(
     if torch_device.type == "cpu":
         fold_batch_norm(network)
     patch = list(stage.inference.patch_size or ())
-    n_windows = max(1, math.ceil(count_windows(working.array.shape, patch, overlap) / sw_batch_size))
+    passes = passes_for(card.mirror_axes) if uncertainty else 1
+    n_windows = passes * max(1, math.ceil(count_windows(working.array.shape, patch, overlap) / sw_batch_size))
     done = [0]
 
     def on_window(_: float) -> None:
@@ -145,9 +172,13 @@ def segment_image(
         if progress:
             progress.update("network", done[0] / n_windows)
 
-    probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
-                                          stage.inference.mode, progress=on_window,
-                                          channels_last=torch_device.type == "cpu")
+    if uncertainty:  # the mean over mirrored passes: its entropy is the map, its argmax the labels
+        probabilities = tta_mean(network, working.array, patch, torch_device, overlap, sw_batch_size,
+                                 stage.inference.mode, card.mirror_axes, progress=on_window)
+    else:
+        probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
+                                              stage.inference.mode, progress=on_window,
+                                              channels_last=torch_device.type == "cpu")
     timings["network_s"] = round(time.perf_counter() - started, 3)
 
     started = time.perf_counter()
@@ -156,6 +187,8 @@ def segment_image(
         labels = on_grid.argmax(0).astype(np.uint8)
     else:  # labels without a full-resolution float map per class (the same labels, far less time and memory)
         labels = labels_to_input_grid(probabilities, working)
+    entropy = entropy_on_input_grid(probabilities, working) if uncertainty else None
+    n_classes = len(probabilities)
     del probabilities
     labels = clean_labels(labels, card.postprocessing)
     if region is not None:
@@ -164,6 +197,10 @@ def segment_image(
         window = tuple(slice(i, i + s) for i, s in zip(index, size))
         full_labels[window] = labels
         labels = full_labels
+        if entropy is not None:
+            full_entropy = np.zeros(image.GetSize(), dtype=np.float32)
+            full_entropy[window] = entropy
+            entropy = full_entropy
         if keep_probabilities:
             full = np.zeros((on_grid.shape[0], *image.GetSize()), dtype=np.float32)
             full[0] = 1.0
@@ -172,6 +209,11 @@ def segment_image(
     timings["postprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("postprocess", 1.0)
+    summary = None if entropy is None else uncertainty_summary(labels, entropy, package.labels, card.mirror_axes,
+                                                               n_classes)
     return SegmentationResult(labels_on_input_grid(labels, image), on_grid.astype(np.float32) if keep_probabilities
                               else None, timings, cascade_info,
-                              [round(v, 6) for v in working.grid.GetSpacing()] if working.resampled else None, fast)
+                              [round(v, 6) for v in working.grid.GetSpacing()] if working.resampled else None, fast,
+                              warnings=warnings,
+                              uncertainty=None if entropy is None else np.ascontiguousarray(entropy.transpose(2, 1, 0)),
+                              uncertainty_summary=summary)

@@ -286,6 +286,7 @@ def combined_card(config: TrainConfig, options: CascadeOptions, coarse: ModelPac
     card["cascade"] = {"coarse": {key: coarse_sections[key] for key in ("network", "preprocessing", "inference")},
                        "margin_mm": options.roi_margin}
     card["cascade"]["coarse"]["inference"]["overlap"] = 0.25  # it only has to find the target
+    card["training_domain"] = coarse_sections.get("training_domain")  # whole volumes (the input), not the crops
     fine_training, coarse_training = card["training"], coarse_sections["training"]
     card["training"] = {
         **{k: fine_training[k] for k in ("data", "licence", "n_train", "n_val", "seed")},

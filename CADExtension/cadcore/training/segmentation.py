@@ -27,6 +27,7 @@ from cadcore.registry.card_reader import trained_model_id
 from cadcore.registry.locations import CARD_NAME
 from cadcore.registry.networks import build_network, divisor_of, dynunet_spec, strides_for
 from cadcore.registry.packages import ModelPackage, find_model, save_package
+from cadcore.segmentation.ood_guard import measure_training_domain
 from cadcore.segmentation.sliding_window import predict_probabilities
 from cadcore.training.config import TrainConfig
 from cadcore.training.distributed import Ranks, finish, gathered, start, summed, weights_digest, wrap
@@ -302,6 +303,8 @@ def train(config: TrainConfig) -> ModelPackage:
                                     "reinitialised": init_report["reinitialised"],
                                     "freeze_encoder_epochs": config.freeze_encoder_epochs,
                                     "pretrained_lr_factor": config.pretrained_lr_factor}
+    card["training_domain"] = measure_training_domain(  # what the OOD guard of cad segment compares inputs with
+        [c.image for c in train_cases], preprocessing, card["modality"], "measured by cad train on its training cases")
     package = save_package(output, card, best_weights)
     plot_curves(output, state["history"], label_values)
     summary = {**state, "config": asdict(config), "world_size": ranks.world, "rank_weight_sha256": rank_digests,

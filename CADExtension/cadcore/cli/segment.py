@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label['value']:>3}  {label['name']:<32} {label['volume_ml']:8.3f} mL")
     for warning in report.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    for note in report.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -24,6 +24,7 @@ from cadcore.io.native import call_quietly, quiet_native
 
 SERIES_UID_KEY = "cad:series_uid"
 SERIES_DESCRIPTION_KEY = "cad:series_description"
+MODALITY_KEY = "cad:modality"  # the series' DICOM Modality: a CT stored without a Hounsfield rescale is still CT
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "PR", "SR", "KO", "REG"}
 MASK_WORDS = ("mask", "seg", "label", "roi")
 SPACING_TOLERANCE = 0.01  # relative: slice gaps must agree within 1 %
@@ -202,6 +203,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     image = call_quietly(reader.Execute, folder, "cannot read DICOM series")
     image.SetMetaData(SERIES_UID_KEY, info.uid)
     image.SetMetaData(SERIES_DESCRIPTION_KEY, info.description)
+    image.SetMetaData(MODALITY_KEY, info.modality)
     return image
 
 

@@ -2,7 +2,7 @@
 
 A bundle whose transforms and inferer :mod:`.bundle_translation` recognises runs on the engine's path
 (:mod:`.bundle_fast`); only its ``network_def`` is built here. Any other bundle runs with its own preprocessing,
-inferer and postprocessing (the rest of this docstring), and says so in one line for the sidecar's ``warnings``.
+inferer and postprocessing (the rest of this docstring), and says so in one line for the sidecar's ``notes``.
 
 The bundle's ``configs/inference.json`` is read with :class:`monai.bundle.ConfigParser`, and only the items a single
 prediction needs are built (``network_def``, ``preprocessing``, ``inferer``, ``postprocessing``), so a bundle segments
@@ -183,7 +183,7 @@ def run_bundle_noted(image: sitk.Image, bundle: BundleModel, device: Any, overla
     (:mod:`.bundle_translation`), else with its own transforms and inferer through ``monai.bundle``.
 
     Returns a uint8 labelmap on ``image``'s exact grid, the stage timings, and the notes for the sidecar's
-    ``warnings`` (one line naming what kept the bundle off the engine's path; none on it).
+    ``notes`` (one line naming what kept the bundle off the engine's path; none on it).
     """
     import torch
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from cadcore.io.dicom import MODALITY_KEY
 from cadcore.preprocessing.working_space import normalise
 from cadcore.registry.card import ANY_MODALITY, ModelCard, TrainingDomain
 
@@ -37,7 +38,7 @@ INTENSITY_TOLERANCE = 2.0  # training standard deviations (after normalisation)
 STD_RATIO = 3.0  # an input's normalised spread more than 3 times wider or narrower than the training images'
 SAMPLE_VOXELS = 1 << 20
 HOUNSFIELD_AIR = -900.0  # a CT's air lies near -1000 HU; an MR's 1st percentile is never this low
-MODALITY_KEYS = ("cad:modality", "0008|0060")  # DICOM Modality, when the reader kept it on the image
+MODALITY_KEYS = (MODALITY_KEY, "0008|0060")  # DICOM Modality, when the reader kept it on the image
 INTERACTIVE_HINT = ("for a scan like this, segment interactively instead (cad interact, or the CAD AI effect in "
                     "Slicer's Segment Editor)")
 PHYSICAL_AXIS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}

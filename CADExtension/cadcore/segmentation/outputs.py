@@ -65,6 +65,7 @@ def sidecar(package: ModelPackage | BundleModel, result: SegmentationResult, ima
         "working_spacing": result.working_spacing,
         **({"measures": result.measures} if result.measures else {}),
         **({"warnings": list(result.warnings)} if result.warnings else {}),  # absent: nothing to warn about
+        **({"notes": list(result.notes)} if result.notes else {}),  # e.g. why a bundle ran through monai.bundle
         **({"uncertainty": {"file": paths.get("uncertainty"), **result.uncertainty_summary}}
            if result.uncertainty_summary is not None else {}),
         "timings": {**result.timings, "total_s": round(seconds, 3)},

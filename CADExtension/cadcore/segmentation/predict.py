@@ -47,6 +47,7 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)  # "this scan may not be what the model was made for"
     uncertainty: np.ndarray | None = None  # float32 normalised entropy, (z, y, x) as sitk.GetArrayFromImage
     uncertainty_summary: dict[str, Any] | None = None  # the sidecar's "uncertainty" object without "file"
+    notes: list[str] = field(default_factory=list)  # how it was computed, when not the usual way (a bundle's path)
 
 
 def check_uncertainty(package: ModelPackage | BundleModel) -> None:
@@ -115,11 +116,11 @@ def segment_image(
         if fast:
             raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
                            package.folder)
-        from cadcore.segmentation.bundle_inference import run_bundle
+        from cadcore.segmentation.bundle_inference import run_bundle_noted
 
-        labels, timings = run_bundle(image, package, pick_device(device), overlap, sw_batch_size,
-                                     progress.update if progress else None)
-        return SegmentationResult(labels, None, timings)
+        labels, timings, notes = run_bundle_noted(image, package, pick_device(device), overlap, sw_batch_size,
+                                                  progress.update if progress else None)
+        return SegmentationResult(labels, None, timings, notes=notes)
     if package.task != "segmentation":
         raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
     check_automatic(package)

@@ -164,10 +164,15 @@ def test_untranslated_bundle_falls_back_and_says_which(tmp_path, capsys, case):
     bundle = read_bundle(folder)
     translation = translate(bundle)
     assert translation.path == MONAI_PATH and named in translation.reason
-    image, _ = axis_aligned_ct(tmp_path)
+    image, source = axis_aligned_ct(tmp_path)
     labels, _, notes = run_bundle_noted(image, bundle, torch.device("cpu"))
     assert labels.GetSize() == image.GetSize()
     assert len(notes) == 1 and "monai.bundle" in notes[0] and named in notes[0] and "\n" not in notes[0]
+    output = tmp_path / "labels.nii.gz"  # the note reaches the user: the sidecar's notes and one stderr line
+    code, _, err = run_cad(capsys, "segment", str(source), "-m", str(folder), "-o", str(output), "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(Path(f"{output}.json").read_text())["notes"] == notes
+    assert [line for line in err.splitlines() if line.startswith("note: ")] == [f"note: {notes[0]}"]
     code, out, err = run_cad(capsys, "models", "show", str(folder))
     assert code == 0, err
     shown = json.loads(out)["inference_path"]

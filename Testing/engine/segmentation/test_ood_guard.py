@@ -88,6 +88,17 @@ def test_modality_comes_from_the_dicom_tag_or_hounsfield_air():
     assert ood_guard.check(tagged, card_with({**DOMAIN, "modality": "ANY"}, modality="ANY")) == []
 
 
+def test_a_dicom_ct_stored_without_a_hounsfield_rescale_is_still_ct():
+    """Slicer's CTHead series stores HU + 1024 (air near 0), so only its Modality tag says CT: the reader keeps it."""
+    from cadcore.io.images import read_volume
+
+    folder = require_shared(SHARED_DATA / "slicer_testing_ct_head_dicom")
+    image = read_volume(folder, None)
+    raw = ood_guard.subsample(image)
+    assert float(np.percentile(raw, 1)) > ood_guard.HOUNSFIELD_AIR  # the voxels alone would not say CT
+    assert ood_guard.image_modality(image, raw) == "CT"
+
+
 def test_intensities_far_from_the_training_statistics_warn():
     card = card_with({**DOMAIN, "intensity": {"mean": 0.0, "std": 1.0, "p01": -2.0, "p99": 2.0}})
     array = np.full((36, 36, 36), 10.0, np.float32)

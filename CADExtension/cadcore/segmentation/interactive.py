@@ -18,7 +18,6 @@ Geometry: prompts are RAS millimetres (as ``cad classify --center``); the region
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.prompt_maps import guided_input
 from cadcore.segmentation.sliding_window import fold_batch_norm, predict_probabilities, tta_probabilities
+from cadcore.segmentation.uncertainty import normalised_entropy
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]  # (index, size) in the input's I, J, K voxels
 CONNECTIVITY = np.ones((3, 3, 3), bool)
@@ -133,12 +133,6 @@ def prompt_region(image: sitk.Image, prompts: Prompts, extent_mm: np.ndarray) ->
     start = np.clip(np.floor(low), 0, size - 1).astype(int)
     stop = np.clip(np.ceil(high) + 1, start + 1, size).astype(int)
     return tuple(int(v) for v in start), tuple(int(v) for v in stop - start)  # type: ignore[return-value]
-
-
-def entropy_map(probabilities: np.ndarray) -> np.ndarray:
-    """Voxel entropy of (C, I, J, K) probabilities, normalised to 0..1 by log C."""
-    clipped = np.clip(probabilities, 1e-8, 1.0)
-    return (-(clipped * np.log(clipped)).sum(0) / math.log(probabilities.shape[0])).astype(np.float32)
 
 
 def most_uncertain_blob(entropy: np.ndarray) -> np.ndarray | None:
@@ -284,7 +278,7 @@ class InteractiveSession:
         uncertainty_image, suggestion = None, None
         if uncertainty:
             entropy = np.zeros(self.image.GetSize(), np.float32)
-            entropy[window] = entropy_map(values)
+            entropy[window] = normalised_entropy(values)
             centre = most_uncertain_blob(entropy[window])
             suggestion = index_to_ras(self.image, centre + np.array(index)) if centre is not None else None
             uncertainty_image = sitk.GetImageFromArray(np.ascontiguousarray(entropy.transpose(2, 1, 0)))

@@ -4,6 +4,7 @@ Needs the CADExtension and CADSegment module folders on ``sys.path`` (Slicer add
 glue comes from ``CADExtensionLib`` and the in-process runner is CADSegment's, which runs any ``cad`` command.
 """
 
+from CADExtensionLib.overlays import HEATMAP_COLOR_NODE_IDS, heatmapColorNode
 from CADSegmentLib.InProcessRunner import InProcessRunner
 
 from CADClassifyLib.ClassificationLogic import (
@@ -12,7 +13,7 @@ from CADClassifyLib.ClassificationLogic import (
     ClassificationResult,
     pointInVolumeRAS,
 )
-from CADClassifyLib.ResultNodes import HEATMAP_COLOR_NODE_IDS, heatmapColorNode, showHeatmapOverlay
+from CADClassifyLib.ResultNodes import showHeatmapOverlay
 
 __all__ = [
     "HEATMAP_COLOR_NODE_IDS",

@@ -20,11 +20,12 @@ import multiprocessing
 import os
 import queue
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from cadcore.cli.batch_run import Options, install_network_cache, one_line, run_cases
+from cadcore.cli.batch_run import Options, network_cache, one_line, run_cases
 from cadcore.cli.batch_summary import columns, complete, merge, read_summary, summary_name, write_summary
 from cadcore.errors import CadError
 from cadcore.io.batch_inputs import Case, find_cases, parse_shard, take_shard
@@ -87,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
             from cadcore.device import configure_cpu_threads
 
             configure_cpu_threads()
-            install_network_cache()
-            run_cases(to_run, package, options, replace, lambda case: None, on_done,
-                      lambda stage, fraction: progress.update("batch", (finished[0] + fraction) / len(to_run)))
+            with network_cache():
+                run_cases(to_run, package, options, replace, lambda case: None, on_done,
+                          lambda stage, fraction: progress.update("batch", (finished[0] + fraction) / len(to_run)))
         else:
             _run_workers(to_run, options, replace, workers, on_done)
         completed = True
@@ -169,9 +170,7 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
 
 def worker_main(index: int, options: Options, replace: bool, threads: int, tasks: Any, results: Any) -> None:
     """A worker process: load the model once, then take cases until the queue's end marker."""
-    from cadcore.cli import interrupt_on_signals
-
-    restore = interrupt_on_signals()  # SIGTERM rolls back the case being written, as in cad segment
+    restore = _interrupt_on_sigterm()  # SIGTERM rolls back the case being written, as in cad segment
     try:
         import torch
 
@@ -180,10 +179,10 @@ def worker_main(index: int, options: Options, replace: bool, threads: int, tasks
         from cadcore.segmentation.predict import segmentation_model
 
         package = segmentation_model(options.model, None, options.fast, False)
-        install_network_cache()
-        run_cases(iter(tasks.get, None), package, options, replace,
-                  lambda case: results.put(("start", index, (case, package.labels))),
-                  lambda row: results.put(("row", index, row)))
+        with network_cache():
+            run_cases(iter(tasks.get, None), package, options, replace,
+                      lambda case: results.put(("start", index, (case, package.labels))),
+                      lambda row: results.put(("row", index, row)))
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # noqa: BLE001 - reported by the parent, whose other workers go on
@@ -191,6 +190,23 @@ def worker_main(index: int, options: Options, replace: bool, threads: int, tasks
     finally:
         restore()  # the interpreter's own shutdown must not be interrupted
         results.put(("exit", index, None))
+
+
+def _interrupt_on_sigterm() -> Any:
+    """In a worker, SIGTERM (the parent's or a scheduler's) becomes KeyboardInterrupt, held back while a file is
+    being published, as :func:`cadcore.cli.interrupt_on_signals` does in the main process (which this module must
+    not import: the command's package imports its handlers). Returns the function that restores the default."""
+    from cadcore.io import writing
+
+    def raise_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if writing.interrupts_held():
+            writing.defer_interrupt()
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """One ``cad batch`` worker: the model loaded once, the next case read while the network runs, each case's outputs.
 
 ``segment_image`` asks ``load_network`` for its network on every call (right for ``cad segment``, which runs once).
-A batch worker installs :func:`install_network_cache` first: ``load_network`` then keeps each network it built,
+A batch worker runs inside :func:`network_cache`: ``load_network`` then keeps each network it built,
 keyed by the package's weights file, the stage (role, weight prefix, architecture) and the device, so the weights
 are read, hashed and built once per worker process instead of once per case. The network is used for inference
 only and ``fold_batch_norm`` is idempotent, so reusing it changes no output (the tests compare against
@@ -17,6 +17,7 @@ stops the batch: it becomes its summary row.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import shutil
@@ -66,13 +67,17 @@ class Options:
                                                                 if self.uncertainty else [])]
 
 
-def install_network_cache() -> None:
-    """Make ``load_network`` (and every cadcore module that imported it by name) reuse the networks it built."""
+@contextlib.contextmanager
+def network_cache() -> Iterator[None]:
+    """Within the block, ``load_network`` (and every cadcore module that imported it by name) reuses the networks
+    it built; on leaving, the original bindings come back and the networks are dropped (so a library caller, or a
+    test session, never keeps a cache it did not ask for)."""
     import cadcore.registry.networks as networks
     import cadcore.segmentation.predict  # noqa: F401 - its module-level binding must exist to be replaced
 
     original = networks.load_network
-    if getattr(original, "cad_cached", False):
+    if getattr(original, "cad_cached", False):  # already inside a cache (nested batch)
+        yield
         return
 
     def cached_load_network(package, stage, device="cpu", state=None):
@@ -84,13 +89,18 @@ def install_network_cache() -> None:
             return _CACHE[key]
 
     cached_load_network.cad_cached = True  # type: ignore[attr-defined]
-    for name, module in list(sys.modules.items()):
-        if name.startswith("cadcore") and getattr(module, "load_network", None) is original:
-            module.load_network = cached_load_network  # type: ignore[attr-defined]
-
-
-def cached_networks() -> int:
-    return len(_CACHE)
+    patched = [module for name, module in list(sys.modules.items())
+               if name.startswith("cadcore") and getattr(module, "load_network", None) is original]
+    for module in patched:
+        module.load_network = cached_load_network  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for name, module in list(sys.modules.items()):  # modules imported meanwhile took the cached one too
+            if name.startswith("cadcore") and getattr(module, "load_network", None) is cached_load_network:
+                module.load_network = original  # type: ignore[attr-defined]
+        with _CACHE_LOCK:
+            _CACHE.clear()
 
 
 def prefetched(cases: Iterable[Case]) -> Iterator[tuple[Case, sitk.Image | None, BaseException | None, float]]:

@@ -17,6 +17,7 @@ pydicom, then published (:func:`cadcore.io.writing.atomic_path`).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,15 +98,22 @@ def write_dicom_seg(labels: sitk.Image, series_dir: Path, label_infos: list[dict
             algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"label {int(info['value'])}",
             display_color=_cielab(info.get("color"))))
     segment_map = numbers[array]  # label values -> segment numbers 1..n (0 stays background)
-    with warnings.catch_warnings():  # highdicom's remarks on the source's own attributes (person name style)
-        warnings.simplefilter("ignore", UserWarning)
-        seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="CADExtension",
-            manufacturer_model_name=model_id[:64], software_versions=f"cadcore {__version__}",
-            device_serial_number="0", content_label="CADSEG", content_description=f"{model_id} {model_version}"[:64],
-            series_description=f"{model_id} segmentation"[:64], omit_empty_frames=True)
+    logger = logging.getLogger("highdicom")  # its notes (an empty result keeps all frames) are not the user's
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # nor are its remarks on the source's own attributes (person name style)
+            warnings.simplefilter("ignore", UserWarning)
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=segment_map, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
+                sop_instance_uid=hd.UID(), instance_number=1, manufacturer="CADExtension",
+                manufacturer_model_name=model_id[:64], software_versions=f"cadcore {__version__}",
+                device_serial_number="0", content_label="CADSEG",
+                content_description=f"{model_id} {model_version}"[:64],
+                series_description=f"{model_id} segmentation"[:64], omit_empty_frames=True)
+    finally:
+        logger.setLevel(level)
     with atomic_path(path, _check_dicom_file) as tmp:
         seg.save_as(tmp)
 

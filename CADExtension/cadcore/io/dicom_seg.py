@@ -79,7 +79,8 @@ def write_dicom_seg(labels: sitk.Image, series_dir: Path, label_infos: list[dict
 
     series_dir, path = Path(series_dir), Path(path)
     files = series_files(series_dir, series_uid)
-    sources = [_with_type2(pydicom.dcmread(file, stop_before_pixels=True)) for file in files]
+    sources = [_with_type2(pydicom.dcmread(file, stop_before_pixels=True), labels.GetSpacing()[2])
+               for file in files]
     array = sitk.GetArrayFromImage(labels)  # (slice, row, column): slice k is files[k]
     if array.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise CadError(f"labels of shape {array.shape} do not lie on the series' grid ({len(sources)} slices of "
@@ -122,13 +123,21 @@ TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def _with_type2(dataset: Any) -> Any:
+def _with_type2(dataset: Any, slice_spacing: float) -> Any:
     """The patient and study attributes the SEG copies are Type 2 (present, possibly empty); anonymised or cropped
     series often lack some (the Udacity hippocampus crops have no PatientBirthDate), and highdicom then refuses.
-    They are added, empty, to the in-memory copy only: the source files are never changed."""
+    They are added, empty, to the in-memory copy only: the source files are never changed. A source without
+    SliceThickness (Type 2 too, but the SEG's pixel measures need a number) is given the slice spacing, and a
+    SpacingBetweenSlices that disagrees with the slice positions (SimpleITK's writer puts 1 in every slice it writes)
+    is replaced by their spacing, which highdicom copies and viewers stack the frames by."""
     for keyword in TYPE2_COPIED:
         if keyword not in dataset:
             setattr(dataset, keyword, "")
+    if not str(dataset.get("SliceThickness", "") or "").strip():
+        dataset.SliceThickness = f"{slice_spacing:.6g}"
+    declared = dataset.get("SpacingBetweenSlices")
+    if declared is not None and abs(float(declared or 0) - slice_spacing) > 0.01 * slice_spacing:
+        dataset.SpacingBetweenSlices = f"{slice_spacing:.6g}"  # the positions' spacing, which the image was read on
     return dataset
 
 

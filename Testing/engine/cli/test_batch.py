@@ -229,3 +229,38 @@ def test_symbolic_links_are_not_followed(tmp_path, tiny_model, capsys):
     (inputs / "loop").symlink_to(inputs, target_is_directory=True)
     (inputs / "dir_link").symlink_to(elsewhere.parent, target_is_directory=True)
     assert [case.id for case in find_cases(inputs)] == ["real"]
+
+
+def test_uncertainty_map_and_sidecar_object_are_written_per_case(tmp_path, tiny_model, capsys, monkeypatch):
+    """``--uncertainty`` passes ``uncertainty=True`` to segment_image and writes ``<id>_uncertainty.nii.gz`` on the
+    input's grid plus the sidecar's ``uncertainty`` object. segment_image is wrapped here so the test does not depend
+    on the uncertainty method itself (issue 18 tests that): the wrapper checks the flag arrives."""
+    import cadcore.segmentation.predict as predict
+
+    real = predict.segment_image
+    seen = []
+
+    def with_uncertainty(image, package, *args, uncertainty: bool = False, **kwargs):
+        seen.append(uncertainty)
+        result = real(image, package, *args, **kwargs)
+        result.uncertainty = np.full(sitk.GetArrayFromImage(image).shape, 0.25, np.float32)
+        result.uncertainty_summary = {"method": "test", "passes": 1, "mean": 0.25, "labels": []}
+        return result
+
+    monkeypatch.setattr(predict, "segment_image", with_uncertainty)
+    volumes = cohort(tmp_path / "in", 2)
+    code, _, err = batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out", "--uncertainty")
+    assert code == 0, err
+    assert seen == [True, True]
+    for volume in volumes:
+        case_id = volume.name.split(".")[0]
+        entropy = sitk.ReadImage(str(tmp_path / "out" / f"{case_id}_uncertainty.nii.gz"))
+        source = sitk.ReadImage(str(volume))
+        assert entropy.GetSize() == source.GetSize() and np.allclose(entropy.GetOrigin(), source.GetOrigin())
+        assert np.allclose(sitk.GetArrayViewFromImage(entropy), 0.25)
+        sidecar = json.loads((tmp_path / "out" / f"{case_id}.nii.gz.json").read_text())
+        assert sidecar["uncertainty"]["file"] == str(tmp_path / "out" / f"{case_id}_uncertainty.nii.gz")
+        assert sidecar["uncertainty"]["mean"] == 0.25
+    (tmp_path / "out" / f"{volumes[0].name.split('.')[0]}_uncertainty.nii.gz").unlink()
+    code, stdout, _ = batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out", "--uncertainty", "--resume")
+    assert code == 0 and "1 cases to run (1 already complete)" in stdout  # a missing map means the case is redone

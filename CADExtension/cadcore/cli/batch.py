@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 run_cases(to_run, package, options, replace, lambda case: None, on_done,
                           lambda stage, fraction: progress.update("batch", (finished[0] + fraction) / len(to_run)))
         else:
-            _run_workers(to_run, options, replace, workers, on_done)
+            _run_workers(to_run, options, replace, workers, on_done, package.labels)
         completed = True
     finally:
         progress.close(completed)
@@ -120,8 +120,10 @@ def _previous_rows(args: argparse.Namespace, summary_path: Path, header: list[st
             if complete(old_rows.get(case.id), options.files(case.id), model_id)}
 
 
-def _run_workers(cases: list[Case], options: Options, replace: bool, workers: int, on_done: Any) -> None:
-    """N spawned processes on one queue of cases; their rows come back here in the order they finish."""
+def _run_workers(cases: list[Case], options: Options, replace: bool, workers: int, on_done: Any,
+                 labels: list[dict[str, Any]]) -> None:
+    """N spawned processes on one queue of cases; their rows come back here in the order they finish. Cases left
+    when every worker has stopped (each failed to start, or died) are failed rows, never silently missing."""
     from cadcore.cli.batch_run import summary_row
 
     context = multiprocessing.get_context("spawn")
@@ -137,7 +139,12 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
         process.start()
     running: dict[int, Case] = {}
     exited: set[int] = set()
-    labels: list[dict[str, Any]] | None = None
+    reported: set[str] = set()
+    problems: list[str] = []
+
+    def report(row: dict[str, str]) -> None:
+        reported.add(row["id"])
+        on_done(row)
     try:
         while len(exited) < workers:
             try:
@@ -146,20 +153,25 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
                 for index, process in enumerate(processes):
                     if index not in exited and not process.is_alive() and process.exitcode != 0:
                         exited.add(index)  # died without saying so (killed, out of memory)
+                        problems.append(f"worker process died (exit code {process.exitcode})")
                         case = running.pop(index, None)
-                        if case is not None and labels is not None:
-                            on_done(summary_row(case, options, labels, 0.0, None,
-                                                f"worker process died (exit code {process.exitcode})"))
+                        if case is not None:
+                            report(summary_row(case, options, labels, 0.0, None, problems[-1]))
                 continue
             if kind == "start":
-                running[index], labels = payload
+                running[index] = payload
             elif kind == "row":
                 running.pop(index, None)
-                on_done(payload)
+                report(payload)
             elif kind == "fatal":
+                problems.append(f"worker could not start: {payload}")
                 sys.stderr.write(f"cad batch: worker {index}: {payload}\n")
             else:
                 exited.add(index)
+        for case in cases:
+            if case.id not in reported:
+                report(summary_row(case, options, labels, 0.0, None,
+                                   f"not run: every worker stopped ({problems[-1] if problems else 'no reason'})"))
     finally:
         for process in processes:  # after their end marker they are exiting: give them a moment, then insist
             process.join(timeout=30 if len(exited) == workers else 0.1)
@@ -181,7 +193,7 @@ def worker_main(index: int, options: Options, replace: bool, threads: int, tasks
         package = segmentation_model(options.model, None, options.fast, False)
         with network_cache():
             run_cases(iter(tasks.get, None), package, options, replace,
-                      lambda case: results.put(("start", index, (case, package.labels))),
+                      lambda case: results.put(("start", index, case)),
                       lambda row: results.put(("row", index, row)))
     except KeyboardInterrupt:
         pass

@@ -10,7 +10,8 @@ Workers: ``--workers N`` starts N processes (``spawn``: no torch state is forked
 taking cases from one shared queue, with ``cpu_count // N`` torch threads each (at least 1; ``OMP_NUM_THREADS``, when
 set, wins). One worker runs in this process with :func:`cadcore.device.configure_cpu_threads`' count. Only this
 process writes ``summary.csv`` and stdout, so lines never interleave; each worker writes its own cases' outputs.
-A worker that dies (out of memory, killed) fails the case it was running; the others go on.
+A worker that dies (out of memory, killed) fails the case it was running; the case it was reading ahead goes to
+another worker, and the others go on.
 """
 
 from __future__ import annotations
@@ -122,29 +123,58 @@ def _previous_rows(args: argparse.Namespace, summary_path: Path, header: list[st
 
 def _run_workers(cases: list[Case], options: Options, replace: bool, workers: int, on_done: Any,
                  labels: list[dict[str, Any]]) -> None:
-    """N spawned processes on one queue of cases; their rows come back here in the order they finish. Cases left
-    when every worker has stopped (each failed to start, or died) are failed rows, never silently missing."""
+    """N spawned processes, each fed by its own queue; their rows come back here in the order they finish.
+
+    Each worker holds at most two cases (the one running and the one being read ahead); the next is sent when a row
+    comes back, and the end marker once nothing is pending. So this process always knows which cases a worker holds:
+    when one dies, the case it was running is failed (it may be what killed it) and the one it was reading goes to
+    another worker. Cases no worker could take are failed rows ("run again with --resume"), never missing."""
+    from collections import deque
+
     from cadcore.cli.batch_run import summary_row
 
     context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    for case in cases:
-        tasks.put(case)
-    for _ in range(workers):
-        tasks.put(None)
+    results = context.Queue()
+    inboxes = [context.Queue() for _ in range(workers)]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    processes = [context.Process(target=worker_main, args=(index, options, replace, threads, tasks, results),
-                                 daemon=True, name=f"cad-batch-{index}") for index in range(workers)]
-    for process in processes:
-        process.start()
+    processes = [context.Process(target=worker_main, args=(index, options, replace, threads, inboxes[index],
+                                                           results), daemon=True, name=f"cad-batch-{index}")
+                 for index in range(workers)]
+    pending = deque(cases)
+    held: dict[int, list[Case]] = {index: [] for index in range(workers)}
     running: dict[int, Case] = {}
     exited: set[int] = set()
+    ended: set[int] = set()
     reported: set[str] = set()
-    problems: list[str] = []
 
     def report(row: dict[str, str]) -> None:
         reported.add(row["id"])
         on_done(row)
+
+    def feed() -> None:
+        for index in range(workers):
+            if index in exited or index in ended:
+                continue
+            while len(held[index]) < 2 and pending:
+                held[index].append(pending.popleft())
+                inboxes[index].put(held[index][-1])
+            if not pending:
+                inboxes[index].put(None)
+                ended.add(index)
+
+    def stopped(index: int, problem: str | None) -> None:
+        exited.add(index)
+        case = running.pop(index, None)
+        if problem is not None and case is not None:
+            report(summary_row(case, options, labels, 0.0, None, problem))
+        pending.extendleft(reversed([held_case for held_case in held.pop(index, [])
+                                     if case is None or held_case.id != case.id]))
+        feed()
+
+    for process in processes:
+        process.start()
+    feed()
+    problem = "no worker started"
     try:
         while len(exited) < workers:
             try:
@@ -152,26 +182,25 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
             except queue.Empty:
                 for index, process in enumerate(processes):
                     if index not in exited and not process.is_alive() and process.exitcode != 0:
-                        exited.add(index)  # died without saying so (killed, out of memory)
-                        problems.append(f"worker process died (exit code {process.exitcode})")
-                        case = running.pop(index, None)
-                        if case is not None:
-                            report(summary_row(case, options, labels, 0.0, None, problems[-1]))
+                        problem = f"worker process died (exit code {process.exitcode})"  # killed, out of memory
+                        stopped(index, problem)
                 continue
             if kind == "start":
                 running[index] = payload
             elif kind == "row":
                 running.pop(index, None)
+                held[index] = [case for case in held[index] if case.id != payload["id"]]
                 report(payload)
+                feed()
             elif kind == "fatal":
-                problems.append(f"worker could not start: {payload}")
+                problem = f"worker could not start: {payload}"
                 sys.stderr.write(f"cad batch: worker {index}: {payload}\n")
             else:
-                exited.add(index)
+                stopped(index, None)
         for case in cases:
             if case.id not in reported:
                 report(summary_row(case, options, labels, 0.0, None,
-                                   f"not run: every worker stopped ({problems[-1] if problems else 'no reason'})"))
+                                   f"not run: every worker stopped ({problem}); run again with --resume"))
     finally:
         for process in processes:  # after their end marker they are exiting: give them a moment, then insist
             process.join(timeout=30 if len(exited) == workers else 0.1)
@@ -181,7 +210,7 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
 
 
 def worker_main(index: int, options: Options, replace: bool, threads: int, tasks: Any, results: Any) -> None:
-    """A worker process: load the model once, then take cases until the queue's end marker."""
+    """A worker process: load the model once, then take cases from its queue until the end marker."""
     restore = _interrupt_on_sigterm()  # SIGTERM rolls back the case being written, as in cad segment
     try:
         import torch

@@ -264,3 +264,40 @@ def test_uncertainty_map_and_sidecar_object_are_written_per_case(tmp_path, tiny_
     (tmp_path / "out" / f"{volumes[0].name.split('.')[0]}_uncertainty.nii.gz").unlink()
     code, stdout, _ = batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out", "--uncertainty", "--resume")
     assert code == 0 and "1 cases to run (1 already complete)" in stdout  # a missing map means the case is redone
+
+
+def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_model):
+    """kill -9 of one of two worker processes mid-run: its case is a failed row, every other case is done, exit 1."""
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    cohort(inputs, 8, shape=(56, 60, 52))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "CADExtension"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "cadcore", "batch", str(inputs), "-m", str(tiny_model.folder),
+                                "-o", str(out), "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+
+    def workers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == process.pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "summary.csv").exists() and len(summary(out / "summary.csv")) >= 1 and len(workers()) == 2:
+            break
+        time.sleep(0.05)
+    os.kill(workers()[0], signal.SIGKILL)
+    stdout, _ = process.communicate(timeout=300)
+    rows = summary(out / "summary.csv")
+    assert process.returncode == 1, stdout
+    assert sorted(rows) == [f"case_{k:02d}" for k in range(8)]
+    failed = [row for row in rows.values() if row["status"] == "failed"]
+    assert len(failed) == 1 and "worker process died" in failed[0]["error"]
+    for case_id, row in rows.items():
+        assert (out / f"{case_id}.nii.gz.json").exists() == (row["status"] == "ok")

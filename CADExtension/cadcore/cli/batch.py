@@ -7,9 +7,10 @@ the network), segmented and written; a bad case becomes a ``failed`` row of the 
 Exit 0 when every case is ``ok``, 1 when some failed.
 
 Workers: ``--workers N`` starts N processes (``spawn``: no torch state is forked), each loading the model once and
-taking cases from one shared queue, with ``cpu_count // N`` torch threads each (at least 1; ``OMP_NUM_THREADS``, when
-set, wins). One worker runs in this process with :func:`cadcore.device.configure_cpu_threads`' count. Only this
-process writes ``summary.csv`` and stdout, so lines never interleave; each worker writes its own cases' outputs.
+given its next case whenever it finishes one, with ``cpu_count // N`` torch threads each (at least 1;
+``OMP_NUM_THREADS``, when set, wins). One worker runs in this process with
+:func:`cadcore.device.configure_cpu_threads`' count. Only this process writes ``summary.csv`` and stdout, so lines
+never interleave; each worker writes its own cases' outputs.
 A worker that dies (out of memory, killed) fails the case it was running; the case it was reading ahead goes to
 another worker, and the others go on.
 """

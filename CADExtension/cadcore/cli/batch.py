@@ -18,6 +18,7 @@ another worker, and the others go on.
 from __future__ import annotations
 
 import argparse
+import glob
 import multiprocessing
 import os
 import queue
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     rows = _previous_rows(args, summary_path, header, cases, options, package.id)
     to_run = [case for case in cases if case.id not in rows]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in out_dir.glob(f".{summary_path.name}.*"):  # a killed run's temporary summary
+    for leftover in out_dir.glob(f".{glob.escape(summary_path.name)}.*"):  # a killed run's temporary summary
         shutil.rmtree(leftover, ignore_errors=True)
     write_summary(summary_path, header, rows)
     workers = min(args.workers, max(1, len(to_run)))

@@ -18,6 +18,7 @@ stops the batch: it becomes its summary row.
 from __future__ import annotations
 
 import contextlib
+import glob
 import inspect
 import json
 import shutil
@@ -140,7 +141,7 @@ def remove_outputs(options: Options, case_id: str) -> None:
     valid."""
     for path in options.files(case_id):
         path.unlink(missing_ok=True)
-        for leftover in path.parent.glob(f".{path.name}.*"):
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
 
@@ -159,6 +160,13 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
             raise CadError("--uncertainty is not available in this engine version (segment_image has no "
                            "uncertainty option)")
         extra["uncertainty"] = True
+    series_uid = None
+    if options.format == "dcm":  # the series must be one a DICOM SEG can reference: known before computing
+        from cadcore.io.dicom import SERIES_UID_KEY
+        from cadcore.io.dicom_seg import check_series_input
+
+        series_uid = image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None
+        check_series_input(case.input, series_uid)
     result = segment_image(image, package, options.device, progress=_Stages(progress) if progress else None,
                            fast=options.fast, **extra)
     output, sidecar_path = options.output(case.id), options.sidecar(case.id)
@@ -170,11 +178,8 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
         report["uncertainty"] = {"file": str(options.uncertainty_file(case.id)), **summary}
     with all_or_none(replace=replace):
         if options.format == "dcm":
-            from cadcore.io.dicom import SERIES_UID_KEY
-            from cadcore.io.dicom_seg import check_series_input, write_dicom_seg
+            from cadcore.io.dicom_seg import write_dicom_seg
 
-            series_uid = image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None
-            check_series_input(case.input, series_uid)
             write_dicom_seg(result.labels, case.input, package.labels, package.id, package.version, output,
                             series_uid)
         else:

@@ -267,7 +267,8 @@ def test_uncertainty_map_and_sidecar_object_are_written_per_case(tmp_path, tiny_
 
 
 def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_model):
-    """kill -9 of one of two worker processes mid-run: its case is a failed row, every other case is done, exit 1."""
+    """kill -9 of one of two worker processes mid-run: the case it was running (if any) is a failed row, the one it
+    was reading ahead is done by the other worker, every other case is done; exit 1 when a case failed."""
     inputs, out = tmp_path / "inputs", tmp_path / "out"
     cohort(inputs, 8, shape=(56, 60, 52))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "CADExtension"), os.environ.get("PYTHONPATH", "")])}
@@ -292,12 +293,14 @@ def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_mod
         if (out / "summary.csv").exists() and len(summary(out / "summary.csv")) >= 1 and len(workers()) == 2:
             break
         time.sleep(0.05)
+    assert len(summary(out / "summary.csv")) < 8, "the worker should be killed mid-run"
     os.kill(workers()[0], signal.SIGKILL)
     stdout, _ = process.communicate(timeout=300)
     rows = summary(out / "summary.csv")
-    assert process.returncode == 1, stdout
     assert sorted(rows) == [f"case_{k:02d}" for k in range(8)]
     failed = [row for row in rows.values() if row["status"] == "failed"]
-    assert len(failed) == 1 and "worker process died" in failed[0]["error"]
+    # killed while running a case: that case fails; killed between cases (reading ahead): nothing is lost
+    assert len(failed) <= 1 and all("worker process died (exit code -9)" in row["error"] for row in failed)
+    assert process.returncode == (1 if failed else 0), stdout
     for case_id, row in rows.items():
         assert (out / f"{case_id}.nii.gz.json").exists() == (row["status"] == "ok")

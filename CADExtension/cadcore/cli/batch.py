@@ -128,9 +128,10 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
     """N spawned processes, each fed by its own queue; their rows come back here in the order they finish.
 
     Each worker holds at most two cases (the one running and the one being read ahead); the next is sent when a row
-    comes back, and the end marker once nothing is pending. So this process always knows which cases a worker holds:
-    when one dies, the case it was running is failed (it may be what killed it) and the one it was reading goes to
-    another worker. Cases no worker could take are failed rows ("run again with --resume"), never missing."""
+    comes back, and the end marker only once every case is reported. So this process always knows which cases a
+    worker holds: when one dies, the case it was running is failed (it may be what killed it) and the one it was
+    reading goes to a live worker. Cases left when no worker is alive are failed rows ("run again with --resume"),
+    never missing."""
     from collections import deque
 
     from cadcore.cli.batch_run import summary_row
@@ -160,7 +161,7 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
             while len(held[index]) < 2 and pending:
                 held[index].append(pending.popleft())
                 inboxes[index].put(held[index][-1])
-            if not pending:
+            if len(reported) == len(cases):  # the end marker only now: a dead worker's cases may still come back
                 inboxes[index].put(None)
                 ended.add(index)
 

@@ -21,12 +21,12 @@ import contextlib
 import glob
 import inspect
 import json
+import queue
 import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,26 +105,44 @@ def network_cache() -> Iterator[None]:
 
 
 def prefetched(cases: Iterable[Case]) -> Iterator[tuple[Case, sitk.Image | None, BaseException | None, float]]:
-    """``(case, image or None, the read error or None, seconds spent reading)``, reading one case ahead."""
+    """``(case, image or None, the read error or None, seconds spent reading)``, one case ahead.
 
-    def read(case: Case) -> tuple[sitk.Image | None, BaseException | None, float]:
-        started = time.perf_counter()
-        try:
-            return read_volume(case.input), None, time.perf_counter() - started
-        except Exception as exc:  # noqa: BLE001 - a bad case is recorded, never raised
-            return None, exc, time.perf_counter() - started
+    The next case is both *taken* and read in a background thread while the caller works on the current one: a
+    worker's queue may have nothing yet (the parent sends the next case when this one's row arrives, and the end
+    marker only when every case is done), so waiting for it must not hold up the case in hand. The thread is a
+    daemon, so a worker stopped while it waits on an empty queue still exits."""
 
     iterator = iter(cases)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cad-prefetch") as pool:
-        current = next(iterator, None)
-        pending = pool.submit(read, current) if current is not None else None
-        while current is not None and pending is not None:
-            following = next(iterator, None)
-            image, error, seconds = pending.result()
-            pending = pool.submit(read, following) if following is not None else None
-            yield current, image, error, seconds
-            del image
-            current = following
+
+    def fetch(box: queue.Queue) -> None:
+        try:
+            case = next(iterator, None)
+            if case is None:
+                box.put(None)
+                return
+            started = time.perf_counter()
+            try:
+                box.put((case, read_volume(case.input), None, time.perf_counter() - started))
+            except Exception as exc:  # noqa: BLE001 - a bad case is recorded, never raised
+                box.put((case, None, exc, time.perf_counter() - started))
+        except BaseException as exc:  # noqa: BLE001 - the iterator itself failed: raised in the caller
+            box.put(exc)
+
+    def start() -> queue.Queue:
+        box: queue.Queue = queue.Queue(maxsize=1)
+        threading.Thread(target=fetch, args=(box,), daemon=True, name="cad-prefetch").start()
+        return box
+
+    box = start()
+    while True:
+        item = box.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            return
+        box = start()
+        yield item
+        del item
 
 
 def one_line(exc: BaseException) -> str:

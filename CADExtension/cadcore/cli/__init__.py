@@ -1,4 +1,4 @@
-"""The ``cad`` command: segment, interact, classify, train, evaluate, models, serve.
+"""The ``cad`` command: segment, batch, interact, classify, train, evaluate, models, serve.
 
 Contract: exit 0 on success; exit 2 with one line on stderr naming the file and the problem on bad input or usage;
 nothing written on failure. Each subcommand's handler lives in its own module here and is imported only when that
@@ -39,6 +39,8 @@ def handler_of(command: str) -> ModuleType:
         from cadcore.cli import interact as handler
     elif command == "serve":
         from cadcore.cli import serve as handler
+    elif command == "batch":
+        from cadcore.cli import batch as handler
     else:
         from cadcore.cli import models as handler
     return handler

@@ -83,6 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse (exit 2) an input the model's out-of-distribution guard warns about")
     seg.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
+    ba = sub.add_parser("batch", help="segment a cohort: a folder, CSV or dataset.json, the model loaded once per "
+                                      "worker (docs/batch.md)")
+    ba.add_argument("inputs", nargs="?", help="folder (image files and DICOM series folders, recursively), CSV "
+                                              "(image[,id]) or dataset.json")
+    ba.add_argument("-m", "--model", default=None, help="registry id, model package folder or MONAI bundle folder")
+    ba.add_argument("-o", "--output", required=True,
+                    help="output folder (OUT_DIR/<id>.<format>, sidecars, summary.csv); with --merge: the CSV")
+    ba.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "seg.nrrd", "dcm"],
+                    help="output format (dcm: DICOM SEG, for DICOM series inputs)")
+    ba.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once")
+    ba.add_argument("--shard", default=None, metavar="K/N", help="run the K-th of N deterministic parts (K from 0)")
+    ba.add_argument("--resume", action="store_true", help="skip cases whose outputs and summary row are complete")
+    ba.add_argument("--uncertainty", action="store_true", help="also write OUT_DIR/<id>_uncertainty.nii.gz")
+    ba.add_argument("--fast", action="store_true", help="run at the model card's fast resolution")
+    ba.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    ba.add_argument("--force", action="store_true", help="redo every case, replacing earlier outputs")
+    ba.add_argument("--merge", nargs="+", default=None, metavar="OUT_DIR",
+                    help="join these batch folders' summary*.csv into -o SUMMARY.csv (no segmentation)")
+
     seg, cls, cas, st_ = TrainConfig, ClassifyConfig, CascadeOptions, SelfTrainOptions
     tr = sub.add_parser("train", help="train a model and export a package (unset flags take training/config.py's "
                                       "defaults)")

@@ -1,5 +1,8 @@
 """``cad segment``: check every output path and the model before reading the image, then write all outputs or none.
 
+An output named ``*.dcm`` is a DICOM SEG (:mod:`cadcore.io.dicom_seg`) referencing the input series, which must
+then be a DICOM series folder (refused in one line before anything is read otherwise).
+
 Outputs are published without replacing anything unless ``--force`` (a second ``cad segment`` racing onto the same
 name is refused, exit 2); an interruption (SIGTERM/SIGINT, armed in :func:`cadcore.cli.main`), a full disk or any
 other failure while writing removes what this run had already published, so a labelmap never lacks its sidecar.
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from cadcore.device import configure_cpu_threads
 from cadcore.errors import CadError
-from cadcore.io.images import read_volume
+from cadcore.io.images import LABELMAP_SUFFIXES, read_volume
 from cadcore.io.writing import all_or_none, check_output_file, check_output_path, write_json
 from cadcore.progress import StagedProgress
 from cadcore.segmentation.outputs import PROBABILITY_SUFFIXES, sidecar, write_probabilities, write_uncertainty
@@ -31,7 +34,14 @@ def run(args: argparse.Namespace) -> int:
     output, sidecar_path = Path(args.output), Path(f"{args.output}.json")
     extra_outputs = (args.probabilities, args.png, args.uncertainty)
     _refuse_repeated(Path(args.input), [output, sidecar_path, *(Path(p) for p in extra_outputs if p)])
-    check_output_path(output, args.force)
+    dicom_seg = output.name.lower().endswith(".dcm")
+    if dicom_seg:  # DICOM SEG: the input must be a DICOM series with study and frame of reference, checked first
+        from cadcore.io.dicom_seg import check_series_input
+
+        check_series_input(args.input, args.series)
+        check_output_file(output, args.force)
+    else:
+        check_output_path(output, args.force, (*LABELMAP_SUFFIXES, ".dcm"))
     check_output_file(sidecar_path, args.force, "output sidecar exists")
     if args.probabilities:
         check_output_path(args.probabilities, args.force, PROBABILITY_SUFFIXES)
@@ -58,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
             "uncertainty": str(args.uncertainty) if args.uncertainty else None})
         progress.update("write", 0.0)
         with all_or_none(replace=args.force):  # a sidecar never describes a missing file, nor the reverse
-            write_labelmap(result.labels, output, package.labels)
+            if dicom_seg:
+                from cadcore.io.dicom import SERIES_UID_KEY
+                from cadcore.io.dicom_seg import write_dicom_seg
+
+                write_dicom_seg(result.labels, Path(args.input), package.labels, package.id, package.version, output,
+                                image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None)
+            else:
+                write_labelmap(result.labels, output, package.labels)
             if args.probabilities:
                 write_probabilities(result.probabilities, image, Path(args.probabilities))
             if args.uncertainty:

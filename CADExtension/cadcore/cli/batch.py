@@ -28,12 +28,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cadcore.cli.batch_run import Options, network_cache, one_line, run_cases
+from cadcore.cli.batch_run import Options, one_line, run_cases
 from cadcore.cli.batch_summary import columns, complete, merge, read_summary, summary_name, write_summary
 from cadcore.errors import CadError
 from cadcore.io.batch_inputs import Case, find_cases, parse_shard, take_shard
 from cadcore.io.writing import check_output_file, check_output_folder, refuse_existing
 from cadcore.progress import StagedProgress
+from cadcore.registry.networks import reuse_networks
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,15 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise CadError("--resume continues a batch and --force redoes it: give one of them")
     shard = parse_shard(args.shard) if args.shard else None
     out_dir = check_output_folder(args.output)
-    from cadcore.segmentation.predict import segment_image, segmentation_model
+    from cadcore.segmentation.predict import segmentation_model
 
-    package = segmentation_model(args.model, None, args.fast, False)
+    # a bundle or a pipeline model has no uncertainty: one line now, not one failed row per case
+    package = segmentation_model(args.model, None, args.fast, False, args.uncertainty)
     package.verify()
-    if args.uncertainty:
-        import inspect
-
-        if "uncertainty" not in inspect.signature(segment_image).parameters:
-            raise CadError("--uncertainty is not available in this engine version")
     cases = take_shard(find_cases(args.inputs, exclude=out_dir), shard)
     if args.format == "dcm":
         for case in cases:
@@ -91,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             from cadcore.device import configure_cpu_threads
 
             configure_cpu_threads()
-            with network_cache():
+            with reuse_networks():
                 run_cases(to_run, package, options, replace, lambda case: None, on_done,
                           lambda stage, fraction: progress.update("batch", (finished[0] + fraction) / len(to_run)))
         else:
@@ -223,7 +220,7 @@ def worker_main(index: int, options: Options, replace: bool, threads: int, tasks
         from cadcore.segmentation.predict import segmentation_model
 
         package = segmentation_model(options.model, None, options.fast, False)
-        with network_cache():
+        with reuse_networks():
             run_cases(iter(tasks.get, None), package, options, replace,
                       lambda case: results.put(("start", index, case)),
                       lambda row: results.put(("row", index, row)))

@@ -1,9 +1,9 @@
 """One ``cad batch`` worker: the model loaded once, the next case read while the network runs, each case's outputs.
 
 ``segment_image`` asks ``load_network`` for its network on every call (right for ``cad segment``, which runs once).
-A batch worker runs inside :func:`network_cache`: ``load_network`` then keeps each network it built,
-keyed by the package's weights file, the stage (role, weight prefix, architecture) and the device, so the weights
-are read, hashed and built once per worker process instead of once per case. The network is used for inference
+A batch worker runs inside :func:`cadcore.registry.networks.reuse_networks`: ``load_network`` then keeps each network
+it built, keyed by the package's weights file, the stage (role, weight prefix, architecture) and the device, so the
+weights are read, hashed and built once per worker process instead of once per case. The network is used for inference
 only and ``fold_batch_norm`` is idempotent, so reusing it changes no output (the tests compare against
 ``cad segment``). MONAI bundles load their weights inside ``run_bundle`` and are not cached here.
 
@@ -17,13 +17,9 @@ stops the batch: it becomes its summary row.
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import inspect
-import json
 import queue
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,9 +34,6 @@ from cadcore.errors import CadError
 from cadcore.io.batch_inputs import Case
 from cadcore.io.images import read_volume
 from cadcore.io.writing import all_or_none, write_image, write_json
-
-_CACHE: dict[tuple[str, ...], Any] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -66,42 +59,6 @@ class Options:
     def files(self, case_id: str) -> list[Path]:
         return [self.output(case_id), self.sidecar(case_id), *([self.uncertainty_file(case_id)]
                                                                 if self.uncertainty else [])]
-
-
-@contextlib.contextmanager
-def network_cache() -> Iterator[None]:
-    """Within the block, ``load_network`` (and every cadcore module that imported it by name) reuses the networks
-    it built; on leaving, the original bindings come back and the networks are dropped (so a library caller, or a
-    test session, never keeps a cache it did not ask for)."""
-    import cadcore.registry.networks as networks
-    import cadcore.segmentation.predict  # noqa: F401 - its module-level binding must exist to be replaced
-
-    original = networks.load_network
-    if getattr(original, "cad_cached", False):  # already inside a cache (nested batch)
-        yield
-        return
-
-    def cached_load_network(package, stage, device="cpu", state=None):
-        key = (str(package.weights_path), stage.role, stage.weight_prefix,
-               json.dumps(stage.network, sort_keys=True, default=str), str(device))
-        with _CACHE_LOCK:
-            if key not in _CACHE:
-                _CACHE[key] = original(package, stage, device, state)
-            return _CACHE[key]
-
-    cached_load_network.cad_cached = True  # type: ignore[attr-defined]
-    patched = [module for name, module in list(sys.modules.items())
-               if name.startswith("cadcore") and getattr(module, "load_network", None) is original]
-    for module in patched:
-        module.load_network = cached_load_network  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        for name, module in list(sys.modules.items()):  # modules imported meanwhile took the cached one too
-            if name.startswith("cadcore") and getattr(module, "load_network", None) is cached_load_network:
-                module.load_network = original  # type: ignore[attr-defined]
-        with _CACHE_LOCK:
-            _CACHE.clear()
 
 
 def prefetched(cases: Iterable[Case]) -> Iterator[tuple[Case, sitk.Image | None, BaseException | None, float]]:
@@ -174,9 +131,6 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if options.uncertainty:
-        if "uncertainty" not in inspect.signature(segment_image).parameters:
-            raise CadError("--uncertainty is not available in this engine version (segment_image has no "
-                           "uncertainty option)")
         extra["uncertainty"] = True
     series_uid = None
     if options.format == "dcm":  # the series must be one a DICOM SEG can reference: known before computing

@@ -6,7 +6,10 @@ Building a network from a card's spec, and checking the weights fit it, live in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +70,45 @@ def divisor_of(spec: Mapping[str, Any]) -> list[int]:
     return total
 
 
+_REUSED: dict[tuple[str, ...], Any] | None = None  # the networks kept inside reuse_networks(); None: keep none
+_REUSED_LOCK = threading.Lock()
+
+
+@contextmanager
+def reuse_networks() -> Iterator[None]:
+    """Within the block, :func:`load_network` returns the network it built before for the same weights file, stage
+    (role, weight prefix, architecture) and device, so a ``cad batch`` worker reads, hashes and builds a model once,
+    not once per case. Only for inference: the callers' in-place changes (``fold_batch_norm``, channels-last) are
+    idempotent. On leaving, the networks are dropped, so no other caller keeps a cache it did not ask for; nested
+    blocks share the outer one."""
+    global _REUSED
+    if _REUSED is not None:
+        yield
+        return
+    _REUSED = {}
+    try:
+        yield
+    finally:
+        _REUSED = None
+
+
 def load_network(package: ModelPackage, stage: Stage, device: Any = "cpu", state: dict[str, Any] | None = None):
     """``stage``'s network with its verified weights, in eval mode on ``device`` (``state``: the package's weights
     already read, when several stages are loaded). The weights are verified (hash, header, shapes against the card's
     networks built on the meta device) before the real network is built, so a card claiming a huge network is
-    refused before anything is allocated."""
+    refused before anything is allocated. Inside :func:`reuse_networks` a network built before is returned."""
+    reused = _REUSED
+    if reused is None:
+        return _built_network(package, stage, device, state)
+    key = (str(package.weights_path), stage.role, str(stage.weight_prefix),
+           json.dumps(stage.network, sort_keys=True, default=str), str(device))
+    with _REUSED_LOCK:
+        if key not in reused:
+            reused[key] = _built_network(package, stage, device, state)
+        return reused[key]
+
+
+def _built_network(package: ModelPackage, stage: Stage, device: Any, state: dict[str, Any] | None):
     state = state if state is not None else package.load_state_dict()
     network = build_network(stage.network)
     load_weights(network, stage.weights_of(state), package.weights_path)

@@ -97,10 +97,9 @@ def test_model_weights_are_read_once_for_the_whole_batch(tmp_path, tiny_model, c
     cohort(tmp_path / "in", 4)
     assert batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out")[0] == 0
     assert len(calls) == 1
-    import cadcore.segmentation.predict as predict
     from cadcore.registry import networks
 
-    assert predict.load_network is networks.load_network and not hasattr(predict.load_network, "cad_cached")
+    assert networks._REUSED is None  # the batch's networks are dropped when it ends: a later caller builds anew
 
 
 def test_three_shards_give_exactly_the_unsharded_outputs_and_merge(tmp_path, tiny_model, capsys):
@@ -231,39 +230,36 @@ def test_symbolic_links_are_not_followed(tmp_path, tiny_model, capsys):
     assert [case.id for case in find_cases(inputs)] == ["real"]
 
 
-def test_uncertainty_map_and_sidecar_object_are_written_per_case(tmp_path, tiny_model, capsys, monkeypatch):
-    """``--uncertainty`` passes ``uncertainty=True`` to segment_image and writes ``<id>_uncertainty.nii.gz`` on the
-    input's grid plus the sidecar's ``uncertainty`` object. segment_image is wrapped here so the test does not depend
-    on the uncertainty method itself (issue 18 tests that): the wrapper checks the flag arrives."""
-    import cadcore.segmentation.predict as predict
-
-    real = predict.segment_image
-    seen = []
-
-    def with_uncertainty(image, package, *args, uncertainty: bool = False, **kwargs):
-        seen.append(uncertainty)
-        result = real(image, package, *args, **kwargs)
-        result.uncertainty = np.full(sitk.GetArrayFromImage(image).shape, 0.25, np.float32)
-        result.uncertainty_summary = {"method": "test", "passes": 1, "mean": 0.25, "labels": []}
-        return result
-
-    monkeypatch.setattr(predict, "segment_image", with_uncertainty)
+def test_uncertainty_map_and_sidecar_object_are_written_per_case(tmp_path, tiny_model, capsys):
+    """``--uncertainty`` writes ``<id>_uncertainty.nii.gz`` on the input's grid, equal to ``cad segment
+    --uncertainty``'s map, plus the sidecar's ``uncertainty`` object; a missing map means the case is redone."""
     volumes = cohort(tmp_path / "in", 2)
     code, _, err = batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out", "--uncertainty")
     assert code == 0, err
-    assert seen == [True, True]
     for volume in volumes:
         case_id = volume.name.split(".")[0]
         entropy = sitk.ReadImage(str(tmp_path / "out" / f"{case_id}_uncertainty.nii.gz"))
         source = sitk.ReadImage(str(volume))
         assert entropy.GetSize() == source.GetSize() and np.allclose(entropy.GetOrigin(), source.GetOrigin())
-        assert np.allclose(sitk.GetArrayViewFromImage(entropy), 0.25)
+        reference = tmp_path / f"ref_{case_id}_uncertainty.nii.gz"
+        assert run_cad(capsys, "segment", str(volume), "-m", str(tiny_model.folder), "-o",
+                       str(tmp_path / f"ref_{case_id}.nii.gz"), "--uncertainty", str(reference))[0] == 0
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(entropy),
+                                      sitk.GetArrayViewFromImage(sitk.ReadImage(str(reference))))
         sidecar = json.loads((tmp_path / "out" / f"{case_id}.nii.gz.json").read_text())
         assert sidecar["uncertainty"]["file"] == str(tmp_path / "out" / f"{case_id}_uncertainty.nii.gz")
-        assert sidecar["uncertainty"]["mean"] == 0.25
+        assert 0.0 <= sidecar["uncertainty"]["mean"] <= 1.0
     (tmp_path / "out" / f"{volumes[0].name.split('.')[0]}_uncertainty.nii.gz").unlink()
     code, stdout, _ = batch(capsys, tmp_path / "in", tiny_model, tmp_path / "out", "--uncertainty", "--resume")
     assert code == 0 and "1 cases to run (1 already complete)" in stdout  # a missing map means the case is redone
+
+
+def test_uncertainty_with_a_model_that_has_none_is_one_line_before_any_case(tmp_path, capsys):
+    cohort(tmp_path / "in", 2)
+    code, stdout, err = run_cad(capsys, "batch", str(tmp_path / "in"), "-m", "brain-mask", "-o", str(tmp_path / "out"),
+                                "--uncertainty")
+    assert code == 2 and "--uncertainty is not available" in err and len(err.strip().splitlines()) == 1
+    assert "case " not in stdout and not (tmp_path / "out").exists()
 
 
 def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_model):

@@ -45,6 +45,7 @@ REQUIREMENTS = (
     "scikit-image>=0.22",
     "fastapi>=0.110",
     "uvicorn>=0.29",
+    "highdicom>=0.22",
 )
 """What ``pip_install`` may install, one string per call, in this order."""
 PINNED_WHILE_INSTALLING = ("SimpleITK", "numpy", "requests", "torch")

@@ -126,7 +126,8 @@ def test_install_torch_first_then_one_pip_install_string_each_with_slicers_packa
 
     environment = Environment(SLICER_VERSIONS | {"monai": "1.3.2", "tqdm": "4.66", "safetensors": "0.4.5",
                                                  "matplotlib": "3.9", "scikit-learn": "1.5.2",
-                                                 "scikit-image": "0.24", "fastapi": "0.110", "uvicorn": "0.29"})
+                                                 "scikit-image": "0.24", "fastapi": "0.110", "uvicorn": "0.29",
+                                                 "highdicom": "0.22"})
     seen: list[tuple[str, str, str, str]] = []
 
     def recordingPipInstall(requirements, **kwargs):
@@ -197,7 +198,8 @@ def test_declining_or_a_failed_torch_install_installs_nothing(fakeSlicerApp):
 def test_a_package_still_missing_after_pip_is_reported(fakeSlicerApp):
     environment = Environment(SLICER_VERSIONS | {"torch": "2.5", "scipy": "1.11", "safetensors": "0.4",
                                                  "tqdm": "4.60.0", "matplotlib": "3.7", "scikit-learn": "1.3",
-                                                 "scikit-image": "0.22", "fastapi": "0.110", "uvicorn": "0.29"})
+                                                 "scikit-image": "0.22", "fastapi": "0.110", "uvicorn": "0.29",
+                                                 "highdicom": "0.22.0"})
     logic = DependencyLogic(confirm=environment.confirm, versionOf=environment.versionOf)  # default pipInstall
     with pytest.raises(DependencyError, match="still missing after installation: monai>=1.4"):
         logic.installMissing(askConfirmation=False)

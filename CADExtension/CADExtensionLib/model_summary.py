@@ -56,6 +56,7 @@ class ModelSummary:
     bundleTask: str = ""  # a bundle's own metadata "task" (free text); "" for a model package
     fast: Mapping[str, Any] | None = None
     guided: bool = False  # a guided (interactive) network: it needs clicks, so only the CAD AI effect offers it
+    pipeline: str = ""  # the card's own pipeline ("meshnet", "hippodeep"): its conventions, no probabilities to average
 
     def __post_init__(self) -> None:
         # Copies, so neither the card dict it came from nor a caller holding the argument can change the summary.

@@ -175,6 +175,7 @@ def _summary(folder: Path, shipped: bool) -> ModelSummary:
             baseline=(card.get("network") or {}).get("name") == "baseline",
             fast=card.get("fast") if isinstance(card.get("fast"), dict) else None,
             guided=isinstance(card.get("interactive"), dict),
+            pipeline=_text((card.get("pipeline") or {}).get("name")) if isinstance(card.get("pipeline"), dict) else "",
         )
     if (folder / BUNDLE_METADATA).is_file():
         return _bundleSummary(folder, shipped)

@@ -111,13 +111,15 @@ def fastOption(model: ModelSummary | Mapping[str, Any] | None) -> tuple[bool, st
 
 def uncertaintyOption(model: ModelSummary | None) -> tuple[bool, str]:
     """(enabled, tooltip) of the panel's "Uncertainty map" check box for the selected model: off, saying why, for no
-    model and for a MONAI bundle (the engine refuses ``--uncertainty`` for bundles; it refuses pipeline models too,
-    with its one-line reason, which the registry summary cannot tell apart yet)."""
+    model, a MONAI bundle and a model with its own pipeline (the engine refuses ``--uncertainty`` for both)."""
     if model is None:
         return False, "Select a model first."
     if model.bundle:
         return False, f"Model {model.id!r} is a MONAI bundle: it runs with its own inferer, which gives no " \
                       "uncertainty map."
+    if model.pipeline:
+        return False, f"Model {model.id!r} runs its own {model.pipeline} pipeline, without test-time " \
+                      "augmentation: it gives no uncertainty map."
     return True, "Also compute where the model is unsure (normalised voxel entropy, 0 = certain, 1 = undecided) " \
                  "and show it as an overlay; the mean per label goes to the log. Several passes: slower."
 

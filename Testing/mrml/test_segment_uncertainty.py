@@ -188,3 +188,17 @@ def test_uncertainty_option_is_off_for_no_model_and_bundles():
     assert not enabled and "MONAI bundle" in tooltip
     enabled, tooltip = uncertaintyOption(ModelSummary("hippocampus-unet", "segmentation", "/m"))
     assert enabled and "entropy" in tooltip
+
+
+def test_uncertainty_option_is_off_for_the_shipped_pipeline_models_and_on_for_the_unets(tmp_path):
+    """The summaries read from the real shipped cards: the brain models (meshnet, hippodeep pipelines) have no
+    uncertainty map, so the box is off with the reason; the U-Nets keep it."""
+    from CADExtensionLib.models import ModelManagerLogic
+    from CADSegmentLib import uncertaintyOption
+
+    summaries = {model.id: model for model in ModelManagerLogic(tmp_path / "user-models").listModels()}
+    for modelId, pipeline in (("brain-mask", "meshnet"), ("hippocampus-whole-head", "hippodeep")):
+        assert summaries[modelId].pipeline == pipeline
+        enabled, tooltip = uncertaintyOption(summaries[modelId])
+        assert not enabled and f"own {pipeline} pipeline" in tooltip
+    assert summaries["hippocampus-unet"].pipeline == "" and uncertaintyOption(summaries["hippocampus-unet"])[0]

@@ -44,3 +44,14 @@ def test_segment_leaves_out_what_it_does_not_use(tmp_path, tiny_model):
                            f"{str(tiny_model.folder)!r}, '-o', {str(output)!r}, '--device', 'cpu']) == 0")
     assert output.is_file() and "monai" in modules  # it did segment, through MONAI's network
     assert not [m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_FOR_SEGMENT)]
+
+
+def test_full_monai_on_request_and_the_block_is_lifted_after_the_import(monkeypatch):
+    """``CAD_FULL_MONAI=1`` imports MONAI whole (escape hatch for a fallback bundle needing what the lean import
+    leaves out); without it, the blocked packages still import normally once MONAI is in."""
+    lean = loaded_after("from cadcore.registry.monai_import import import_monai\nimport_monai()\nimport sklearn")
+    assert "sklearn" in lean and "monai" in lean  # the block is gone after MONAI's import
+    assert "scipy.stats" not in loaded_after("from cadcore.registry.monai_import import import_monai\nimport_monai()")
+    monkeypatch.setenv("CAD_FULL_MONAI", "1")
+    whole = loaded_after("from cadcore.registry.monai_import import import_monai\nimport_monai()")
+    assert "matplotlib" in whole or "scipy.stats" in whole  # what MONAI loads eagerly when nothing is blocked

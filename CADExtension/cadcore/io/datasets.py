@@ -29,6 +29,7 @@ import SimpleITK as sitk
 
 from cadcore.errors import CadError, native_message
 from cadcore.io.images import VOLUME_SUFFIXES, suffix_of
+from cadcore.io.native import itk_warnings_off
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,11 @@ def read_grid(path: Path) -> tuple[tuple[int, ...], tuple[float, ...], tuple[flo
         raise CadError("is a folder, expected a volume file", path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        reader.ReadImageInformation()
+        with itk_warnings_off():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise CadError(f"cannot read image header ({native_message(exc)})", path) from exc
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -46,7 +47,31 @@ def quiet_native() -> Iterator[Captured]:
 
     Nested use is fine (the inner block captures, the outer gets nothing from it). Python's own ``sys.stderr`` is
     flushed first so nothing of ours lands in the capture. LC_CTYPE is put back too: GDCM's writer is known to switch
-    it to "C", after which Python would decode text files as ASCII."""
+    it to "C", after which Python would decode text files as ASCII.
+
+    Descriptor 2, ITK's warning switch and the locale belong to the whole process, so blocks in different threads
+    (``cad batch`` reads the next case in a thread while the main thread writes) take turns: interleaved, one
+    thread's restore would undo the other's (warnings left off, stderr left in a closed temporary file)."""
+    with _QUIET_LOCK:
+        yield from _quiet_native()
+
+
+_QUIET_LOCK = threading.RLock()  # re-entrant: a block nested in the same thread does not wait for itself
+
+
+@contextlib.contextmanager
+def itk_warnings_off() -> Iterator[None]:
+    """ITK's warnings off for the block (descriptor 2 untouched), taking turns with :func:`quiet_native`."""
+    with _QUIET_LOCK:
+        shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _quiet_native() -> Iterator[Captured]:
     captured = Captured()
     ctype = locale.setlocale(locale.LC_CTYPE)
     previous_display = sitk.ProcessObject.GetGlobalWarningDisplay()

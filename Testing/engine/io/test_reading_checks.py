@@ -256,3 +256,39 @@ def test_scaled_integer_nifti_is_not_mistaken_for_truncated(tmp_path, capfd, tin
     source.write_bytes(bytes(data))
     code, err, _ = run_segment_fd(capfd, tiny_model, source, tmp_path)
     assert code == 0, err
+
+
+def test_quiet_blocks_in_two_threads_take_turns_and_restore_the_process_state():
+    """``cad batch`` reads the next case in a thread while the main thread writes: a block entered while another
+    thread's is open must not save that block's "warnings off" and restore it last (nor leave descriptor 2 in the
+    other block's closed temporary file)."""
+    import threading
+    import time
+
+    from cadcore.io.native import quiet_native
+
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+    stderr_file = os.fstat(2).st_ino
+    first_inside, order = threading.Event(), []
+
+    def first() -> None:
+        with quiet_native():
+            order.append("first in")
+            first_inside.set()
+            time.sleep(0.3)  # the second thread tries to enter meanwhile
+            order.append("first out")
+
+    def second() -> None:
+        first_inside.wait()
+        with quiet_native():
+            order.append("second in")
+        order.append("second out")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order == ["first in", "first out", "second in", "second out"]
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()
+    assert os.fstat(2).st_ino == stderr_file  # descriptor 2 is the process's stderr again

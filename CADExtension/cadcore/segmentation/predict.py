@@ -31,8 +31,13 @@ from cadcore.registry.networks import load_network
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.ood_guard import check as guard
 from cadcore.segmentation.postprocess import clean_labels
-from cadcore.segmentation.sliding_window import count_windows, fold_batch_norm, predict_probabilities
-from cadcore.segmentation.uncertainty import entropy_on_input_grid, passes_for, tta_mean, uncertainty_summary
+from cadcore.segmentation.sliding_window import (
+    count_windows,
+    fold_batch_norm,
+    predict_probabilities,
+    tta_probabilities,
+)
+from cadcore.segmentation.uncertainty import entropy_on_input_grid, passes_for, uncertainty_summary
 
 
 @dataclass
@@ -174,8 +179,8 @@ def segment_image(
             progress.update("network", done[0] / n_windows)
 
     if uncertainty:  # the mean over mirrored passes: its entropy is the map, its argmax the labels
-        probabilities = tta_mean(network, working.array, patch, torch_device, overlap, sw_batch_size,
-                                 stage.inference.mode, card.mirror_axes, progress=on_window)
+        probabilities = tta_probabilities(network, working.array, patch, torch_device, list(card.mirror_axes),
+                                          overlap, sw_batch_size, stage.inference.mode, progress=on_window)
     else:
         probabilities = predict_probabilities(network, working.array, patch, torch_device, overlap, sw_batch_size,
                                               stage.inference.mode, progress=on_window,

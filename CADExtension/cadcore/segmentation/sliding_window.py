@@ -113,16 +113,17 @@ def flip_sets(mirror_axes: list[int]) -> list[tuple[int, ...]]:
 
 
 def tta_probabilities(network: torch.nn.Module, array: np.ndarray, patch: list[int], device: torch.device,
-                      mirror_axes: list[int], overlap: float = 0.5, sw_batch_size: int = 2) -> np.ndarray:
+                      mirror_axes: list[int], overlap: float = 0.5, sw_batch_size: int = 2, mode: str = "gaussian",
+                      progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Working-space probabilities (C, I, J, K) of ``array`` (I, J, K, or C_in, I, J, K for a guided network's
-    prompt channels), averaged over :func:`flip_sets`."""
+    prompt channels), averaged over :func:`flip_sets` (``progress`` is called after each window of each pass)."""
     total: np.ndarray | None = None
     views = flip_sets(mirror_axes)
     shift = array.ndim - 3  # the spatial axes of a channel-first input start at 1
     for axes in views:
         view = np.flip(array, tuple(a + shift for a in axes)) if axes else array
-        probabilities = predict_probabilities(network, view, patch, device, overlap, sw_batch_size,
-                                              channels_last=device.type == "cpu")
+        probabilities = predict_probabilities(network, view, patch, device, overlap, sw_batch_size, mode,
+                                              progress=progress, channels_last=device.type == "cpu")
         if axes:
             probabilities = np.flip(probabilities, tuple(a + 1 for a in axes))
         total = probabilities.copy() if total is None else total + probabilities

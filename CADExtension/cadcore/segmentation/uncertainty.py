@@ -15,7 +15,6 @@ did not run, it is 0 (the coarse stage found background there).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,32 +22,12 @@ import SimpleITK as sitk
 
 from cadcore.preprocessing.input_grid import back_to_input, uncrop
 from cadcore.preprocessing.working_space import WorkingImage, from_array, to_array
-from cadcore.segmentation.sliding_window import flip_sets, predict_probabilities
+from cadcore.segmentation.sliding_window import flip_sets
 
 
 def passes_for(mirror_axes: tuple[int, ...]) -> int:
     """Network passes of the mirror test-time augmentation (every combination of the axes, the identity too)."""
     return len(flip_sets(list(mirror_axes)))
-
-
-def tta_mean(network, array: np.ndarray, patch: list[int], device, overlap: float, sw_batch_size: int, mode: str,
-             mirror_axes: tuple[int, ...], progress: Callable[[float], None] | None = None) -> np.ndarray:
-    """Working-space softmax (C, I, J, K) averaged over the flips of ``mirror_axes`` (each pass un-flipped)."""
-    total: np.ndarray | None = None
-    views = flip_sets(list(mirror_axes))
-    for axes in views:
-        view = np.ascontiguousarray(np.flip(array, axes)) if axes else array
-        probabilities = predict_probabilities(network, view, patch, device, overlap, sw_batch_size, mode,
-                                              progress=progress, channels_last=device.type == "cpu")
-        if axes:
-            probabilities = np.flip(probabilities, tuple(a + 1 for a in axes))
-        if total is None:
-            total = np.array(probabilities, dtype=np.float32)
-        else:
-            total += probabilities
-    assert total is not None
-    total /= len(views)
-    return total
 
 
 def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:

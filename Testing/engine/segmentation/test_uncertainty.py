@@ -22,7 +22,8 @@ from cadcore.preprocessing.working_space import prepare
 from cadcore.registry.networks import load_network
 from cadcore.segmentation.postprocess import clean_labels
 from cadcore.segmentation.predict import segment_image
-from cadcore.segmentation.uncertainty import normalised_entropy, passes_for, tta_mean
+from cadcore.segmentation.sliding_window import tta_probabilities
+from cadcore.segmentation.uncertainty import normalised_entropy, passes_for
 from conftest import make_tiny_segmentation_package, oblique_direction
 
 
@@ -69,8 +70,8 @@ def test_labels_are_the_tta_means_and_the_map_lies_on_the_input_grid(tmp_path):
     working = prepare(image, stage.preprocessing)
     import torch
 
-    mean = tta_mean(load_network(package, stage, torch.device("cpu")), working.array, [16, 16, 16],
-                    torch.device("cpu"), 0.25, 2, "gaussian", (0,))
+    mean = tta_probabilities(load_network(package, stage, torch.device("cpu")), working.array, [16, 16, 16],
+                             torch.device("cpu"), [0], 0.25, 2, "gaussian")
     expected = clean_labels(labels_to_input_grid(mean, working), package.card.postprocessing)
     assert np.array_equal(sitk.GetArrayFromImage(result.labels), expected.transpose(2, 1, 0))
     assert result.uncertainty.shape == sitk.GetArrayFromImage(image).shape and result.uncertainty.dtype == np.float32

@@ -211,7 +211,10 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
 
 def worker_main(index: int, options: Options, replace: bool, threads: int, tasks: Any, results: Any) -> None:
     """A worker process: load the model once, then take cases from its queue until the end marker."""
-    restore = _interrupt_on_sigterm()  # SIGTERM rolls back the case being written, as in cad segment
+    from cadcore.cli.signals import interrupt_on_signals
+
+    restore = interrupt_on_signals()  # SIGTERM rolls back the case being written, as in cad segment
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
     try:
         import torch
 
@@ -231,23 +234,6 @@ def worker_main(index: int, options: Options, replace: bool, threads: int, tasks
     finally:
         restore()  # the interpreter's own shutdown must not be interrupted
         results.put(("exit", index, None))
-
-
-def _interrupt_on_sigterm() -> Any:
-    """In a worker, SIGTERM (the parent's or a scheduler's) becomes KeyboardInterrupt, held back while a file is
-    being published, as :func:`cadcore.cli.interrupt_on_signals` does in the main process (which this module must
-    not import: the command's package imports its handlers). Returns the function that restores the default."""
-    from cadcore.io import writing
-
-    def raise_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if writing.interrupts_held():
-            writing.defer_interrupt()
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the workers
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _merge(args: argparse.Namespace) -> int:

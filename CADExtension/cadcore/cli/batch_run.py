@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
 from cadcore.io.batch_inputs import Case
 from cadcore.io.images import read_volume
-from cadcore.io.writing import all_or_none, write_image, write_json
+from cadcore.io.writing import all_or_none, write_json
 
 
 @dataclass(frozen=True)
@@ -125,13 +124,10 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
                  progress: Callable[[str, float], None] | None = None) -> dict[str, Any]:
     """Segment one read case and publish its outputs; returns the sidecar written."""
     from cadcore.io.labelmaps import write_labelmap
-    from cadcore.segmentation.outputs import sidecar
+    from cadcore.segmentation.outputs import sidecar, write_uncertainty
     from cadcore.segmentation.predict import segment_image
 
     started = time.perf_counter()
-    extra: dict[str, Any] = {}
-    if options.uncertainty:
-        extra["uncertainty"] = True
     series_uid = None
     if options.format == "dcm":  # the series must be one a DICOM SEG can reference: known before computing
         from cadcore.io.dicom import SERIES_UID_KEY
@@ -140,14 +136,12 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
         series_uid = image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None
         check_series_input(case.input, series_uid)
     result = segment_image(image, package, options.device, progress=_Stages(progress) if progress else None,
-                           fast=options.fast, **extra)
+                           fast=options.fast, uncertainty=options.uncertainty)
     output, sidecar_path = options.output(case.id), options.sidecar(case.id)
+    uncertainty_file = options.uncertainty_file(case.id) if options.uncertainty else None
     report = sidecar(package, result, image, time.perf_counter() - started,
-                     {"input": str(case.input), "output": str(output), "probabilities": None, "overlay_png": None})
-    uncertainty = getattr(result, "uncertainty", None) if options.uncertainty else None
-    if uncertainty is not None:
-        summary = getattr(result, "uncertainty_summary", None) or {}
-        report["uncertainty"] = {"file": str(options.uncertainty_file(case.id)), **summary}
+                     {"input": str(case.input), "output": str(output), "probabilities": None, "overlay_png": None,
+                      "uncertainty": str(uncertainty_file) if uncertainty_file else None})
     with all_or_none(replace=replace):
         if options.format == "dcm":
             from cadcore.io.dicom_seg import write_dicom_seg
@@ -156,10 +150,8 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
                             series_uid)
         else:
             write_labelmap(result.labels, output, package.labels)
-        if uncertainty is not None:
-            entropy = sitk.GetImageFromArray(np.asarray(uncertainty, dtype=np.float32))
-            entropy.CopyInformation(image)
-            write_image(entropy, options.uncertainty_file(case.id))
+        if uncertainty_file is not None:
+            write_uncertainty(result.uncertainty, image, uncertainty_file)
         write_json(sidecar_path, report)  # last: a sidecar means the case's every output is in place
     return report
 

@@ -100,12 +100,26 @@ def load_network(package: ModelPackage, stage: Stage, device: Any = "cpu", state
     reused = _REUSED
     if reused is None:
         return _built_network(package, stage, device, state)
-    key = (str(package.weights_path), stage.role, str(stage.weight_prefix),
-           json.dumps(stage.network, sort_keys=True, default=str), str(device))
+    key = _reuse_key(package, stage, device)
     with _REUSED_LOCK:
         if key not in reused:
             reused[key] = _built_network(package, stage, device, state)
         return reused[key]
+
+
+def load_networks(package: ModelPackage, stages: list[Stage], device: Any = "cpu") -> list[Any]:
+    """Several stages' networks of one package with its weights read and verified once, and not at all inside
+    :func:`reuse_networks` when every stage was built before (a batch's later cases)."""
+    reused = _REUSED
+    if reused is not None and all(_reuse_key(package, stage, device) in reused for stage in stages):
+        return [load_network(package, stage, device) for stage in stages]
+    state = package.load_state_dict()
+    return [load_network(package, stage, device, state) for stage in stages]
+
+
+def _reuse_key(package: ModelPackage, stage: Stage, device: Any) -> tuple[str, ...]:
+    return (str(package.weights_path), stage.role, str(stage.weight_prefix),
+            json.dumps(stage.network, sort_keys=True, default=str), str(device))
 
 
 def _built_network(package: ModelPackage, stage: Stage, device: Any, state: dict[str, Any] | None):

@@ -29,7 +29,7 @@ from cadcore.preprocessing.working_space import from_array, to_array
 from cadcore.progress import StagedProgress
 from cadcore.registry.card import Stage
 from cadcore.registry.hippodeep_card import STEM_SHRINK, HippodeepOptions
-from cadcore.registry.networks import load_network
+from cadcore.registry.networks import load_networks
 from cadcore.registry.packages import ModelPackage
 from cadcore.segmentation.predict import SegmentationResult
 
@@ -48,8 +48,7 @@ def segment(image: sitk.Image, package: ModelPackage, device: torch.device,
     check_image(image, package)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    state = package.load_state_dict()
-    head, affine, hippo = (load_network(package, stage, device, state) for stage in stages)
+    head, affine, hippo = load_networks(package, list(stages), device)
     normalised = zscored(image)
     head_grid = head_grid_of(image, options.head_grid)
     head_input = to_network(sitk.Resample(normalised, head_grid, sitk.Transform(), sitk.sitkLinear, 0.0,

@@ -226,14 +226,19 @@ def device_labels(network: MeshNet, scaled: np.ndarray, device: torch.device, ch
     return labels
 
 
-def conformed_labels(package: ModelPackage, scaled: np.ndarray, device: Any, options: MeshNetOptions,
-                     box: Box | None, tick: Any = None) -> np.ndarray:
-    """This package's labels on the conformed cube (z, y, x) from the scaled cube: on ``device`` when it is an
-    accelerator (the plain forward), else by the CPU's streamed or layer-by-layer paths."""
-    network = load_network(package, package.card.main_stage, "cpu")
+def meshnet_of(package: ModelPackage, device: torch.device) -> MeshNet:
+    """The package's MeshNet, weights verified, on ``device`` (loaded before any work, once per batch worker inside
+    :func:`cadcore.registry.networks.reuse_networks`)."""
+    network = load_network(package, package.card.main_stage, device)
     if not isinstance(network, MeshNet):
         raise CadError("the meshnet pipeline runs a MeshNet network only", package.folder)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    return network
+
+
+def conformed_labels(network: MeshNet, scaled: np.ndarray, device: torch.device, options: MeshNetOptions,
+                     box: Box | None, tick: Any = None) -> np.ndarray:
+    """The network's labels on the conformed cube (z, y, x) from the scaled cube: on ``device`` when it is an
+    accelerator (the plain forward), else by the CPU's streamed or layer-by-layer paths."""
     if device.type != "cpu":
         with torch.inference_mode():
             labels = device_labels(network, scaled, device)
@@ -276,9 +281,9 @@ def segment(image: sitk.Image, package: ModelPackage, device: Any, progress: Sta
 
     options: MeshNetOptions = package.card.pipeline.options
     mask = mask_package(package, options)
-    package.verify()
-    if mask is not None:
-        mask.verify()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    network = meshnet_of(package, device)  # weights verified (once) before any work
+    mask_network = meshnet_of(mask, device) if mask is not None else None
     timings: dict[str, float] = {}
     started = time.perf_counter()
     conformed = conform(image, options.conform_size, options.conform_spacing, options.orientation,
@@ -295,11 +300,11 @@ def segment(image: sitk.Image, package: ModelPackage, device: Any, progress: Sta
 
     if mask is not None:
         started = time.perf_counter()
-        brain = conformed_labels(mask, scaled, device, mask.card.pipeline.options, box, ticker("network"))
+        brain = conformed_labels(mask_network, scaled, device, mask.card.pipeline.options, box, ticker("network"))
         timings["mask_s"] = round(time.perf_counter() - started, 3)
         box = head_box((brain > 0).astype(np.float32), 0.5, options.box_margin, min_voxels=1)
     started = time.perf_counter()
-    labels = conformed_labels(package, scaled, device, options, box, ticker("network"))
+    labels = conformed_labels(network, scaled, device, options, box, ticker("network"))
     if mask is not None:
         labels[brain == 0] = 0
     timings["inference_s"] = round(time.perf_counter() - started, 3)

@@ -300,3 +300,21 @@ def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_mod
     assert process.returncode == (1 if failed else 0), stdout
     for case_id, row in rows.items():
         assert (out / f"{case_id}.nii.gz.json").exists() == (row["status"] == "ok")
+
+
+def test_a_pipelines_several_stages_read_their_weights_once_and_not_again_when_reused(tiny_model, monkeypatch):
+    """hippodeep builds three networks from one weights file: ``load_networks`` reads (and hashes) it once, and
+    inside ``reuse_networks`` a later case reads it not at all (it used to be read for every case)."""
+    from cadcore.registry.networks import load_networks, reuse_networks
+    from cadcore.registry.packages import ModelPackage
+
+    calls = []
+    original = ModelPackage.load_state_dict
+    monkeypatch.setattr(ModelPackage, "load_state_dict", lambda self: calls.append(1) or original(self))
+    stages = [tiny_model.card.main_stage, tiny_model.card.main_stage]
+    first, second = load_networks(tiny_model, stages)
+    assert len(calls) == 1 and first is not second
+    with reuse_networks():
+        one = load_networks(tiny_model, stages)
+        again = load_networks(tiny_model, stages)
+    assert len(calls) == 2 and again[0] is one[0]

@@ -69,9 +69,7 @@ def test_accelerator_path_is_the_plain_forward_and_is_taken_for_a_non_cpu_device
     np.testing.assert_array_equal(labels, _plain(network, cube))
     taken = []
     monkeypatch.setattr(mp, "device_labels", lambda net, scaled, device: taken.append(device) or np.zeros((1,)))
-    monkeypatch.setattr(mp, "load_network", lambda *args: network)
-    package = type("P", (), {"card": type("C", (), {"main_stage": None})(), "folder": None})()
-    mp.conformed_labels(package, cube, "meta", mp.MeshNetOptions(), None)
+    mp.conformed_labels(network, cube, torch.device("meta"), mp.MeshNetOptions(), None)
     assert taken == [torch.device("meta")]
 
 

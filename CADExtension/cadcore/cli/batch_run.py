@@ -128,13 +128,12 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
     from cadcore.segmentation.predict import segment_image
 
     started = time.perf_counter()
-    series_uid = None
+    files = None
     if options.format == "dcm":  # the series must be one a DICOM SEG can reference: known before computing
-        from cadcore.io.dicom import SERIES_UID_KEY
-        from cadcore.io.dicom_seg import check_series_input
+        from cadcore.io.dicom_seg import check_seg_source, source_files
 
-        series_uid = image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None
-        check_series_input(case.input, series_uid)
+        files = source_files(image, case.input)
+        check_seg_source(files[0])
     result = segment_image(image, package, options.device, progress=_Stages(progress) if progress else None,
                            fast=options.fast, uncertainty=options.uncertainty)
     output, sidecar_path = options.output(case.id), options.sidecar(case.id)
@@ -146,8 +145,7 @@ def segment_case(case: Case, image: sitk.Image, package: Any, options: Options, 
         if options.format == "dcm":
             from cadcore.io.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(result.labels, case.input, package.labels, package.id, package.version, output,
-                            series_uid)
+            write_dicom_seg(result.labels, files, package.labels, package.id, package.version, output)
         else:
             write_labelmap(result.labels, output, package.labels)
         if uncertainty_file is not None:

@@ -69,11 +69,10 @@ def run(args: argparse.Namespace) -> int:
         progress.update("write", 0.0)
         with all_or_none(replace=args.force):  # a sidecar never describes a missing file, nor the reverse
             if dicom_seg:
-                from cadcore.io.dicom import SERIES_UID_KEY
-                from cadcore.io.dicom_seg import write_dicom_seg
+                from cadcore.io.dicom_seg import source_files, write_dicom_seg
 
-                write_dicom_seg(result.labels, Path(args.input), package.labels, package.id, package.version, output,
-                                image.GetMetaData(SERIES_UID_KEY) if image.HasMetaDataKey(SERIES_UID_KEY) else None)
+                write_dicom_seg(result.labels, source_files(image, args.input), package.labels, package.id,
+                                package.version, output)
             else:
                 write_labelmap(result.labels, output, package.labels)
             if args.probabilities:

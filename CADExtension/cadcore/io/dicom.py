@@ -11,6 +11,7 @@ sidecar can record what was segmented.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from cadcore.io.native import call_quietly, quiet_native
 
 SERIES_UID_KEY = "cad:series_uid"
 SERIES_DESCRIPTION_KEY = "cad:series_description"
+SERIES_FILES_KEY = "cad:series_files"  # JSON list of the files, in the order of the image's slices
 MODALITY_KEY = "cad:modality"  # the series' DICOM Modality: a CT stored without a Hounsfield rescale is still CT
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "PR", "SR", "KO", "REG"}
 MASK_WORDS = ("mask", "seg", "label", "roi")
@@ -184,18 +186,30 @@ def check_no_damaged_files(info: SeriesInfo, series: dict[str, list[str]]) -> No
                 raise CadError("damaged DICOM file in the series (GDCM cannot parse it)", entry.path)
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
-    """Read one series from a DICOM folder: ``series_uid`` if given, else the one chosen by :func:`choose_series`.
-    The image carries the series' UID and description as metadata."""
+def select_series(folder: Path, series_uid: str | None = None) -> tuple[SeriesInfo, dict[str, list[str]]]:
+    """The series to read from ``folder`` (``series_uid``, else the one :func:`choose_series` picks) and every series
+    found there."""
     series = list_dicom_series(folder)
     if not series:
         raise CadError("no DICOM series found in this folder", folder)
-    if series_uid is not None:
-        if series_uid not in series:
-            raise CadError(f"DICOM series {series_uid} not found (have: {', '.join(sorted(series))})", folder)
-        info = describe_series(series_uid, series[series_uid])
-    else:
-        info = choose_series(series, folder)
+    if series_uid is None:
+        return choose_series(series, folder), series
+    if series_uid not in series:
+        raise CadError(f"DICOM series {series_uid} not found (have: {', '.join(sorted(series))})", folder)
+    return describe_series(series_uid, series[series_uid]), series
+
+
+def series_files_of(image: sitk.Image) -> list[str] | None:
+    """The files of the DICOM series ``image`` was read from, slice k being file k (None: not read from a series)."""
+    if not image.HasMetaDataKey(SERIES_FILES_KEY):
+        return None
+    return list(json.loads(image.GetMetaData(SERIES_FILES_KEY)))
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """Read one series from a DICOM folder: ``series_uid`` if given, else the one chosen by :func:`choose_series`.
+    The image carries the series' UID and description as metadata."""
+    info, series = select_series(folder, series_uid)
     check_no_damaged_files(info, series)
     check_slices(info.files, folder)
     reader = sitk.ImageSeriesReader()
@@ -204,6 +218,7 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image
     image.SetMetaData(SERIES_UID_KEY, info.uid)
     image.SetMetaData(SERIES_DESCRIPTION_KEY, info.description)
     image.SetMetaData(MODALITY_KEY, info.modality)
+    image.SetMetaData(SERIES_FILES_KEY, json.dumps(list(info.files)))
     return image
 
 

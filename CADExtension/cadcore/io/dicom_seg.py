@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cadcore.errors import CadError
-from cadcore.io.dicom import choose_series, list_dicom_series
+from cadcore.io.dicom import select_series, series_files_of
 from cadcore.io.writing import atomic_path
 
 SEG_SERIES_NUMBER = 900  # a fixed, recognisable series number for derived segmentations
@@ -34,51 +34,49 @@ TISSUE = ("85756007", "SCT", "Tissue")  # the generic code PS3.3 allows when not
 
 
 def check_series_input(path: str | Path, series_uid: str | None = None) -> Path:
-    """A DICOM SEG output needs a DICOM series as input, one whose first header names its study and frame of
-    reference (the SEG IOD requires both; Slicer's CTHeadAxialDicom test series, for one, has no frame of
-    reference). Refused in one line before any voxel is read."""
-    import pydicom
-
+    """A DICOM SEG output needs a DICOM series as input (``cad segment``'s check before any voxel is read)."""
     path = Path(path)
     if not path.is_dir():
         raise CadError("a DICOM SEG output (.dcm) needs a DICOM series folder as input, not a file", path)
-    first = series_files(path, series_uid)[0]
-    try:
-        header = pydicom.dcmread(first, stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
-        raise CadError(f"cannot read the DICOM header ({exc})", first) from exc
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-        if not str(header.get(keyword, "")).strip():
-            raise CadError(f"the source series has no {keyword}, which a DICOM SEG must reference", first)
+    check_seg_source(select_series(path, series_uid)[0].files[0])
     return path
 
 
-def series_files(series_dir: Path, series_uid: str | None = None) -> list[str]:
-    """The chosen series' files in the order GDCM sorts them (the order the image's slices were read in)."""
-    series = list_dicom_series(series_dir)
-    if not series:
-        raise CadError("no DICOM series found in this folder", series_dir)
-    if series_uid is None:
-        return list(choose_series(series, series_dir).files)
-    if series_uid not in series:
-        raise CadError(f"DICOM series {series_uid} not found", series_dir)
-    return list(series[series_uid])
+def check_seg_source(first_file: str | Path) -> None:
+    """The series' first header must name its study, series and frame of reference (the SEG IOD requires them;
+    Slicer's CTHeadAxialDicom test series, for one, has no frame of reference)."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(first_file, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a damaged header
+        raise CadError(f"cannot read the DICOM header ({exc})", first_file) from exc
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        if not str(header.get(keyword, "")).strip():
+            raise CadError(f"the source series has no {keyword}, which a DICOM SEG must reference", first_file)
 
 
-def write_dicom_seg(labels: sitk.Image, series_dir: Path, label_infos: list[dict[str, Any]], model_id: str,
-                    model_version: str, path: Path, series_uid: str | None = None) -> None:
-    """Write ``labels`` (uint8 on the series' exact grid) as a DICOM SEG referencing the series in ``series_dir``.
+def source_files(image: sitk.Image, where: str | Path) -> list[str]:
+    """The files of the series ``image`` was read from (slice k = file k), as :func:`read_dicom_series` recorded."""
+    files = series_files_of(image)
+    if not files:
+        raise CadError("a DICOM SEG output (.dcm) needs an image read from a DICOM series", where)
+    return files
 
-    ``label_infos`` is the card's label list (value, name, color, terminology); ``series_uid`` the series that was
-    segmented when the folder holds several (default: the one :func:`cadcore.io.dicom.choose_series` picks, as
-    ``cad segment`` does)."""
+
+def write_dicom_seg(labels: sitk.Image, files: list[str], label_infos: list[dict[str, Any]], model_id: str,
+                    model_version: str, path: Path) -> None:
+    """Write ``labels`` (uint8 on the series' exact grid) as a DICOM SEG referencing the series whose ``files``
+    (slice k = file k: :func:`source_files` of the image read) it was computed on.
+
+    ``label_infos`` is the card's label list (value, name, color, terminology)."""
     import highdicom as hd
     import pydicom
 
     from cadcore import __version__
 
-    series_dir, path = Path(series_dir), Path(path)
-    files = series_files(series_dir, series_uid)
+    path = Path(path)
+    series_dir = Path(files[0]).parent
     sources = [_with_type2(pydicom.dcmread(file, stop_before_pixels=True), labels.GetSpacing()[2])
                for file in files]
     array = sitk.GetArrayFromImage(labels)  # (slice, row, column): slice k is files[k]

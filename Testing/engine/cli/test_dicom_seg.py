@@ -19,7 +19,8 @@ import pydicom
 import SimpleITK as sitk
 from dicom_writer import FRAME_UID, STUDY_UID, blob_volume, write_series
 
-from cadcore.io.dicom_seg import series_files, write_dicom_seg
+from cadcore.io.dicom import select_series
+from cadcore.io.dicom_seg import source_files, write_dicom_seg
 from cadcore.io.images import read_volume
 from conftest import SHARED_DATA, oblique_direction, require_shared, run_cad
 
@@ -29,7 +30,7 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 def seg_labels_on_source_grid(path: Path, series_dir: Path) -> np.ndarray:
     """The SEG's labels as a (slices, rows, columns) label-value array on the source series' slices."""
     seg = hd.seg.segread(path)
-    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in series_files(series_dir)]
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in select_series(series_dir)[0].files]
     numbers = seg.get_pixels_by_source_instance(uids, combine_segments=True, assert_missing_frames_are_empty=True)
     values = np.zeros(len(seg.SegmentSequence) + 1, np.uint8)
     for item in seg.SegmentSequence:
@@ -64,7 +65,7 @@ def check_references(path: Path, series_dir: Path, labels: np.ndarray) -> pydico
         for _element in seg.iterall():  # every value parsed with strict VR validation
             pass
     sources = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(f, stop_before_pixels=True)
-                                                 for f in series_files(series_dir))}
+                                                 for f in select_series(series_dir)[0].files)}
     first = next(iter(sources.values()))
     assert seg.SOPClassUID == SEG_STORAGE and seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
     assert seg.StudyInstanceUID == first.StudyInstanceUID and seg.FrameOfReferenceUID == first.FrameOfReferenceUID
@@ -90,7 +91,7 @@ def check_references(path: Path, series_dir: Path, labels: np.ndarray) -> pydico
 
 def test_oblique_decreasing_series_round_trips_exactly(tmp_path, tiny_model, capsys):
     series = oblique_decreasing_series(tmp_path)
-    files = series_files(series)
+    files = select_series(series)[0].files
     normal = np.cross(*np.reshape(pydicom.dcmread(files[0]).ImageOrientationPatient, (2, 3)))
     by_instance = sorted(files, key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
     along = [float(np.dot(pydicom.dcmread(f).ImagePositionPatient, normal)) for f in by_instance]
@@ -142,8 +143,8 @@ def test_shared_oblique_glioblastoma_series_round_trips_exactly(tmp_path):
     labels = sitk.GetImageFromArray(array)
     labels.CopyInformation(image)
     out = tmp_path / "seg.dcm"
-    write_dicom_seg(labels, series, [{"value": 1, "name": "a", "color": [1, 0, 0]},
-                                     {"value": 2, "name": "b", "color": [0, 0, 1]}], "m", "1", out)
+    write_dicom_seg(labels, source_files(image, series), [{"value": 1, "name": "a", "color": [1, 0, 0]},
+                                                          {"value": 2, "name": "b", "color": [0, 0, 1]}], "m", "1", out)
     assert np.array_equal(seg_labels_on_source_grid(out, series), array)
     check_references(out, series, array)
 
@@ -185,7 +186,7 @@ def test_terminology_colours_algorithm_and_non_consecutive_values(tmp_path):
     infos = [{"value": 1, "name": "liver", "color": [0.86, 0.2, 0.2], "terminology": liver},
              {"value": 5, "name": "lesion", "color": [0.1, 0.8, 0.1]}]
     out = tmp_path / "seg.dcm"
-    write_dicom_seg(labels, series, infos, "test-model", "1.2.3", out)
+    write_dicom_seg(labels, source_files(image, series), infos, "test-model", "1.2.3", out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm", "series"]
     seg = pydicom.dcmread(out)
     first, second = seg.SegmentSequence

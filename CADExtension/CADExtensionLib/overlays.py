@@ -4,7 +4,7 @@ volume's exact grid, given a heat colour map, and shown as the slice views' fore
 Why shared here: CADClassify's Grad-CAM heatmap and CADSegment's uncertainty map are the same kind of result (a
 float image the engine writes on the input's grid) and must be read the same careful way (the reader must not flip
 a left-handed grid; the geometry is checked, then copied bit for bit from the volume). CADClassify's
-``CADClassifyLib.ResultNodes`` holds the original heatmap copy of these functions; it can delegate here.
+``CADClassifyLib.ResultNodes`` delegates its heatmap node and overlay here.
 Imports ``slicer`` and ``vtk`` only.
 """
 

@@ -73,10 +73,9 @@ def complete(row: dict[str, str] | None, files: list[Path], model_id: str) -> bo
         if report.get("output") != str(output) or report.get("model") != model_id:
             return False
         if output.name.endswith(".dcm"):
-            import pydicom
+            from cadcore.io.dicom_seg import check_dicom_file
 
-            if "PixelData" not in pydicom.dcmread(output):
-                return False
+            check_dicom_file(output, output)
         else:
             check_image_file(output, output)
         for other in others:

@@ -113,7 +113,7 @@ def write_dicom_seg(labels: sitk.Image, files: list[str], label_infos: list[dict
                 series_description=f"{model_id} segmentation"[:64], omit_empty_frames=True)
     finally:
         logger.setLevel(level)
-    with atomic_path(path, _check_dicom_file) as tmp:
+    with atomic_path(path, check_dicom_file) as tmp:
         seg.save_as(tmp)
 
 
@@ -163,8 +163,9 @@ def _cielab(color: Any) -> Any:
     return hd.color.CIELabColor.from_rgb(red, green, blue)
 
 
-def _check_dicom_file(tmp: Path, final: Path) -> None:
-    """Read the written file back (header and pixel data present) before it is published."""
+def check_dicom_file(tmp: Path, final: Path) -> None:
+    """Read a written SEG back (header and pixel data present): before it is published, and by ``cad batch
+    --resume`` deciding whether a case is complete."""
     import pydicom
 
     try:

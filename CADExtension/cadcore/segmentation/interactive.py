@@ -183,8 +183,9 @@ class PackageRegions:
                                  dict(self.stage.preprocessing))
         patch = list(self.stage.inference.patch_size or ())
         if tta:
-            axes = list(self.package.card.training.get("config", {}).get("mirror_axes", [0]))
-            values = tta_probabilities(self.network, array, patch, self.device, axes, self.stage.inference.overlap)
+            values = tta_probabilities(self.network, array, patch, self.device, list(self.package.card.mirror_axes),
+                                       self.stage.inference.overlap, self.stage.inference.sw_batch_size,
+                                       self.stage.inference.mode)
         else:
             values = predict_probabilities(self.network, array, patch, self.device, self.stage.inference.overlap,
                                            self.stage.inference.sw_batch_size, self.stage.inference.mode)

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from cadcore.io.dicom import MODALITY_KEY
 from cadcore.preprocessing.working_space import normalise
-from cadcore.registry.card import ANY_MODALITY, ModelCard, TrainingDomain
+from cadcore.registry.card import ModelCard, TrainingDomain
 
 FOV_FACTOR = 2.0
 SPACING_FACTOR = 2.5  # a 1.75 mm whole-head T1 is not far from brain-tumour-cascade's 0.86 mm in-plane
@@ -87,7 +87,7 @@ def measure(image: sitk.Image, preprocessing: Mapping[str, Any], intensities: bo
     order = working_axes(image, preprocessing.get("orientation"))
     size, spacing = image.GetSize(), image.GetSpacing()
     raw = subsample(image)
-    sample = normalise(raw.copy(), dict(preprocessing.get("normalization", {}))) if intensities else None
+    sample = normalise(raw, dict(preprocessing.get("normalization", {}))) if intensities else None
     return InputFacts(tuple(float(size[a] * spacing[a]) for a in order),  # type: ignore[arg-type]
                       tuple(float(spacing[a]) for a in order),  # type: ignore[arg-type]
                       image_modality(image, raw), sample)
@@ -123,7 +123,7 @@ def reasons(facts: InputFacts, domain: TrainingDomain, card_modality: str | None
         found.append(f"its voxels are {_mm(facts.spacing_mm)} mm, far coarser than the training images' (at most "
                      f"{_mm(spacing.max)} mm)")
     trained = _modality_kind(domain.modality or card_modality)
-    if trained is not None and (domain.modality or card_modality or "").upper() != ANY_MODALITY:
+    if trained is not None:  # "ANY" is neither CT nor MR: not compared
         given = _modality_kind(facts.modality)
         if given is not None and given != trained:
             found.append(f"it is {given} but the model was trained on {trained}")

@@ -164,7 +164,8 @@ def state_dict_of(arrays: Mapping[str, np.ndarray], names: list[str], params: Ma
 
 
 def check_equal(state: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray], names: list[str]) -> int:
-    """Every converted tensor equals its source array bit for bit (undoing the transpose); the count checked."""
+    """Every tensor of ``state`` (the package as written, read back) equals its source array bit for bit (undoing
+    the transpose); the count checked."""
     checked = 0
     for index, name in enumerate(names):
         prefix = "output" if index == len(names) - 1 else f"layers.{index}"
@@ -275,7 +276,6 @@ def convert(model: Model, source_root: Path, out_root: Path) -> Path:
     layers, arrays = read_tfjs(folder)
     params, names = meshnet_params(layers, folder / "model.json")
     state = state_dict_of(arrays, names, params, folder / "model.json")
-    checked = check_equal(state, arrays, names)
     colormap = json.loads((folder / "colormap.json").read_text())
     if len(colormap["labels"]) != params["classes"]:
         raise CadError(f"colormap has {len(colormap['labels'])} labels, the network {params['classes']} classes",
@@ -287,8 +287,12 @@ def convert(model: Model, source_root: Path, out_root: Path) -> Path:
     import torch
 
     out = out_root / model.id
-    save_package(out, card_of(model, params, labels, sources, checked),
-                 {name: torch.from_numpy(array) for name, array in state.items()})
+    package = save_package(out, card_of(model, params, labels, sources, len(state)),
+                           {name: torch.from_numpy(array) for name, array in state.items()})
+    written = package.load_state_dict()  # verified: sha256, header, shapes against the card's network
+    read_back = {name: tensor.numpy() for name, tensor in written.items()}
+    if set(read_back) != set(state) or check_equal(read_back, arrays, names) != len(state):
+        raise CadError("the written package does not hold exactly the source tensors", package.weights_path)
     (out / "MODEL_CARD.md").write_text(model_card_md(model, params, labels, sources))
     (out / "model.safetensors").chmod(0o644)  # a package file like any other (the writer keeps it private)
     return out

@@ -56,27 +56,25 @@ def test_segment_argv_refuses_an_uncertainty_format_the_engine_does_not_write(pa
         segmentArgv("py", "i.nrrd", "o.nrrd", "m", uncertaintyPath=path)
 
 
-def _parse_or_skip(argv: list[str], what: str):
+def _parsed(argv: list[str]):
+    """The engine's own parser on the argv the Slicer side builds: a drift between the two fails here."""
     from cadcore.cli.parser import build_parser
 
-    try:
-        return build_parser().parse_args(argv)
-    except SystemExit:
-        pytest.skip(f"the engine's parser does not take {what} yet (its engine branch is not merged)")
+    return build_parser().parse_args(argv)
 
 
 def test_batch_argv_is_accepted_by_the_engine_parser():
     argv = batchArgv("py", "cohort", "out", "m", outputFormat="nrrd", workers=2, shard=(1, 3), resume=True,
                      uncertainty=True, fast=True, device="cpu")
-    args = _parse_or_skip(argv[3:], "`cad batch`")
+    args = _parsed(argv[3:])
     assert args.command == "batch" and args.model == "m" and args.device == "cpu"
     assert (args.format, args.workers, args.resume, args.uncertainty, args.fast, args.force) == (
         "nrrd", 2, True, True, True, False)
-    assert _parse_or_skip(batchArgv("py", "c", "o", "m", force=True)[3:], "`cad batch`").force is True
-    assert str(args.shard).replace(" ", "") in ("1/3", "(1,3)", "[1,3]")
+    assert _parsed(batchArgv("py", "c", "o", "m", force=True)[3:]).force is True
+    assert args.shard == "1/3"  # parsed (and range-checked) by the engine later, as the text the user gave
 
 
 def test_segment_uncertainty_argv_is_accepted_by_the_engine_parser():
     argv = segmentArgv("py", "in.nrrd", "out.nrrd", "m", uncertaintyPath="u.nrrd", strict=True)
-    args = _parse_or_skip(argv[3:], "`cad segment --uncertainty/--strict`")
+    args = _parsed(argv[3:])
     assert (args.uncertainty, args.strict, args.force) == ("u.nrrd", True, True)

@@ -147,24 +147,11 @@ def test_summary_lines_are_lenient():
         "uncertainty (mirror TTA (4 passes)): mean 0.500 over the volume")
 
 
-def _engine_has_uncertainty() -> bool:
-    from cadcore.cli.parser import build_parser
-
-    parser = build_parser()
-    try:
-        parser.parse_args(["segment", "in.nrrd", "-m", "m", "-o", "o.nrrd", "--uncertainty", "u.nrrd"])
-    except SystemExit:
-        return False
-    return True
-
-
-def test_real_engine_uncertainty_map_when_available(mrml, work, case, tmp_path):
-    """After the merge with the engine's ``--uncertainty``: the real engine and a tiny model, same checks of grid
-    and range (the values themselves are the engine's business)."""
+def test_real_engine_uncertainty_map(mrml, work, case, tmp_path):
+    """The real engine and a tiny model: the same checks of grid and range (the values are the engine's
+    business)."""
     import slicer
 
-    if not _engine_has_uncertainty():
-        pytest.skip("the engine has no `cad segment --uncertainty` yet (issue 18's engine branch is not merged)")
     model = make_tiny_segmentation_package(tmp_path / "models" / "tiny-unet", preprocessing={
         "orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "normalization": {"kind": "mr", "percentiles": [0.5, 99.5]}}
     ).folder

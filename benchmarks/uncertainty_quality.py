@@ -35,14 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None without both classes."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve of ``scores`` for ``positive`` (:func:`cadcore.evaluation.metrics.auc`); None
+    without both classes."""
+    from cadcore.evaluation.metrics import auc
 
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    value = auc(np.stack([-scores, scores], axis=1), positive.astype(int))
+    return None if np.isnan(value) else value
 
 
 def surface(labels: np.ndarray) -> np.ndarray:

@@ -122,18 +122,19 @@ class BundleModel:
         except (OSError, json.JSONDecodeError):
             config = {}
         config = config if isinstance(config, dict) else {}
-        inferer = _resolve(config, config.get("inferer"))
-        roi = _triple(_resolve(config, inferer.get("roi_size")) if isinstance(inferer, dict) else None, int)
+        inferer = resolve_reference(config, config.get("inferer"))
+        roi_size = resolve_reference(config, inferer.get("roi_size")) if isinstance(inferer, dict) else None
+        roi = positive_triple(roi_size, int)
         if roi is None:
             inputs = self.metadata.get("network_data_format", {}).get("inputs", {})
-            roi = _triple(inputs.get(self.input_key, {}).get("spatial_shape"), int)
+            roi = positive_triple(inputs.get(self.input_key, {}).get("spatial_shape"), int)
         pixdim = None
-        preprocessing = _resolve(config, config.get("preprocessing"))
-        steps = _resolve(config, preprocessing.get("transforms")) if isinstance(preprocessing, dict) else None
+        preprocessing = resolve_reference(config, config.get("preprocessing"))
+        steps = resolve_reference(config, preprocessing.get("transforms")) if isinstance(preprocessing, dict) else None
         for step in steps if isinstance(steps, list) else []:
-            step = _resolve(config, step)
+            step = resolve_reference(config, step)
             if isinstance(step, dict) and str(step.get("_target_", "")).split(".")[-1] in ("Spacingd", "Spacing"):
-                pixdim = _triple(_resolve(config, step.get("pixdim")), float)
+                pixdim = positive_triple(resolve_reference(config, step.get("pixdim")), float)
         return roi, pixdim
 
     def as_json(self) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def config_targets(config: Any) -> list[str]:
     return []
 
 
-def _resolve(config: dict[str, Any], value: Any, hops: int = 8) -> Any:
+def resolve_reference(config: dict[str, Any], value: Any, hops: int = 8) -> Any:
     """Follow ``"@id"`` / ``"@id#key"`` references through the raw config (a ``$`` expression stays a string)."""
     while hops and isinstance(value, str) and value.startswith("@"):
         node: Any = config
@@ -274,13 +275,8 @@ def _resolve(config: dict[str, Any], value: Any, hops: int = 8) -> Any:
     return value
 
 
-def resolve_reference(config: dict[str, Any], value: Any) -> Any:
-    """Public name of :func:`_resolve` (bundle translation reads the raw config the same way)."""
-    return _resolve(config, value)
-
-
-def _triple(value: Any, kind: type) -> list[Any] | None:
-    """Three positive numbers (one number meaning all three axes), else None."""
+def positive_triple(value: Any, kind: type) -> list[Any] | None:
+    """Three positive numbers (one number meaning all three axes; integers for ``kind`` int), else None."""
     values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
     if not isinstance(values, list) or len(values) != 3 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from cadcore.registry.bundles import CONFIG_FILE, BundleModel, resolve_reference
+from cadcore.registry.bundles import CONFIG_FILE, BundleModel, positive_triple, resolve_reference
 
 ENGINE_PATH = "engine"  # the bundle runs on cadcore's own optimised path
 MONAI_PATH = "monai.bundle"  # the bundle runs its own transforms through monai.bundle
@@ -125,11 +125,10 @@ def _only(name: str, args: dict[str, Any], allowed: dict[str, tuple[Any, ...]] |
 
 
 def _triple(value: Any, kind: type, name: str) -> list[Any]:
-    values = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    if not (isinstance(values, list) and len(values) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)):
-        raise Unrecognised(f"{name} needs three positive values, got {value!r}")
-    return [kind(v) for v in values]
+    values = positive_triple(value, kind)
+    if values is None:
+        raise Unrecognised(f"{name} needs three positive {'integers' if kind is int else 'values'}, got {value!r}")
+    return values
 
 
 def _preprocessing(config: dict[str, Any], key: str, plan: BundlePlan) -> None:

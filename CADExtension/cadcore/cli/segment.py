@@ -52,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
     package = segmentation_model(args.model, args.overlap, args.fast, bool(args.probabilities), bool(args.uncertainty))
     package.verify()
     image = read_volume(args.input, args.series)
-    if args.strict:
-        _refuse_out_of_distribution(image, package, args.input)
+    guard_warnings = _out_of_distribution(image, package, args.input, args.strict)
     configure_cpu_threads()
     progress = StagedProgress({"preprocess": 1, "network": 8, "postprocess": 1, "write": 0.5})
     completed = False
     try:
         result = segment_image(image, package, args.device, args.overlap, args.batch_size,
                                keep_probabilities=bool(args.probabilities), use_cascade=not args.no_cascade,
-                               progress=progress, fast=args.fast, uncertainty=bool(args.uncertainty))
+                               progress=progress, fast=args.fast, uncertainty=bool(args.uncertainty),
+                               guard_warnings=guard_warnings)
         report = sidecar(package, result, image, time.perf_counter() - started, {
             "input": str(args.input), "output": str(args.output),
             "probabilities": str(args.probabilities) if args.probabilities else None,
@@ -104,14 +104,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_out_of_distribution(image, package, source) -> None:
-    """``--strict``: the guard's first warning as the one-line error, before anything is computed."""
+def _out_of_distribution(image, package, source, strict: bool) -> list[str] | None:
+    """The guard's warnings, computed once; ``--strict``: the first one as the one-line error, before anything is
+    computed. None for a bundle (not guarded)."""
     from cadcore.registry.packages import ModelPackage
     from cadcore.segmentation.ood_guard import check
 
-    warnings = check(image, package.card) if isinstance(package, ModelPackage) else []
-    if warnings:
+    if not isinstance(package, ModelPackage):
+        return None
+    warnings = check(image, package.card)
+    if warnings and strict:
         raise CadError(f"{warnings[0]} (refused by --strict)", source)
+    return warnings
 
 
 def _refuse_repeated(source: Path, targets: list[Path]) -> None:

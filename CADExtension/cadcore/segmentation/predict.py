@@ -74,31 +74,43 @@ def check_automatic(package: ModelPackage) -> None:
                        "cad interact (or the Segment Editor's CAD AI effect)", package.folder)
 
 
+def check_options(package: ModelPackage | BundleModel, fast: bool = False, probabilities: bool = False,
+                  uncertainty: bool = False) -> None:
+    """What the options ask of the model, refused in one line: a classifier, a guided network, ``--fast``,
+    probabilities or uncertainty where the model has none. Shared by :func:`segmentation_model` (before any image
+    is read) and :func:`segment_image` (whoever calls it)."""
+    if package.task != "segmentation":
+        raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
+    if isinstance(package, BundleModel):
+        if probabilities:
+            raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns "
+                           "labels)", package.folder)
+        if fast:
+            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
+                           package.folder)
+    else:
+        check_automatic(package)
+        pipeline = package.card.pipeline
+        if pipeline is not None and (fast or probabilities):
+            raise CadError(f"model {package.id} runs its own {pipeline.name} pipeline, which has no "
+                           f"{'--fast mode' if fast else 'probability output'}", package.folder)
+        if fast:
+            package.card.fast_stage()  # a card without a fast resolution fails before any reading or computing
+    if uncertainty:
+        check_uncertainty(package)
+
+
 def segmentation_model(model: str, overlap: float | None = None, fast: bool = False,
                        probabilities: bool = False, uncertainty: bool = False) -> ModelPackage | BundleModel:
     """The package or bundle ``cad segment`` (and the server's ``/segment``) will run with these options, refused
-    in one line before any image is read: a bad overlap, a classifier, a guided network, ``--fast`` or
-    probabilities where the model has none. One function, so the command and the server cannot drift apart."""
+    in one line before any image is read (:func:`check_options`, and a bad overlap). One function, so the command
+    and the server cannot drift apart."""
     from cadcore.registry import find_model_or_bundle
 
     if overlap is not None and not 0.0 <= overlap < 1.0:
         raise CadError(f"--overlap must be in [0, 1), got {overlap}")
     package = find_model_or_bundle(model)
-    bundle = isinstance(package, BundleModel)
-    if bundle and probabilities:
-        raise CadError("--probabilities is not available for MONAI bundles (their postprocessing returns labels)",
-                       package.folder)
-    if package.task != "segmentation":
-        raise CadError(f"is a {package.task} model; cad segment needs a segmentation model", package.folder)
-    if not bundle:
-        check_automatic(package)
-    if uncertainty:
-        check_uncertainty(package)
-    if fast:
-        if bundle:
-            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
-                           package.folder)
-        package.card.fast_stage()  # a card without a fast resolution fails before any reading or computing
+    check_options(package, fast, probabilities, uncertainty)
     return package
 
 
@@ -113,29 +125,23 @@ def segment_image(
     progress: StagedProgress | None = None,
     fast: bool = False,
     uncertainty: bool = False,
+    guard_warnings: list[str] | None = None,
 ) -> SegmentationResult:
-    """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly."""
-    if uncertainty:
-        check_uncertainty(package)
+    """Segment one volume with a segmentation package; the result lies on ``image``'s grid exactly.
+    ``guard_warnings``: the out-of-distribution guard's sentences when the caller already has them (``--strict``
+    checked them before), else they are computed here."""
+    check_options(package, fast, keep_probabilities, uncertainty)
     if isinstance(package, BundleModel):  # a MONAI bundle runs its own transforms and inferer
-        if fast:
-            raise CadError("--fast needs a model package whose card names a fast resolution, not a MONAI bundle",
-                           package.folder)
         from cadcore.segmentation.bundle_inference import run_bundle_noted
 
         labels, timings, notes = run_bundle_noted(image, package, pick_device(device), overlap, sw_batch_size,
                                                   progress.update if progress else None)
         return SegmentationResult(labels, None, timings, notes=notes)
-    if package.task != "segmentation":
-        raise CadError(f"model {package.id} is a {package.task} model, not a segmentation model", package.folder)
-    check_automatic(package)
     torch_device = pick_device(device)
     card = package.card
-    warnings = guard(image, card)  # cheap (header and a subsample); the result is computed all the same
+    # cheap (header and a subsample); the result is computed all the same
+    warnings = guard(image, card) if guard_warnings is None else list(guard_warnings)
     if card.pipeline is not None:  # its own conventions (conform, masks, template crops): its own module
-        if fast or keep_probabilities:
-            raise CadError(f"model {package.id} runs its own {card.pipeline.name} pipeline, which has no "
-                           f"{'--fast mode' if fast else 'probability output'}", package.folder)
         from cadcore.segmentation.pipelines import run_pipeline
 
         result = run_pipeline(image, package, torch_device, progress)

@@ -196,3 +196,12 @@ def test_brain_mask_on_a_real_whole_head_t1(tmp_path, capsys):
     millilitres = mask.sum() * 1.75 ** 3 / 1000
     assert 1000 < millilitres < 1700, millilitres  # an adult brain, not the head nor an empty mask
     assert time.perf_counter() - started < 900  # a sanity bound, not the benchmark (docs/benchmarks.md)
+
+
+def test_probabilities_from_a_pipeline_model_are_refused_before_the_image_is_read(tmp_path, capsys):
+    """``--probabilities`` with a brain model: one line naming the pipeline, before the (here absent) input is read
+    (the refusal used to come from segment_image, after reading)."""
+    code, _, err = run_cad(capsys, "segment", str(tmp_path / "absent.nii.gz"), "-m", "brain-mask", "-o",
+                           str(tmp_path / "out.nii.gz"), "--probabilities", str(tmp_path / "p.nii.gz"))
+    assert code == 2 and "own meshnet pipeline" in err and "probability output" in err
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

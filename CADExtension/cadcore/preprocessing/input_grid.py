@@ -24,10 +24,13 @@ def uncrop(values: np.ndarray, working: WorkingImage, fill: float) -> np.ndarray
     return full
 
 
-def probabilities_to_input_grid(probabilities: np.ndarray, working: WorkingImage) -> np.ndarray:
-    """(C, I, J, K) working-space probabilities -> (C, I, J, K) on the input's grid (argmax-ready)."""
+def probabilities_to_input_grid(probabilities: np.ndarray, working: WorkingImage,
+                                background_outside_crop: bool = True) -> np.ndarray:
+    """(C, I, J, K) working-space maps -> (C, I, J, K) on the input's grid (argmax-ready). Outside a foreground
+    crop the maps are 0, and channel 0 is 1 there (background) unless ``background_outside_crop`` is False (a map
+    that is not a class probability, e.g. the uncertainty)."""
     full = uncrop(probabilities, working, fill=0.0)
-    if working.crop is not None:
+    if working.crop is not None and background_outside_crop:
         full[0][np.all(full == 0, axis=0)] = 1.0  # outside the crop is background
     if not working.resampled:
         return np.stack([to_array(back_to_input(from_array(channel, working.grid), working)) for channel in full])

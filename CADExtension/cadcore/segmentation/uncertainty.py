@@ -18,10 +18,9 @@ import math
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 
-from cadcore.preprocessing.input_grid import back_to_input, uncrop
-from cadcore.preprocessing.working_space import WorkingImage, from_array, to_array
+from cadcore.preprocessing.input_grid import probabilities_to_input_grid
+from cadcore.preprocessing.working_space import WorkingImage
 from cadcore.segmentation.sliding_window import flip_sets
 
 
@@ -39,13 +38,10 @@ def normalised_entropy(probabilities: np.ndarray) -> np.ndarray:
 
 def entropy_on_input_grid(probabilities: np.ndarray, working: WorkingImage) -> np.ndarray:
     """(C, I, J, K) working-space mean probabilities -> (I, J, K) normalised entropy on the input grid (0 outside
-    a foreground crop: background there)."""
-    entropy = uncrop(normalised_entropy(probabilities)[None], working, fill=0.0)[0]
-    image = from_array(entropy, working.grid)
-    if not working.resampled:
-        return to_array(back_to_input(image, working)).astype(np.float32)
-    back = sitk.Resample(image, working.original, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True)
-    return np.clip(to_array(back), 0.0, 1.0).astype(np.float32)
+    a foreground crop: background there), brought back as the probabilities are."""
+    entropy = probabilities_to_input_grid(normalised_entropy(probabilities)[None], working,
+                                          background_outside_crop=False)[0]
+    return np.clip(entropy, 0.0, 1.0).astype(np.float32)
 
 
 def method_text(mirror_axes: tuple[int, ...], n_classes: int) -> str:

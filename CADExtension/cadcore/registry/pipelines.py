@@ -18,10 +18,11 @@ from typing import Any
 from cadcore.errors import CadError
 
 PIPELINES = {
-    "meshnet": "cadcore.registry.meshnet_card",
-    "hippodeep": "cadcore.registry.hippodeep_card",
+    "meshnet": ("cadcore.registry.meshnet_card", "cadcore.segmentation.meshnet_pipeline"),
+    "hippodeep": ("cadcore.registry.hippodeep_card", "cadcore.segmentation.hippodeep_pipeline"),
 }
-"""Pipeline name → the registry module that reads its options (a fixed table: a card never names code)."""
+"""Pipeline name → (the registry module that reads its options, the segmentation module whose ``segment`` runs it):
+one fixed table, so a pipeline is added in one place, and a card never names code."""
 
 Fail = Callable[[str, str], CadError]
 
@@ -30,4 +31,4 @@ def read_options(name: str, section: Mapping[str, Any], fail: Fail) -> Any:
     """The pipeline's typed options from its card section (without ``name`` and ``networks``)."""
     if name not in PIPELINES:
         raise fail("name", f"must be one of {', '.join(sorted(PIPELINES))}, got {name!r}")
-    return importlib.import_module(PIPELINES[name]).read_options(section, fail)
+    return importlib.import_module(PIPELINES[name][0]).read_options(section, fail)

@@ -12,19 +12,11 @@ from typing import Any
 
 import SimpleITK as sitk
 
-from cadcore.errors import CadError
 from cadcore.progress import StagedProgress
 from cadcore.registry.packages import ModelPackage
-
-RUNNERS = {
-    "meshnet": "cadcore.segmentation.meshnet_pipeline",
-    "hippodeep": "cadcore.segmentation.hippodeep_pipeline",
-}
-"""Pipeline name → the module whose ``segment`` runs it (a fixed table, as the card readers are)."""
+from cadcore.registry.pipelines import PIPELINES
 
 
 def run_pipeline(image: sitk.Image, package: ModelPackage, device: Any, progress: StagedProgress | None = None):
-    name = package.card.pipeline.name
-    if name not in RUNNERS:
-        raise CadError(f"pipeline {name!r} cannot be run by this engine", package.folder)
-    return importlib.import_module(RUNNERS[name]).segment(image, package, device, progress)
+    """Hand the model to its pipeline's runner (``PIPELINES``; the card reader refused any other name)."""
+    return importlib.import_module(PIPELINES[package.card.pipeline.name][1]).segment(image, package, device, progress)

@@ -23,11 +23,6 @@ NORMS = ("none", "instance")
 GROUPNORM_EPS = 1e-5  # PyTorch's GroupNorm default, the layer MindGrab was trained with
 
 
-def receptive_halo(dilations: Sequence[int]) -> int:
-    """Voxels on each side that one output voxel sees (3×3×3 kernels: one dilation per layer)."""
-    return int(sum(dilations))
-
-
 class MeshNet(nn.Module):
     """Fully convolutional, no down-sampling: the output has the input's size for any input size."""
 
@@ -53,10 +48,6 @@ class MeshNet(nn.Module):
             width = int(channels)
         self.output = nn.Conv3d(width, int(classes), 1)
         self.act = ACTIVATIONS[activation]()
-
-    @property
-    def halo(self) -> int:
-        return receptive_halo(self.dilations)
 
     def hidden(self, index: int, x: torch.Tensor, padding: bool = True) -> torch.Tensor:
         """Hidden layer ``index``: convolution (``padding=False``: 'valid', the caller supplies the halo), then the

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from cadcore.evaluation.metrics import dice
 from cadcore.preprocessing.conform import conform, labels_to_input, percentile_scale
 from cadcore.registry.networks import load_network
 from cadcore.registry.packages import find_model
@@ -41,7 +42,7 @@ def main() -> None:
         masks[size] = sitk.GetArrayFromImage(labels_to_input(labels.T, cube, image)) > 0
         print(f"{size}³ × {spacing} mm: {seconds:.1f} s, {int(masks[size].sum())} mask voxels", flush=True)
     coarse, fine = masks[128], masks[256]
-    print(f"Dice (2 mm against 1 mm): {2 * (coarse & fine).sum() / (coarse.sum() + fine.sum()):.4f}")
+    print(f"Dice (2 mm against 1 mm): {dice(coarse, fine):.4f}")
 
 
 if __name__ == "__main__":

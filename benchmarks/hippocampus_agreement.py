@@ -28,6 +28,7 @@ DEFAULT_IMAGES = [
 
 
 def hippocampus_masks(path: Path) -> dict:
+    from cadcore.evaluation.metrics import dice
     from cadcore.io.images import read_volume
     from cadcore.registry import find_model_or_bundle
     from cadcore.segmentation.predict import segment_image
@@ -43,14 +44,15 @@ def hippocampus_masks(path: Path) -> dict:
     structures = segment_image(image, structures_package, "cpu")
     row["brain_structures_s"] = round(time.perf_counter() - started, 1)
     value = next(int(label["value"]) for label in structures_package.labels if label["name"] == "Hippocampus")
-    a = sitk.GetArrayFromImage(hippodeep.labels) > 0
+    hippodeep_labels = sitk.GetArrayFromImage(hippodeep.labels)
+    a = hippodeep_labels > 0
     b = sitk.GetArrayFromImage(structures.labels) == value
     row.update({
-        "hippodeep_left_ml": round(float((sitk.GetArrayFromImage(hippodeep.labels) == 1).sum()) * voxel_ml, 3),
-        "hippodeep_right_ml": round(float((sitk.GetArrayFromImage(hippodeep.labels) == 2).sum()) * voxel_ml, 3),
+        "hippodeep_left_ml": round(float((hippodeep_labels == 1).sum()) * voxel_ml, 3),
+        "hippodeep_right_ml": round(float((hippodeep_labels == 2).sum()) * voxel_ml, 3),
         "hippodeep_total_ml": round(float(a.sum()) * voxel_ml, 3),
         "brain_structures_ml": round(float(b.sum()) * voxel_ml, 3),
-        "dice": round(2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum())), 4),
+        "dice": round(dice(a, b), 4),
         "etiv_ml": (hippodeep.measures or {}).get("etiv_ml"),
         "warnings": hippodeep.warnings,
     })

@@ -46,6 +46,7 @@ import SimpleITK as sitk
 
 from cadcore.errors import CadError
 from cadcore.io.datasets import check_pair_grid
+from cadcore.io.writing import write_json
 
 CATEGORY = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
 LEFT = {"scheme": "SCT", "code": "7771000", "meaning": "Left"}
@@ -186,16 +187,16 @@ def convert(source: Path, output: Path, seed: int = 0, val_fraction: float = 0.1
     name = f"OpenKBP head-and-neck CT organs at risk (by-patient split, seed {seed})"
     common = {"modality": {"0": "CT"}, "licence": LICENCE, "labels": names, "source": str(source.resolve())}
     output.mkdir(parents=True, exist_ok=True)
-    (output / "labels.json").write_text(json.dumps(labels, indent=1) + "\n")
-    (output / "test.json").write_text(json.dumps({"name": f"{name}, test split", **common,
-                                                  "training": entries["test"]}, indent=1) + "\n")
+    write_json(output / "labels.json", labels)
+    write_json(output / "test.json", {"name": f"{name}, test split", **common, "training": entries["test"]})
     summary = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction, "limit": limit,
                "patients": split, "cases": {part: len(group) for part, group in entries.items()},
                "organ_cases": {part: {names[str(v)]: sum(v in e["labels_present"] for e in group)
                                       for v in values.values()} for part, group in entries.items()}}
-    (output / "split.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (output / "dataset.json").write_text(json.dumps({"name": name, **common, "training": entries["training"],
-                                                     "validation": entries["validation"]}, indent=1) + "\n")
+    write_json(output / "split.json", summary)
+    # last: a dataset.json means the other files are in place
+    write_json(output / "dataset.json", {"name": name, **common, "training": entries["training"],
+                                         "validation": entries["validation"]})
     return summary
 
 

@@ -147,8 +147,10 @@ class BatchLogic(EngineJobLogic[_Run]):
         """
         if (inputFolder is None) == (volumeNodes is None):
             raise ValueError("give either an input folder or the scene volumes to segment")
-        if outputFormat not in BATCH_FORMATS:
-            raise ValueError(f"unknown output format {outputFormat!r} (use one of {', '.join(BATCH_FORMATS)})")
+        # every argument checked as the engine's command line takes it (format, workers, resume with force, ...)
+        # before anything is exported or run
+        batchArgv("python", "in", outputFolder or "out", model, outputFormat, workers, resume=resume,
+                  uncertainty=uncertainty, fast=fast, device=device, force=force)
         if volumeNodes is not None:
             volumeNodes = list(volumeNodes)
             if not volumeNodes or any(node is None or node.GetImageData() is None for node in volumeNodes):
@@ -162,7 +164,6 @@ class BatchLogic(EngineJobLogic[_Run]):
         if not str(outputFolder).strip():
             raise ValueError("choose an output folder")
         outputFolder = Path(outputFolder)
-        batchArgv("python", "in", outputFolder, model, outputFormat, workers, device=device)  # checks, nothing runs
 
         def makeRun(workspace: TemporaryWorkspace) -> _Run:
             return _Run(outputFolder, outputFormat, str(model), {}, loadResults, onCase, workspace=workspace,

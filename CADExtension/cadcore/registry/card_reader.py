@@ -81,14 +81,15 @@ def _fail(path: Path | None, where: str, problem: str) -> CadError:
     return CadError(f"model card field {where!r} {problem}", path)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool): what every numeric card field must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _triple(value: Any, where: str, path: Path | None, integer: bool = False) -> tuple:
     kind = int if integer else (int, float)
     if not (isinstance(value, list) and len(value) == 3 and all(
-            isinstance(v, kind) and not isinstance(v, bool) and _number(v) and v > 0 for v in value)):
+            isinstance(v, kind) and not isinstance(v, bool) and is_number(v) and v > 0 for v in value)):
         raise _fail(path, where, f"must be three positive {'integers' if integer else 'numbers'}, got {value!r}")
     return tuple(int(v) if integer else float(v) for v in value)
 
@@ -98,7 +99,7 @@ def _inference(section: Any, where: str, path: Path | None) -> Inference:
         raise _fail(path, where, f"must be an object, got {section!r}")
     patch = section.get("patch_size")
     overlap = section.get("overlap", 0.5)
-    if not _number(overlap) or not 0.0 <= overlap < 1.0:
+    if not is_number(overlap) or not 0.0 <= overlap < 1.0:
         raise _fail(path, f"{where}.overlap", f"must be a number in [0, 1), got {overlap!r}")
     batch = section.get("sw_batch_size", 2)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -169,7 +170,7 @@ class _CardReader:
             if not isinstance(name, str) or not name:
                 raise self.fail(f"{where}.name", f"must be a non-empty text, got {name!r}")
             if color is not None and not (isinstance(color, list) and len(color) == 3 and all(
-                    _number(c) and 0 <= c <= 1 for c in color)):
+                    is_number(c) and 0 <= c <= 1 for c in color)):
                 raise self.fail(f"{where}.color", f"must be three numbers in 0..1, got {color!r}")
             terminology = entry.get("terminology")
             if terminology is not None and not isinstance(terminology, Mapping):
@@ -206,9 +207,9 @@ class _CardReader:
                       self.preprocessing(coarse, "preprocessing", "cascade.coarse.preprocessing"), inference,
                       COARSE_PREFIX)
         margin, fraction = section.get("margin_mm", 10.0), section.get("min_component_fraction", 0.1)
-        if not _number(margin) or margin < 0:
+        if not is_number(margin) or margin < 0:
             raise self.fail("cascade.margin_mm", f"must be a number >= 0, got {margin!r}")
-        if not _number(fraction) or not 0 <= fraction <= 1:
+        if not is_number(fraction) or not 0 <= fraction <= 1:
             raise self.fail("cascade.min_component_fraction", f"must be a number in 0..1, got {fraction!r}")
         return Cascade(stage, float(margin), float(fraction))
 
@@ -226,7 +227,7 @@ class _CardReader:
         kind, radius = section.get("kind", "gaussian"), section.get("radius_mm", 3.0)
         if kind not in PROMPT_KINDS:
             raise self.fail("interactive.kind", f"must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
-        if not _number(radius) or radius <= 0:
+        if not is_number(radius) or radius <= 0:
             raise self.fail("interactive.radius_mm", f"must be a positive number, got {radius!r}")
         declared = network.get("params", {}).get("in_channels")
         if declared is not None and declared != len(channels):
@@ -290,7 +291,7 @@ class _CardReader:
         intensity = section.get("intensity")
         if intensity is not None:
             names = ("mean", "std", "p01", "p99")
-            if not (isinstance(intensity, Mapping) and all(_number(intensity.get(n)) for n in names)
+            if not (isinstance(intensity, Mapping) and all(is_number(intensity.get(n)) for n in names)
                     and intensity["std"] > 0 and intensity["p01"] <= intensity["p99"]):
                 raise self.fail("training_domain.intensity", f"must hold numbers mean, std > 0, p01 <= p99, got "
                                                              f"{intensity!r}")
@@ -337,9 +338,9 @@ class _CardReader:
         weights = self.section(data, "weights", "weights")
         calibration = self.section(data, "calibration", "calibration")
         temperature, prior = calibration.get("temperature", 1.0), calibration.get("prior")
-        if not _number(temperature) or temperature <= 0:
+        if not is_number(temperature) or temperature <= 0:
             raise self.fail("calibration.temperature", f"must be a positive number, got {temperature!r}")
-        if prior is not None and not (isinstance(prior, list) and all(_number(p) and p >= 0 for p in prior)):
+        if prior is not None and not (isinstance(prior, list) and all(is_number(p) and p >= 0 for p in prior)):
             raise self.fail("calibration.prior", f"must be a list of class frequencies, got {prior!r}")
         members = self.section(data, "ensemble", "ensemble").get("members") or []
         if not isinstance(members, list) or not all(isinstance(m, str) and m for m in members):

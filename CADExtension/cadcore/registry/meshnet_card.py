@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cadcore.errors import CadError
-from cadcore.registry.card_reader import is_model_id
+from cadcore.registry.card_reader import is_model_id, is_number
 
 KNOWN = ("conform_size", "conform_spacing", "orientation", "uint8_percentile", "percentiles", "mask_model",
          "box_threshold", "box_margin", "tile_depth", "precision")
@@ -64,7 +64,7 @@ def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError
     values["conform_size"] = tuple(int(v) for v in size)
 
     spacing = section.get("conform_spacing", default.conform_spacing)
-    if not (_number(spacing) and 0.1 <= spacing <= 10):
+    if not (is_number(spacing) and 0.1 <= spacing <= 10):
         raise fail("conform_spacing", f"must be a voxel size in mm between 0.1 and 10, got {spacing!r}")
     values["conform_spacing"] = float(spacing)
 
@@ -74,12 +74,12 @@ def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError
     values["orientation"] = orientation
 
     top = section.get("uint8_percentile", default.uint8_percentile)
-    if not (_number(top) and 50 < top <= 100):
+    if not (is_number(top) and 50 < top <= 100):
         raise fail("uint8_percentile", f"must be a percentile above 50 and at most 100, got {top!r}")
     values["uint8_percentile"] = float(top)
 
     percentiles = section.get("percentiles", list(default.percentiles))
-    if not (isinstance(percentiles, list) and len(percentiles) == 2 and all(_number(p) for p in percentiles)
+    if not (isinstance(percentiles, list) and len(percentiles) == 2 and all(is_number(p) for p in percentiles)
             and 0 <= percentiles[0] < percentiles[1] <= 100):
         raise fail("percentiles", f"must be [low, high] with 0 <= low < high <= 100, got {percentiles!r}")
     values["percentiles"] = (float(percentiles[0]), float(percentiles[1]))
@@ -90,7 +90,7 @@ def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError
     values["mask_model"] = mask_model
 
     threshold = section.get("box_threshold", default.box_threshold)
-    if not (_number(threshold) and 0 <= threshold < 1):
+    if not (is_number(threshold) and 0 <= threshold < 1):
         raise fail("box_threshold", f"must be a fraction of the scaled intensity in [0, 1), got {threshold!r}")
     values["box_threshold"] = float(threshold)
 
@@ -109,10 +109,6 @@ def read_options(section: Mapping[str, Any], fail: Callable[[str, str], CadError
         raise fail("precision", f"must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     values["precision"] = precision
     return MeshNetOptions(**values)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _integer(value: Any) -> bool:

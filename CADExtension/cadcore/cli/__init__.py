@@ -11,12 +11,15 @@ removed; ``cad train`` saves its checkpoint); the exit code is then 128 + the si
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from cadcore.cli.parser import build_parser
 from cadcore.cli.signals import _received, interrupt_on_signals  # noqa: F401 (re-exported)
@@ -79,6 +82,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(args.command, f"{where}{exc.strerror or exc}", 2)
     finally:
         restore()
+
+
+def run() -> NoReturn:
+    """The ``cad`` console command (and ``python -m cadcore``): :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave without the interpreter's teardown once the command has finished and its files are closed.
+
+    Unloading torch's modules and their native state at exit costs 0.3-0.9 s per process here (``python -c "import
+    torch"`` takes 1.36 s, 1.05 s with ``os._exit``), paid by every Slicer Apply and every ``cad segment`` in a
+    script for nothing: the outputs are already written, renamed and verified. What exit must still do is done
+    first: the ``atexit`` functions (temporary folders, logging, multiprocessing children) and the flush of stdout and
+    stderr. With another non-daemon thread still running the interpreter exits normally, so that thread finishes.
+    """
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
+    if others or run_exit_functions is None:
+        sys.exit(code)
+    run_exit_functions()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a reader that left, a closed or absent stream
+            pass
+    os._exit(code)
 
 
 def _error(command: str, message: str, code: int) -> int:

@@ -29,6 +29,9 @@ class ModelPackage:
 
     folder: Path
     card: ModelCard = field(repr=False)
+    # The weights file's (device, inode, size, mtime) when :meth:`verify` last passed, with its hash: ``cad segment``
+    # verifies before reading the image, then loads, and the load need not hash the same unchanged file again.
+    _verified: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -75,6 +78,10 @@ class ModelPackage:
         expected = self.card.weights.sha256
         if not self.weights_path.is_file():
             raise CadError("model weights file is missing", self.weights_path)
+        stat = self.weights_path.stat()
+        signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if signature in self._verified and self._verified[signature] == expected:
+            return expected
         if not expected:
             raise CadError("model card has no weights sha256; refusing unverified weights", self.folder / CARD_NAME)
         tensors = read_header(self.weights_path)
@@ -85,6 +92,8 @@ class ModelPackage:
                 self.weights_path,
             )
         check_weights_fit(self.card, tensors, self.weights_path)
+        self._verified.clear()
+        self._verified[signature] = actual
         return actual
 
     def load_state_dict(self) -> dict[str, Any]:

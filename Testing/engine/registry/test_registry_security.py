@@ -405,3 +405,25 @@ def test_closed_pipe_is_not_a_traceback(tmp_path: Path, registry: Path, command:
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141, stderr  # as a shell tool stopped by SIGPIPE
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr and stderr == "", stderr
+
+
+def test_an_unchanged_file_is_hashed_once_and_a_changed_one_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """``cad segment`` verifies, reads the image, then loads: the load reuses the verification only while the weights
+    file is the same (device, inode, size, mtime); bytes written in between are hashed again and refused."""
+    import cadcore.registry.packages as packages
+
+    package = make_tiny_segmentation_package(tmp_path / "tiny")
+    hashed: list[Path] = []
+    monkeypatch.setattr(packages, "sha256_of", lambda path: hashed.append(path) or sha256_of(path))
+    package.verify()
+    package.load_state_dict()
+    assert len(hashed) == 1
+    weights = package.weights_path
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(CadError, match="sha256 mismatch"):
+        package.load_state_dict()
+    assert len(hashed) == 2

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from cadcore.errors import CadError
+from cadcore.segmentation import windows
 
 
 @torch.no_grad()
@@ -53,12 +53,10 @@ def predict_probabilities(
 
     ``channels_last``: run the network's 3D convolutions channels-last (oneDNN's fast layout on CPU; same results
     to float rounding). It converts ``network`` in place, so pass it only for a network used for inference alone.
+    The blend is :func:`cadcore.segmentation.windows.sliding_window` (MONAI's ``sliding_window_inference``'s output
+    without importing MONAI); the softmax runs in place on its output, so the only full-volume buffers are the
+    probabilities and one weight map.
     """
-    from cadcore.registry.monai_import import import_monai
-
-    import_monai()
-    from monai.inferers import sliding_window_inference
-
     if not 0.0 <= overlap < 1.0:
         raise CadError(f"overlap must be in [0, 1), got {overlap}")
     volume = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -81,9 +79,9 @@ def predict_probabilities(
             progress(float(sum(total_windows)))
         return out.float()
 
-    logits = sliding_window_inference(
+    logits = windows.sliding_window(
         volume,
-        roi_size=[int(p) for p in patch_size],  # MONAI pads a smaller input up to the window
+        roi_size=[int(p) for p in patch_size],  # an input smaller than the window is padded up to it
         sw_batch_size=sw_batch_size,
         predictor=predictor,
         overlap=overlap,
@@ -91,18 +89,23 @@ def predict_probabilities(
         sw_device=device,
         device=torch.device("cpu"),
     )
-    return torch.softmax(logits[0].float(), dim=0).cpu().numpy()
+    return softmax_(logits[0]).numpy()
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over axis 0 of a (C, *spatial) float tensor, in place (``torch.softmax`` would allocate a second
+    C-channel volume: gigabytes for a multi-organ CT). Same values to float rounding."""
+    scratch = torch.amax(logits, dim=0, keepdim=True)
+    logits.sub_(scratch).exp_()
+    torch.sum(logits, dim=0, keepdim=True, out=scratch)
+    return logits.div_(scratch)
 
 
 def count_windows(shape: tuple[int, ...], patch: list[int], overlap: float) -> int:
-    """How many windows MONAI's sliding window visits (for an honest progress bar)."""
-    total = 1
-    for size, roi in zip(shape, patch):
-        if size <= roi:
-            continue
-        interval = max(1, int(roi * (1 - overlap)))
-        total *= math.ceil((size - roi) / interval) + 1
-    return total
+    """How many windows the sliding window visits (for an honest progress bar); the positions are
+    :func:`cadcore.segmentation.windows.window_positions`', which MONAI's ``sliding_window_inference`` (bundles'
+    inferers) visits too."""
+    return windows.count_windows(shape, patch, overlap)
 
 
 def flip_sets(mirror_axes: list[int]) -> list[tuple[int, ...]]:

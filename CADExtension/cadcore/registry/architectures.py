@@ -1,7 +1,9 @@
 """Building the networks a model card describes, and checking a weights file fits them before either is touched.
 
 Cards name a MONAI class and its keyword arguments, so any architecture MONAI ships can be described in JSON without
-code; only the classes listed here may be built (a card cannot make us import arbitrary code).
+code; only the classes listed here may be built (a card cannot make us import arbitrary code). A DynUNet is built
+from the engine's own equal class (:mod:`.dynunet`) whenever it reproduces the card's parameters exactly, so
+verifying and loading the shipped packages imports no MONAI; training, and anything else, uses MONAI's class.
 
 :func:`check_weights_fit` builds every network of a card on PyTorch's ``meta`` device (shapes only, no memory) and
 compares each parameter's name and shape with the safetensors header. A card that claims a 20 000-channel layer
@@ -21,6 +23,7 @@ import torch
 
 from cadcore.errors import CadError
 from cadcore.registry.card import ModelCard, Stage
+from cadcore.registry.dynunet import DynUNet, engine_supports
 from cadcore.registry.safetensors_header import TensorInfo
 
 SEGMENTATION_NETWORKS = ("UNet", "DynUNet", "SegResNet", "BasicUNet")
@@ -42,10 +45,16 @@ ENGINE_NETWORKS = {
 }
 
 
-def build_network(spec: Mapping[str, Any]) -> torch.nn.Module:
-    """Instantiate ``spec = {"name": <MONAI class or ENGINE_NETWORKS name>, "params": {...}}``."""
+def build_network(spec: Mapping[str, Any], for_training: bool = False) -> torch.nn.Module:
+    """Instantiate ``spec = {"name": <MONAI class or ENGINE_NETWORKS name>, "params": {...}}``.
+
+    A DynUNet the engine reproduces exactly (:func:`.dynunet.engine_supports`) is the engine's own class, so
+    verifying, loading and running a package imports no MONAI (start-up time); ``for_training`` asks for MONAI's
+    class, whose train-mode forward gives the deep-supervision outputs training uses."""
     name = network_family(spec)
     params = dict(spec.get("params", {}))
+    if name == "DynUNet" and not for_training and engine_supports(params):
+        return DynUNet(**params)
     if name in ENGINE_NETWORKS:
         import importlib
 

@@ -261,7 +261,7 @@ def stage_configs(config: TrainConfig, options: CascadeOptions, train_cases: lis
             spec = parent_spec(stage.init, "DynUNet", n_classes, list(stage.spacing), stage.init_stage)[1]
             check_patch(stage.patch_size, spec, " (the --init network)")
         else:
-            build_network(network_for(stage, n_classes))
+            build_network(network_for(stage, n_classes), for_training=True)
     return coarse, fine
 
 

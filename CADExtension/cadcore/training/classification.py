@@ -131,7 +131,7 @@ def train_classifier(config: ClassifyConfig) -> ModelPackage:
     np.random.seed(config.seed)
     device = pick_device(config.device)
     spec = network_spec(config, n_classes)
-    network = build_network(spec).to(device)
+    network = build_network(spec, for_training=True).to(device)
     check_input_fits(network, train.inputs.shape[1:], device, spec["name"])
     counts = np.bincount(train.labels, minlength=n_classes).astype(float)
     weights = torch.as_tensor(1.0 / counts[train.labels], dtype=torch.double)

@@ -177,7 +177,7 @@ def train(config: TrainConfig) -> ModelPackage:
     from monai.utils import set_determinism
 
     set_determinism(config.seed)
-    network = build_network(spec).to(device)
+    network = build_network(spec, for_training=True).to(device)
     init_report = None
     parameters: Any = network.parameters()
     if parent is not None:

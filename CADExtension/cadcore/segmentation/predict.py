@@ -114,6 +114,18 @@ def segmentation_model(model: str, overlap: float | None = None, fast: bool = Fa
     return package
 
 
+def into_whole_image(values: np.ndarray, window: tuple[slice, ...], size: tuple[int, ...],
+                     background_channel: bool = False) -> np.ndarray:
+    """``values`` (leading channel axes, then the region's (x, y, z) axes) placed at ``window`` in zeros of the whole
+    image's ``size``; outside the region nothing was predicted, so it is background: label 0, entropy 0 and, for
+    probabilities (``background_channel``), certainty of class 0."""
+    whole = np.zeros((*values.shape[:-3], *size), dtype=values.dtype)
+    if background_channel:
+        whole[0] = 1.0
+    whole[(..., *window)] = values
+    return whole
+
+
 def segment_image(
     image: sitk.Image,
     package: ModelPackage | BundleModel,
@@ -203,21 +215,14 @@ def segment_image(
     n_classes = len(probabilities)
     del probabilities
     labels = clean_labels(labels, card.postprocessing)
-    if region is not None:
-        full_labels = np.zeros(image.GetSize(), dtype=np.uint8)
+    if region is not None:  # back from the cascade's region to the whole image
         index, size = region
         window = tuple(slice(i, i + s) for i, s in zip(index, size))
-        full_labels[window] = labels
-        labels = full_labels
-        if entropy is not None:
-            full_entropy = np.zeros(image.GetSize(), dtype=np.float32)
-            full_entropy[window] = entropy
-            entropy = full_entropy
+        labels = into_whole_image(labels, window, image.GetSize())
+        entropy = None if entropy is None else into_whole_image(entropy, window, image.GetSize())
         if keep_probabilities:
-            full = np.zeros((on_grid.shape[0], *image.GetSize()), dtype=np.float32)
-            full[0] = 1.0
-            full[(slice(None), *window)] = on_grid
-            on_grid = full
+            on_grid = into_whole_image(on_grid.astype(np.float32, copy=False), window, image.GetSize(),
+                                       background_channel=True)
     timings["postprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("postprocess", 1.0)

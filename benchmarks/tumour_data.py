@@ -49,10 +49,12 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from tumour_scans import NOMINAL_SPACING, corrected, slices_with_content  # noqa: E402  (one correction for all)
+
 DATA = Path(os.environ.get("CAD_SHARED_DATA", REPO.parent / "shared" / "data")) / "tcia_brain_tumor_progression"
 WORK = REPO / "runs" / "tumour"
 CAD = REPO / ".venv" / "bin" / "cad"
-NOMINAL_SPACING = (0.86, 0.86, 6.5)  # I, J, K mm for the resampled256 copies (see the module docstring)
 EVAL_PATIENTS = ("PGBM-001", "PGBM-003")  # native geometry, never trained on
 SPACING = "0.86,0.86,6.5"  # working spacing of the full-resolution networks: the training scans' own voxels
 PATCH = "64,64,8"  # ~55 x 55 x 52 mm: most of a tumour ROI crop (box + 10 mm) in one window
@@ -82,15 +84,11 @@ def fixed_copy(row: dict[str, str], data: Path, folder: Path) -> tuple[Path, Pat
     if image_path.exists() and mask_path.exists():
         return image_path, mask_path
     image, mask = sitk.ReadImage(str(data / row["image"])), sitk.ReadImage(str(data / row["mask"]))
-    values, labels = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(mask)  # (K, J, I)
-    keep = int(np.flatnonzero(values.reshape(len(values), -1).any(1))[-1]) + 1
-    if labels[keep:].any():
+    keep = slices_with_content(image)
+    if sitk.GetArrayViewFromImage(mask)[keep:].any():  # (K, J, I)
         raise SystemExit(f"{row['case']}: tumour voxels in the all-zero padding slices")
     for source, path in ((image, image_path), (mask, mask_path)):
-        cropped = source[:, :, :keep]
-        cropped.SetSpacing(NOMINAL_SPACING)
-        cropped.SetOrigin((0.0, 0.0, 0.0))
-        cropped.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        cropped = corrected(source, keep)
         tmp = path.with_name(f".{path.name}")
         sitk.WriteImage(cropped, str(tmp), True)
         tmp.replace(path)

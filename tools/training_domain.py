@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO / "CADExtension"))
 from cadcore.registry.card_reader import parse_card  # noqa: E402
 from cadcore.segmentation.ood_guard import measure_training_domain  # noqa: E402
 
-NOMINAL_TUMOUR_SPACING = (0.86, 0.86, 6.5)  # benchmarks/tumour_data.py NOMINAL_SPACING
 WHOLE_HEAD = {"field_of_view_mm": {"min": [100.0, 100.0, 100.0], "max": [300.0, 300.0, 300.0]},
               "spacing_mm": {"min": [0.5, 0.5, 0.5], "max": [2.0, 2.0, 2.0]}}
 WHOLE_HEAD_SOURCE = ("declared, not measured (training data not published): a whole-head 3D T1 scan, which the "
@@ -58,8 +57,8 @@ def hippocampus_images(data: Path, card) -> list[Path]:
 
 def tumour_images(data: Path, card) -> list:
     """The corrected resampled256 training scans, in memory (never written)."""
-    import numpy as np
     import SimpleITK as sitk
+    from tumour_scans import corrected, slices_with_content
 
     root = data / "tcia_brain_tumor_progression"
     held_out = set(card.validation_ids)
@@ -70,13 +69,7 @@ def tumour_images(data: Path, card) -> list:
         if Path(row["image"]).name[:-len(".nii.gz")] in held_out:
             continue
         image = sitk.ReadImage(str(root / row["image"]))
-        values = sitk.GetArrayViewFromImage(image)
-        keep = int(np.flatnonzero(values.reshape(len(values), -1).any(1))[-1]) + 1
-        image = image[:, :, :keep]
-        image.SetSpacing(NOMINAL_TUMOUR_SPACING)
-        image.SetOrigin((0.0, 0.0, 0.0))
-        image.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-        images.append(image)
+        images.append(corrected(image, slices_with_content(image)))
     return images
 
 

@@ -8,13 +8,13 @@ series ties with its images.
 from __future__ import annotations
 
 import json
-import locale
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_series import write_slices
 
 from cadcore.errors import CadError
 from cadcore.io.dicom import SERIES_DESCRIPTION_KEY, SERIES_UID_KEY
@@ -27,46 +27,16 @@ IMAGE_UID, MASK_UID, OTHER_UID = "1.2.826.0.1.3680043.9.7.1", "1.2.826.0.1.36800
 def write_series(folder: Path, uid: str, description: str, slices: int = 12, *, image_type: str = "ORIGINAL\\PRIMARY",
                  modality: str = "MR", positions: list[float] | None = None, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
                  mask: bool = False) -> list[Path]:
-    """One series of 20x20 slices, 0.8 mm pixels, 2 mm apart along the slice normal (or at ``positions``).
-
-    GDCM's writer switches the process's LC_CTYPE to "C" (later ``read_text()`` calls would then decode as ASCII), so
-    the locale is put back afterwards; the engine itself never writes DICOM."""
-    ctype = locale.setlocale(locale.LC_CTYPE)
-    try:
-        return _write_series(folder, uid, description, slices, image_type, modality, positions, direction, mask)
-    finally:
-        locale.setlocale(locale.LC_CTYPE, ctype)
-
-
-def _write_series(folder, uid, description, slices, image_type, modality, positions, direction, mask) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(description))
-    array = rng.integers(0, 1000, size=(slices, 20, 20)).astype(np.int16)
+    """One series of 20x20 random slices, 0.8 mm pixels, 2 mm apart along the slice normal (or at ``positions``)."""
+    array = np.random.default_rng(len(description)).integers(0, 1000, size=(slices, 20, 20)).astype(np.int16)
     if mask:
         array = (array > 800).astype(np.int16)
-    axes = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: row, column and slice directions
-    positions = positions if positions is not None else [2.0 * k for k in range(slices)]
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    files = []
-    for k, along in enumerate(positions):
-        image = sitk.GetImageFromArray(array[k : k + 1])[:, :, 0]
-        origin = axes[:, 2] * along + np.array([-10.0, 5.0, 30.0])
-        image.SetSpacing((0.8, 0.8))
-        image.SetOrigin(tuple(origin[:2]))
-        tags = {"0008|0060": modality, "0008|0008": image_type, "0008|103e": description, "0020|000e": uid,
-                "0020|000d": "1.2.826.0.1.3680043.9.7", "0020|0052": "1.2.826.0.1.3680043.9.7.0",
-                "0010|0020": "anon", "0008|0021": "20260101", "0008|0031": "120000", "0020|0013": str(k + 1),
-                "0008|0018": f"{uid}.{k + 1}", "0028|0030": "0.8\\0.8",
-                "0020|0037": "\\".join(f"{v:.6f}" for v in (*axes[:, 0], *axes[:, 1])),
-                "0020|0032": "\\".join(f"{v:.4f}" for v in origin)}
-        for tag, value in tags.items():
-            image.SetMetaData(tag, value)
-        files.append(folder / f"{description.replace(' ', '_')}_{k:03d}.dcm")
-        writer.SetFileName(str(files[-1]))
-        writer.Execute(image)
-    return files
-
+    tags = {"0008|0060": modality, "0008|0008": image_type, "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.9.7", "0020|0052": "1.2.826.0.1.3680043.9.7.0", "0010|0020": "anon",
+            "0008|0021": "20260101", "0008|0031": "120000"}
+    return write_slices(folder, array, uid, positions if positions is not None else [2.0 * k for k in range(slices)],
+                        pixel_spacing=(0.8, 0.8), tags=tags, direction=direction,
+                        file_name=lambda k: f"{description.replace(' ', '_')}_{k:03d}.dcm")
 
 
 def assert_refused(capfd, model, source: Path, tmp_path: Path, *words: str, named: Path | None = None) -> str:

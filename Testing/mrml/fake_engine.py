@@ -18,6 +18,7 @@ the package behind ``cadcore`` is this fake. What it does on purpose (environmen
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 from pathlib import Path
 
@@ -26,6 +27,18 @@ import SimpleITK as sitk
 
 LABELS = [{"value": 1, "name": "anterior", "color": [1.0, 0.5, 0.0]},
           {"value": 2, "name": "posterior", "color": [0.0, 0.5, 1.0]}]
+
+def model_labels(array: np.ndarray) -> np.ndarray:
+    """The deterministic "model" (numpy z, y, x): above the mean is label 1 in the low-x half, label 2 in the high-x
+    half. Its source is also the fake engine's, so the tests' expectation and the fake cannot drift apart."""
+    array = array.astype(np.float32)
+    labels = np.zeros(array.shape, np.uint8)
+    bright = array > array.mean()
+    labels[bright] = 1
+    half = array.shape[2] // 2
+    labels[..., half:][bright[..., half:]] = 2
+    return labels
+
 
 MAIN = textwrap.dedent('''
     import argparse, csv, json, os, sys, time
@@ -43,15 +56,10 @@ MAIN = textwrap.dedent('''
         raise SystemExit(2)
 
 
+    %(model)s
+
     def labelmap(image):
-        """The deterministic "model": above the mean is label 1 in the low-x half, label 2 in the high-x half."""
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
-        labels = np.zeros(array.shape, np.uint8)
-        bright = array > array.mean()
-        labels[bright] = 1
-        half = array.shape[2] // 2
-        labels[..., half:][bright[..., half:]] = 2
-        result = sitk.GetImageFromArray(labels)
+        result = sitk.GetImageFromArray(model_labels(sitk.GetArrayFromImage(image)))
         result.CopyInformation(image)
         return result
 
@@ -184,7 +192,7 @@ MAIN = textwrap.dedent('''
     if record:
         Path(record).write_text(json.dumps(sys.argv[1:]))
     {"segment": segment, "batch": batch}[sys.argv[1]](sys.argv[2:])
-''') % {"labels": LABELS}
+''') % {"labels": LABELS, "model": inspect.getsource(model_labels)}
 
 
 def make_fake_engine(folder: Path) -> Path:
@@ -211,10 +219,4 @@ def write_case(path: Path, size=(12, 10, 8), spacing=(1.0, 0.8, 1.5), seed: int 
 
 def expected_labels(image: sitk.Image) -> np.ndarray:
     """What the fake's "model" gives for ``image`` (numpy z, y, x order)."""
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    labels = np.zeros(array.shape, np.uint8)
-    bright = array > array.mean()
-    labels[bright] = 1
-    half = array.shape[2] // 2
-    labels[..., half:][bright[..., half:]] = 2
-    return labels
+    return model_labels(sitk.GetArrayFromImage(image))

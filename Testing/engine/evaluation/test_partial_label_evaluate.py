@@ -9,29 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from organ_cases import write_organ_case
 
 from cadcore.cli import main
-
-SIZE = (20, 20, 16)  # I, J, K
-BOXES = {1: (slice(3, 9), slice(3, 9), slice(3, 8)), 2: (slice(11, 17), slice(10, 16), slice(8, 13))}
 
 
 def write_case(root: Path, name: str, seed: int, drawn: tuple[int, ...]) -> dict:
     """Both organs are in the image; only ``drawn`` are in the label (an organ that was not contoured)."""
-    rng = np.random.default_rng(seed)
-    ct = rng.normal(-100, 30, SIZE).astype(np.float32)
-    label = np.zeros(SIZE, np.uint8)
-    for value, box in BOXES.items():
-        ct[box] += 300 * value
-        if value in drawn:
-            label[box] = value
-    for kind, array in (("images", ct), ("labels", label)):
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-        image.SetSpacing((2.0, 2.0, 2.5))
-        sitk.WriteImage(image, str(root / kind / f"{name}.nii.gz"))
-    return {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"}
+    return write_organ_case(root, name, seed, organs=(1, 2), drawn=drawn)
 
 
 def write_spec(root: Path, name: str, training: list[dict]) -> Path:

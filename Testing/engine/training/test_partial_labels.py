@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from organ_cases import write_organ_case
 
 from cadcore.cli import main
 from cadcore.registry.packages import find_model
@@ -24,7 +24,6 @@ from cadcore.training.losses import MaskedDiceCELoss
 from cadcore.training.patches import PreparedCase
 from cadcore.training.segmentation import validate
 
-SIZE = (20, 20, 16)  # I, J, K
 TINY = ["--epochs", "2", "--filters", "4,8,16", "--patch-size", "16,16,16", "--spacing", "2,2,2", "--batch-size", "2",
         "--val-every", "1", "--device", "cpu", "--modality", "CT", "--mirror-axes", "none"]
 
@@ -117,20 +116,8 @@ def test_validation_dice_skips_cases_without_the_label() -> None:
 # --- dataset.json checks and a real run ------------------------------------------------------------------------
 
 def write_case(root: Path, name: str, seed: int, values: tuple[int, ...]) -> dict:
-    """A CT-like block with organ cubes; only the given label values are drawn."""
-    rng = np.random.default_rng(seed)
-    ct = rng.normal(-100, 30, SIZE).astype(np.float32)
-    label = np.zeros(SIZE, np.uint8)
-    boxes = {1: (slice(3, 9), slice(3, 9), slice(3, 8)), 2: (slice(11, 17), slice(10, 16), slice(8, 13))}
-    for value in values:
-        ct[boxes[value]] += 300 * value
-        label[boxes[value]] = value
-    for kind, array in (("images", ct), ("labels", label)):
-        (root / kind).mkdir(parents=True, exist_ok=True)
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-        image.SetSpacing((2.0, 2.0, 2.5))
-        sitk.WriteImage(image, str(root / kind / f"{name}.nii.gz"))
-    return {"image": f"images/{name}.nii.gz", "label": f"labels/{name}.nii.gz"}
+    """A CT-like block with organ cubes; only the given label values are in the image and drawn."""
+    return write_organ_case(root, name, seed, organs=values, drawn=values)
 
 
 @pytest.fixture

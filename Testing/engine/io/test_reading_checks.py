@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from peak_memory import TESTING
 
 from cadcore.errors import CadError
 from cadcore.io.headers import check_geometry
@@ -143,16 +144,9 @@ def test_header_memory_limit(tmp_path, capfd, tiny_model, monkeypatch):
 
 
 PEAK_SCRIPT = """
-import resource, sys, time
+import sys, time
 from cadcore.cli import main
-def peak_kib():
-    # VmHWM is this process image's own peak; ru_maxrss also counts the forking parent's (pytest's) memory, which
-    # would hide this process's growth behind it
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from peak_memory import peak_kib
 args = ["segment", sys.argv[1], "-m", sys.argv[2], "-o", sys.argv[3]]
 assert main([*args[:1], sys.argv[4], *args[2:]]) == 2  # warm-up on a small bad file: lazy imports are done
 before = peak_kib()
@@ -167,7 +161,7 @@ def test_lying_header_costs_no_memory(tmp_path, tiny_model, name):
     source = claims_1024_cubed(tmp_path / name)
     small = tmp_path / "small_cut.nii"
     small.write_bytes(write(volume(), tmp_path / "small.nii").read_bytes()[:-100])
-    env = {**os.environ, "PYTHONPATH": str(ENGINE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE), TESTING])}
     done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(source), str(tiny_model.folder),
                            str(tmp_path / "seg.nii.gz"), str(small)],
                           capture_output=True, text=True, env=env, timeout=120)

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from peak_memory import TESTING
 
 import cadcore.registry.locations
 from cadcore.errors import CadError
@@ -316,13 +317,7 @@ from cadcore.cli import main
 started = time.perf_counter()
 codes = [main(["models", "import", sys.argv[1]]), main(["models", "verify", sys.argv[1]]),
          main(["segment", sys.argv[2], "-m", sys.argv[1], "-o", sys.argv[3], "--device", "cpu"])]
-def peak_kib():
-    # VmHWM is this process image's own peak; ru_maxrss also counts the forking parent's (pytest's) memory
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from peak_memory import peak_kib
 print(codes, round(time.perf_counter() - started, 2), peak_kib())
 """
 
@@ -342,7 +337,7 @@ def test_huge_network_card_refused_before_allocating(tmp_path: Path, registry: P
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((12, 12, 12), np.float32)), str(image))
     output = tmp_path / "out" / "seg.nii.gz"
     output.parent.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE), TESTING, os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-c", HUGE_CARD_SCRIPT, str(package.folder), str(image), str(output)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert "]" in result.stdout, result.stderr[-3000:]

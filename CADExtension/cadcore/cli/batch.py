@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cadcore.cli.batch_run import Options, one_line, run_cases
+from cadcore.cli.batch_run import Options, one_line, remove_outputs, run_cases
 from cadcore.cli.batch_summary import columns, complete, merge, read_summary, summary_name, write_summary
 from cadcore.errors import CadError
 from cadcore.io.batch_inputs import Case, find_cases, parse_shard, take_shard
@@ -166,6 +166,10 @@ def _run_workers(cases: list[Case], options: Options, replace: bool, workers: in
         exited.add(index)
         case = running.pop(index, None)
         if problem is not None and case is not None:
+            # it may have died after publishing some or all of the case's files but before saying so: a failed row
+            # leaves nothing that looks valid (every file of a started case is this run's: earlier results were
+            # refused, or removed by --force/--resume before the case started)
+            remove_outputs(options, case.id)
             report(summary_row(case, options, labels, 0.0, None, problem))
         pending.extendleft(reversed([held_case for held_case in held.pop(index, [])
                                      if case is None or held_case.id != case.id]))

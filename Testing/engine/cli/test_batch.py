@@ -302,6 +302,51 @@ def test_a_killed_worker_fails_its_case_and_the_others_finish(tmp_path, tiny_mod
         assert (out / f"{case_id}.nii.gz.json").exists() == (row["status"] == "ok")
 
 
+DIE_AFTER_PUBLISHING = """
+import multiprocessing, os, signal
+
+MARKER = os.environ["CAD_TEST_DIE_MARKER"]
+
+
+def dying(publish):
+    def wrapped(source, target, *args, **kwargs):
+        publish(source, target, *args, **kwargs)
+        if multiprocessing.parent_process() is not None and str(target).endswith(".nii.gz.json"):
+            try:
+                os.close(os.open(MARKER, os.O_CREAT | os.O_EXCL))  # the first worker to publish a sidecar, once
+            except FileExistsError:
+                return
+            os.kill(os.getpid(), signal.SIGKILL)
+    return wrapped
+
+
+os.replace, os.link = dying(os.replace), dying(os.link)
+"""
+
+
+def test_a_worker_killed_after_publishing_a_case_leaves_no_outputs_for_its_failed_row(tmp_path, tiny_model):
+    """The narrowest moment: a worker dies right after its case's sidecar (the last file) is published, before it
+    reports the case. The row is failed, so the case's files go too: a failed row never sits beside outputs that
+    look complete (``--resume`` redoes it). Deterministic: a ``sitecustomize`` in the workers kills the first one
+    to publish a sidecar, at that instant."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_AFTER_PUBLISHING)
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    cohort(inputs, 4)
+    env = {**os.environ, "CAD_TEST_DIE_MARKER": str(tmp_path / "died"),
+           "PYTHONPATH": os.pathsep.join([str(hook), str(REPO / "CADExtension"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "cadcore", "batch", str(inputs), "-m", str(tiny_model.folder), "-o",
+                           str(out), "--workers", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "died").exists() and done.returncode == 1, done.stderr
+    rows = summary(out / "summary.csv")
+    failed = [case_id for case_id, row in rows.items() if row["status"] == "failed"]
+    assert len(rows) == 4 and len(failed) == 1 and "worker process died (exit code -9)" in rows[failed[0]]["error"]
+    for case_id, row in rows.items():
+        assert (out / f"{case_id}.nii.gz.json").exists() == (row["status"] == "ok")
+        assert (out / f"{case_id}.nii.gz").exists() == (row["status"] == "ok")
+
+
 def test_a_pipelines_several_stages_read_their_weights_once_and_not_again_when_reused(tiny_model, monkeypatch):
     """hippodeep builds three networks from one weights file: ``load_networks`` reads (and hashes) it once, and
     inside ``reuse_networks`` a later case reads it not at all (it used to be read for every case)."""

@@ -15,13 +15,23 @@ from cadcore.errors import CadError
 from cadcore.preprocessing.working_space import WorkingImage, from_array, orientation_of, to_array
 
 
-def uncrop(values: np.ndarray, working: WorkingImage, fill: float) -> np.ndarray:
-    """Paste a (C, I, J, K) working-crop array into the full working grid."""
+def paste(values: np.ndarray, window: tuple[slice, ...], size: tuple[int, ...],
+          background_channel: bool = False) -> np.ndarray:
+    """``values`` (leading channel axes, then three spatial axes) placed at ``window`` in zeros of spatial ``size``.
+    Outside the window nothing was predicted: 0 everywhere, or, for class probabilities (``background_channel``),
+    certainty of class 0 (background)."""
+    whole = np.zeros((*values.shape[:-3], *size), dtype=values.dtype)
+    if background_channel:
+        whole[0] = 1.0
+    whole[(..., *window)] = values
+    return whole
+
+
+def uncrop(values: np.ndarray, working: WorkingImage, background_channel: bool = False) -> np.ndarray:
+    """A (C, I, J, K) working-crop array in the full working grid (:func:`paste`; unchanged without a crop)."""
     if working.crop is None:
         return values
-    full = np.full((values.shape[0], *working.grid.GetSize()), fill, dtype=values.dtype)
-    full[(slice(None), *working.crop)] = values
-    return full
+    return paste(values, working.crop, working.grid.GetSize(), background_channel)
 
 
 def probabilities_to_input_grid(probabilities: np.ndarray, working: WorkingImage,
@@ -29,9 +39,7 @@ def probabilities_to_input_grid(probabilities: np.ndarray, working: WorkingImage
     """(C, I, J, K) working-space maps -> (C, I, J, K) on the input's grid (argmax-ready). Outside a foreground
     crop the maps are 0, and channel 0 is 1 there (background) unless ``background_outside_crop`` is False (a map
     that is not a class probability, e.g. the uncertainty)."""
-    full = uncrop(probabilities, working, fill=0.0)
-    if working.crop is not None and background_outside_crop:
-        full[0][np.all(full == 0, axis=0)] = 1.0  # outside the crop is background
+    full = uncrop(probabilities, working, background_channel=background_outside_crop)
     if not working.resampled:
         return np.stack([to_array(back_to_input(from_array(channel, working.grid), working)) for channel in full])
     channels = []
@@ -52,9 +60,7 @@ def labels_to_input_grid(probabilities: np.ndarray, working: WorkingImage, chunk
     of input slices at a time, on p1 - p0 alone for two classes (p1' > p0' exactly when (p1 - p0)' > 0).
     Labels can differ from the float maps' argmax only where classes tie to float32 rounding.
     """
-    full = uncrop(probabilities, working, fill=0.0)
-    if working.crop is not None:
-        full[0][np.all(full == 0, axis=0)] = 1.0  # outside the crop is background
+    full = uncrop(probabilities, working, background_channel=True)
     if not working.resampled:
         return to_array(back_to_input(from_array(argmax_labels(full), working.grid), working))
     axes = separable_axes(working.grid, working.original)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from cadcore.preprocessing.input_grid import labels_on_input_grid, labels_to_input_grid
+from cadcore.preprocessing.input_grid import labels_on_input_grid, labels_to_input_grid, uncrop
 from cadcore.preprocessing.resampling import needs_resampling, resample_to_spacing
 from cadcore.preprocessing.working_space import WorkingImage, orient, to_array
 from cadcore.segmentation.bundle_translation import BundlePlan
@@ -97,10 +97,7 @@ def as_inverted(probabilities: np.ndarray, working: WorkingImage) -> tuple[np.nd
     there). So: uncrop with zeros, and on a resampled grid add one edge-replicated voxel on every side, after which
     every input voxel centre lies inside, where linear interpolation of replicated values is the border value.
     """
-    if working.crop is not None:
-        full = np.zeros((probabilities.shape[0], *working.grid.GetSize()), np.float32)
-        full[(slice(None), *working.crop)] = probabilities
-        probabilities = full
+    probabilities = uncrop(probabilities, working)  # zeros in every class, as Invertd pads
     if not working.resampled:
         return probabilities, WorkingImage(working.array, working.grid, working.original, False, None)
     grid = sitk.ConstantPad(working.grid, [1, 1, 1], [1, 1, 1], 0.0)

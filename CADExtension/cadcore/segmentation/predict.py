@@ -23,7 +23,12 @@ import SimpleITK as sitk
 
 from cadcore.device import pick_device
 from cadcore.errors import CadError
-from cadcore.preprocessing.input_grid import labels_on_input_grid, labels_to_input_grid, probabilities_to_input_grid
+from cadcore.preprocessing.input_grid import (
+    labels_on_input_grid,
+    labels_to_input_grid,
+    paste,
+    probabilities_to_input_grid,
+)
 from cadcore.preprocessing.working_space import prepare
 from cadcore.progress import StagedProgress
 from cadcore.registry.bundles import BundleModel
@@ -112,18 +117,6 @@ def segmentation_model(model: str, overlap: float | None = None, fast: bool = Fa
     package = find_model_or_bundle(model)
     check_options(package, fast, probabilities, uncertainty)
     return package
-
-
-def into_whole_image(values: np.ndarray, window: tuple[slice, ...], size: tuple[int, ...],
-                     background_channel: bool = False) -> np.ndarray:
-    """``values`` (leading channel axes, then the region's (x, y, z) axes) placed at ``window`` in zeros of the whole
-    image's ``size``; outside the region nothing was predicted, so it is background: label 0, entropy 0 and, for
-    probabilities (``background_channel``), certainty of class 0."""
-    whole = np.zeros((*values.shape[:-3], *size), dtype=values.dtype)
-    if background_channel:
-        whole[0] = 1.0
-    whole[(..., *window)] = values
-    return whole
 
 
 def segment_image(
@@ -218,11 +211,10 @@ def segment_image(
     if region is not None:  # back from the cascade's region to the whole image
         index, size = region
         window = tuple(slice(i, i + s) for i, s in zip(index, size))
-        labels = into_whole_image(labels, window, image.GetSize())
-        entropy = None if entropy is None else into_whole_image(entropy, window, image.GetSize())
+        labels = paste(labels, window, image.GetSize())
+        entropy = None if entropy is None else paste(entropy, window, image.GetSize())
         if keep_probabilities:
-            on_grid = into_whole_image(on_grid.astype(np.float32, copy=False), window, image.GetSize(),
-                                       background_channel=True)
+            on_grid = paste(on_grid.astype(np.float32, copy=False), window, image.GetSize(), background_channel=True)
     timings["postprocess_s"] = round(time.perf_counter() - started, 3)
     if progress:
         progress.update("postprocess", 1.0)

@@ -80,7 +80,7 @@ class ModelPackage:
             raise CadError("model weights file is missing", self.weights_path)
         stat = self.weights_path.stat()
         signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if signature in self._verified and self._verified[signature] == expected:
+        if self._verified.get(signature) == expected:
             return expected
         if not expected:
             raise CadError("model card has no weights sha256; refusing unverified weights", self.folder / CARD_NAME)

@@ -246,7 +246,7 @@ def _postprocessing(config: dict[str, Any], plan: BundlePlan) -> None:
             continue
         else:
             raise Unrecognised(f"postprocessing transform {name} (at that place) is not translated")
-    if stage not in ("labels",):
+    if stage != "labels":
         raise Unrecognised("postprocessing is not softmax, Invertd (nearest_interp=False), AsDiscreted(argmax)")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from cadcore.errors import CadError
 from cadcore.segmentation import windows
+from cadcore.segmentation.windows import count_windows  # noqa: F401  (re-exported: its callers import it here)
 
 
 @torch.no_grad()
@@ -99,13 +100,6 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     logits.sub_(scratch).exp_()
     torch.sum(logits, dim=0, keepdim=True, out=scratch)
     return logits.div_(scratch)
-
-
-def count_windows(shape: tuple[int, ...], patch: list[int], overlap: float) -> int:
-    """How many windows the sliding window visits (for an honest progress bar); the positions are
-    :func:`cadcore.segmentation.windows.window_positions`', which MONAI's ``sliding_window_inference`` (bundles'
-    inferers) visits too."""
-    return windows.count_windows(shape, patch, overlap)
 
 
 def flip_sets(mirror_axes: list[int]) -> list[tuple[int, ...]]:

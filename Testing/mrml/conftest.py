@@ -74,6 +74,14 @@ def _registerLogic(name: str, logic: Any, scene: Any, applicationLogic: Any) -> 
 
 
 @pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """An empty folder for a Logic's files (the tests' ``tmp_path`` also holds their inputs)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def mrml() -> Iterator[Mrml]:
     """A fresh real MRML scene wired like Slicer's core application; ``slicer.mrmlScene``/``modules`` restored after."""
     scene = slicer.vtkMRMLScene()

@@ -40,13 +40,6 @@ def engine(tmp_path) -> Path:
 
 
 @pytest.fixture
-def work(tmp_path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def cohort(tmp_path) -> dict[str, sitk.Image]:
     """Two good cases (one oblique, one .nii.gz in a sub-folder), a corrupt file and a 2D image."""
     folder = tmp_path / "cohort"

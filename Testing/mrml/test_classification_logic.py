@@ -56,13 +56,6 @@ def tiny_baseline(tmp_path_factory):
 
 
 @pytest.fixture
-def work(tmp_path):
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def case(mrml):
     """Volume node (oblique, anisotropic, non-zero origin) with a bright ellipsoid, and a segmentation holding a
     'lesion' segment over it plus an unrelated 'other' segment. Returns (volume, segmentation, lesion mask KJI)."""

@@ -62,13 +62,6 @@ class JobLogic(EngineJobLogic[_Run]):
         return run.outputPath.read_text()
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
 @pytest.mark.parametrize("defer", [False, True], ids=["direct-callbacks", "deferred-callbacks"])
 def test_success_reports_progress_log_and_result_and_leaves_nothing(work, caplog, defer):
     progress: list[int] = []

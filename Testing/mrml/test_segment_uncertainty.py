@@ -42,13 +42,6 @@ def engine(tmp_path):
 
 
 @pytest.fixture
-def work(tmp_path):
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def case(tmp_path):
     image = write_case(tmp_path / "case.nrrd", size=(14, 10, 9), seed=4, direction=OBLIQUE)
     return image, add_volume(image, "case")

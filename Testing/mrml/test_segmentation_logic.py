@@ -70,13 +70,6 @@ def tiny_model(tmp_path_factory) -> Path:
                                           preprocessing=preprocessing).folder
 
 
-@pytest.fixture
-def work(tmp_path) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    return folder
-
-
 def segment_names(node) -> list[str]:
     segmentation = node.GetSegmentation()
     return [segmentation.GetSegment(segmentation.GetNthSegmentID(i)).GetName()

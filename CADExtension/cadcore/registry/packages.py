@@ -78,12 +78,12 @@ class ModelPackage:
         expected = self.card.weights.sha256
         if not self.weights_path.is_file():
             raise CadError("model weights file is missing", self.weights_path)
-        stat = self.weights_path.stat()
-        signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        if self._verified.get(signature) == expected:
-            return expected
         if not expected:
             raise CadError("model card has no weights sha256; refusing unverified weights", self.folder / CARD_NAME)
+        stat = self.weights_path.stat()
+        signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._verified.get(signature) == expected:  # this file, unchanged, passed with this hash
+            return expected
         tensors = read_header(self.weights_path)
         actual = sha256_of(self.weights_path)
         if actual != expected:
